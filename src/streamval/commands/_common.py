@@ -1,0 +1,65 @@
+"""Options shared by every command: config file, `--set` overrides, logging."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from streamval.config import Settings, load_settings, parse_set_flags
+from streamval.logs import setup_logging
+
+Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def common_options() -> argparse.ArgumentParser:
+    """A parent parser with the options every command accepts."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("settings")
+    group.add_argument("--config", metavar="FILE", help="TOML settings file (or STREAMVAL_CONFIG)")
+    group.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one setting, e.g. --set engine.lr=0.002 (repeatable)",
+    )
+    group.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka cluster to use (or KAFKA_BOOTSTRAP_SERVERS); default: the local broker",
+    )
+    group.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    group.add_argument("--log-format", choices=["json", "text"])
+    return parent
+
+
+def add_command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """Add a subcommand that takes the common options and keeps its description's line breaks."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        parents=[common_options()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Load settings with the command's flags applied on top, and set up logging from them."""
+    flags = parse_set_flags(args.set)
+    if args.bootstrap_servers:
+        flags["kafka.bootstrap_servers"] = args.bootstrap_servers
+    if args.log_level:
+        flags["logging.level"] = args.log_level
+    if args.log_format:
+        flags["logging.format"] = args.log_format
+    flags.update({k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings(args.config, overrides=flags)
+    setup_logging(settings.logging.level, settings.logging.format)
+    return settings

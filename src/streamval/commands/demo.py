@@ -1,0 +1,18 @@
+"""`streamval demo`: end-to-end demo: local broker, shock replay, engine, live table, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from streamval.commands._common import add_command
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = add_command(sub, "demo", help="end-to-end demo: local broker, shock replay, engine, live table, report [not implemented yet]", description=__doc__ or "")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print("streamval demo: not implemented yet in this version", file=sys.stderr)
+    return 2

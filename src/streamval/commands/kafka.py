@@ -1,0 +1,85 @@
+"""`streamval kafka`: run a local single-node Kafka broker (KRaft) for development and demos."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from streamval.commands._common import add_command, settings_from_args
+from streamval.stream.broker import LocalBroker, resolve_bootstrap
+from streamval.stream.topics import describe, ensure_topics, topic_names
+
+DESCRIPTION = """\
+Manage a local single-node Apache Kafka broker (KRaft mode, broker and controller in one JVM).
+
+The jars are resolved from Maven Central on first use (Java 17+ and Maven needed) and cached.
+The broker listens on 127.0.0.1 (port from broker.port, or a free one), keeps its data under
+broker.home, and keeps running after this command returns until `streamval kafka down`.
+
+With KAFKA_BOOTSTRAP_SERVERS set, `up` and `down` do nothing: streamval uses that cluster.
+
+actions:
+  up       start the broker (if not running), create the topics, print the bootstrap address
+  status   print whether it runs and its address; exit 0 if it is up, 1 if not
+  down     stop the broker (its data is kept; --purge deletes it)
+  topics   create any missing streamval topic and list the topics with partition counts
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = add_command(sub, "kafka", help="start/stop/inspect a local Kafka broker", description=DESCRIPTION)
+    parser.add_argument("action", choices=["up", "down", "status", "topics"])
+    parser.add_argument("--port", type=int, help="broker port for `up` (default: broker.port or free)")
+    parser.add_argument("--no-topics", action="store_true", help="`up` without creating the topics")
+    parser.add_argument("--purge", action="store_true", help="`down` also deletes the broker's data")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, **{"broker.port": args.port})
+    external = settings.kafka.bootstrap_servers
+    if external and args.action in {"up", "down"}:
+        print(f"using the external cluster {external} (KAFKA_BOOTSTRAP_SERVERS); nothing to {args.action}")
+        return 0
+    broker = LocalBroker(settings.broker)
+    if args.action == "up":
+        t0 = time.monotonic()
+        state = broker.start()
+        if not args.no_topics:
+            ensure_topics(settings.with_bootstrap(state.bootstrap))
+        print(state.bootstrap)
+        print(
+            f"Kafka {state.kafka_version} up at {state.bootstrap} (pid {state.pid}, "
+            f"{time.monotonic() - t0:.1f} s); export KAFKA_BOOTSTRAP_SERVERS={state.bootstrap} "
+            f"for other clients; log: {broker.log_file}",
+            file=sys.stderr,
+        )
+        return 0
+    if args.action == "down":
+        stopped = broker.stop()
+        if args.purge:
+            import shutil
+
+            shutil.rmtree(broker.home, ignore_errors=True)
+        print("stopped" if stopped else "not running")
+        return 0
+    if args.action == "status":
+        if external:
+            print(f"external cluster {external}")
+            return 0
+        state = broker.state()
+        if state is None:
+            print(f"not running (home {broker.home})")
+            return 1
+        uptime = time.time() - state.started_at
+        print(f"running at {state.bootstrap} (Kafka {state.kafka_version}, pid {state.pid}, up {uptime:.0f} s)")
+        return 0
+    # topics
+    bootstrap = resolve_bootstrap(settings)
+    configured = settings.with_bootstrap(bootstrap)
+    ensure_topics(configured)
+    for name, partitions in sorted(describe(configured).items()):
+        mark = "*" if name in topic_names(configured) else " "
+        print(f"{mark} {name}  partitions={partitions}")
+    return 0

@@ -1,0 +1,290 @@
+"""Settings: a TOML file, then `STREAMVAL_*` environment variables, then CLI flags (last wins).
+
+Every setting has a dotted key, `section.name`, and three ways to set it:
+
+    file     [engine]\\nlr = 0.002            (path from --config or STREAMVAL_CONFIG)
+    env      STREAMVAL_ENGINE__LR=0.002       (double underscore separates levels)
+    flag     --set engine.lr=0.002            (or a command's own flag, e.g. --bootstrap-servers)
+
+`KAFKA_BOOTSTRAP_SERVERS` is honoured as `kafka.bootstrap_servers`. Kafka client settings
+(SASL/SSL and the rest) pass through to kafka-python under `kafka.client` (both clients),
+`kafka.consumer` and `kafka.producer`; unknown kafka-python keys are rejected at start.
+Validation fails fast with a `ConfigError` naming the key and where its value came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from streamval.errors import ConfigError
+
+ENV_PREFIX = "STREAMVAL_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KafkaSettings(_Section):
+    """Where the Kafka cluster is and how to talk to it."""
+
+    bootstrap_servers: str | None = Field(
+        None, description="host:port[,host:port]; unset = start/use the local broker"
+    )
+    client: dict[str, Any] = Field(
+        default_factory=dict, description="kafka-python settings for both clients (SASL, SSL...)"
+    )
+    consumer: dict[str, Any] = Field(default_factory=dict, description="KafkaConsumer-only settings")
+    producer: dict[str, Any] = Field(default_factory=dict, description="KafkaProducer-only settings")
+
+    @field_validator("client", "consumer", "producer")
+    @classmethod
+    def _known_kafka_python_keys(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        known = {
+            "client": set(KafkaConsumer.DEFAULT_CONFIG) | set(KafkaProducer.DEFAULT_CONFIG),
+            "consumer": set(KafkaConsumer.DEFAULT_CONFIG),
+            "producer": set(KafkaProducer.DEFAULT_CONFIG),
+        }[info.field_name]
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown kafka-python setting(s) {unknown}")
+        return value
+
+
+class TopicSettings(_Section):
+    """Topic names (DESIGN.md defaults) and how to create them."""
+
+    input: str = "asset-events"
+    dlq: str = "asset-events.dlq"
+    valuations: str = "valuations"
+    metrics: str = "valuation-metrics"
+    partitions: int = Field(3, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+
+class BrokerSettings(_Section):
+    """The local single-node KRaft broker used for development, tests and the demo."""
+
+    kafka_version: str = "4.1.1"
+    log4j_version: str = "2.24.3"
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 = pick a free port")
+    home: Path = Field(
+        Path.home() / ".local" / "state" / "streamval" / "broker",
+        description="state directory of `streamval kafka up`: data, log, state file",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "streamval" / "kafka",
+        description="resolved classpaths (the jars themselves stay in ~/.m2)",
+    )
+    heap: str = "512m"
+    start_timeout_s: float = Field(120.0, gt=0)
+
+
+class ConsumerSettings(_Section):
+    """The consumer service (`streamval run`)."""
+
+    group_id: str = "streamval"
+    client_id: str = "streamval"
+    max_poll_records: int = Field(500, ge=1)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    poll_timeout_ms: int = Field(500, ge=1)
+    max_message_bytes: int = Field(64 * 1024, ge=64)
+    accept_late: bool = False
+    exactly_once: bool = False
+    checkpoint_dir: Path | None = None
+    checkpoint_interval_s: float = Field(30.0, gt=0)
+    metrics_interval_s: float = Field(10.0, gt=0)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+
+class EngineSettings(_Section):
+    """The valuation engine: clustering, per-cluster learners, drift adaptation."""
+
+    seed: int = 0
+    n_clusters: int | Literal["auto"] = 3
+    max_clusters: int = Field(6, ge=2)
+    bootstrap_assets: int = Field(30, ge=2)
+    min_history: int = Field(12, ge=2)
+    refit_every: int = Field(0, ge=0, description="events between re-fits; 0 = only after drift")
+    seq_len: int = Field(12, ge=2)
+    cell: Literal["lstm", "gru"] = "lstm"
+    hidden: list[int] = Field(default_factory=lambda: [100, 50])
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    buffer_size: int = Field(2048, ge=1)
+    replay_fraction: float = Field(0.5, ge=0, le=1)
+    max_updates_per_batch: int = Field(4, ge=0)
+    detector: Literal["adwin", "page_hinkley", "kswin"] = "adwin"
+    lr_boost: float = Field(5.0, ge=1)
+    lr_half_life: float = Field(50.0, gt=0, description="optimizer updates for the boost to halve")
+    reset_moments_on_drift: bool = True
+    drift_replay_fraction: float = Field(0.1, ge=0, le=1)
+    metrics_window: int = Field(500, ge=1)
+
+
+class MonitoringSettings(_Section):
+    """Prometheus /metrics and health endpoints."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class LoggingSettings(_Section):
+    """Structured logs on stderr."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "text"
+
+
+class Settings(_Section):
+    """All settings, one section per concern."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    def with_bootstrap(self, bootstrap: str) -> Settings:
+        """A copy pointing at `bootstrap` (e.g. the local broker that was just started)."""
+        kafka = self.kafka.model_copy(update={"bootstrap_servers": bootstrap})
+        return self.model_copy(update={"kafka": kafka})
+
+
+def _parse_scalar(text: str) -> Any:
+    """Env and --set values: JSON when it parses (numbers, bools, lists, objects), else the string."""
+    lowered = text.strip().lower()
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _assign(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and not key.startswith(("kafka.client", "kafka.consumer", "kafka.producer")):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Dotted keys from `STREAMVAL_SECTION__KEY` variables (and `KAFKA_BOOTSTRAP_SERVERS`)."""
+    out: dict[str, Any] = {}
+    if environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        out["kafka.bootstrap_servers"] = environ["KAFKA_BOOTSTRAP_SERVERS"]
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(
+                f"{name}: environment settings look like {ENV_PREFIX}SECTION__KEY, e.g. "
+                f"{ENV_PREFIX}ENGINE__LR=0.002"
+            )
+        out[".".join(parts)] = _parse_scalar(raw)
+    return out
+
+
+def parse_set_flags(items: list[str]) -> dict[str, Any]:
+    """`--set section.key=value` flags as dotted keys."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        out[key.strip()] = _parse_scalar(value)
+    return out
+
+
+def load_settings(
+    path: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge file, environment and flag overrides (in that order) and validate the result."""
+    environ = os.environ if environ is None else environ
+    tree: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    path = path or environ.get(ENV_PREFIX + "CONFIG") or None
+    if path is not None:
+        file = Path(path)
+        try:
+            with file.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        for key, value in _flatten(data).items():
+            _assign(tree, key.split("."), value)
+            source[key] = str(file)
+    for origin, layer in (("environment", env_overrides(environ)), ("flags", dict(overrides or {}))):
+        for key, value in layer.items():
+            if value is None:
+                continue
+            _assign(tree, key.split("."), value)
+            source[key] = origin
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            origin = next((o for k, o in source.items() if key.startswith(k) or k.startswith(key)), None)
+            where = f" (from {origin})" if origin else ""
+            message = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {message}{where}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def kafka_client_config(settings: Settings, role: Literal["consumer", "producer", "admin"]) -> dict[str, Any]:
+    """kafka-python keyword arguments for a client of `role`, bootstrap servers included."""
+    if not settings.kafka.bootstrap_servers:
+        raise ConfigError(
+            "kafka.bootstrap_servers is not set: set KAFKA_BOOTSTRAP_SERVERS, or run "
+            "`streamval kafka up` and use the address it prints"
+        )
+    config: dict[str, Any] = {"bootstrap_servers": settings.kafka.bootstrap_servers.split(",")}
+    if role == "admin":
+        from kafka import KafkaAdminClient
+
+        admin_keys = set(KafkaAdminClient.DEFAULT_CONFIG)
+        config.update({k: v for k, v in settings.kafka.client.items() if k in admin_keys})
+        return config
+    config.update(settings.kafka.client)
+    if role == "consumer":
+        config.update(settings.kafka.consumer)
+    elif role == "producer":
+        config.update(settings.kafka.producer)
+    return config

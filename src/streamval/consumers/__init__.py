@@ -1,0 +1,1 @@
+"""Kafka services: poll -> engine -> publish -> commit, with dead-lettering and checkpoints."""

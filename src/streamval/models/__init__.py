@@ -1,0 +1,1 @@
+"""Models: clustering of assets, per-cluster online learners, drift-adaptive learning rate, baselines."""

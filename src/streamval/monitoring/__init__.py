@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics and the /metrics, /healthz and /readyz endpoints."""

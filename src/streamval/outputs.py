@@ -1,0 +1,128 @@
+"""What the engine emits: valuations, drift alarms, per-cluster metric snapshots.
+
+These records are the `valuations` and `valuation-metrics` topic contracts of DESIGN.md; their
+`to_json()` is exactly what is published. The engine creates them, the consumer publishes them,
+the backtest scores them and the monitoring exports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Valuation:
+    """The engine's valuation of one event, made before the event's own value was used."""
+
+    asset_id: str
+    ts_ms: int
+    valuation: float
+    cluster: int
+    model_version: int
+    warming: bool
+    adapting: bool
+    lr: float
+    value: float | None = None
+
+    @property
+    def error(self) -> float | None:
+        """value - valuation, when the event carried a value."""
+        return None if self.value is None else self.value - self.valuation
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "asset_id": self.asset_id,
+            "ts": self.ts_ms,
+            "valuation": self.valuation,
+            "cluster": self.cluster,
+            "model_version": self.model_version,
+            "warming": self.warming,
+            "adapting": self.adapting,
+            "lr": self.lr,
+        }
+        if self.value is not None:
+            out["value"] = self.value
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DriftAlarm:
+    """A drift detector fired on a cluster's prequential absolute error."""
+
+    cluster: int
+    detector: str
+    ts_ms: int
+    error_before: float
+    error_after: float
+    lr: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "drift",
+            "cluster": self.cluster,
+            "detector": self.detector,
+            "ts": self.ts_ms,
+            "error_before": self.error_before,
+            "error_after": self.error_after,
+            "lr": self.lr,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStats:
+    """Streaming error metrics over one horizon (rolling window or since start)."""
+
+    n: int
+    mae: float | None
+    rmse: float | None
+    r2: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "mae": self.mae, "rmse": self.rmse, "r2": self.r2}
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """Periodic health of one cluster's model."""
+
+    cluster: int
+    ts_ms: int
+    assets: int
+    rolling: ErrorStats
+    total: ErrorStats
+    drift_alarms: int
+    lr: float
+    updates: int
+    model_version: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "snapshot",
+            "cluster": self.cluster,
+            "ts": self.ts_ms,
+            "assets": self.assets,
+            "rolling": self.rolling.to_json(),
+            "total": self.total.to_json(),
+            "drift_alarms": self.drift_alarms,
+            "lr": self.lr,
+            "updates": self.updates,
+            "model_version": self.model_version,
+        }
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """The outcome of `Engine.process` for one batch of events.
+
+    `valuations` holds one entry per accepted event, in input order. `late` and `duplicates` hold
+    the input indices of events the engine refused (late ones go to the DLQ, duplicates are
+    dropped). `updates` counts optimizer steps taken per cluster during this batch.
+    """
+
+    valuations: list[Valuation] = field(default_factory=list)
+    late: list[int] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+    drift: list[DriftAlarm] = field(default_factory=list)
+    updates: dict[int, int] = field(default_factory=dict)
