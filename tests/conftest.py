@@ -29,23 +29,30 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap address of a real broker: KAFKA_BOOTSTRAP_SERVERS, or a local one for the session.
+def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker | None]:
+    """The session's local broker, or None when KAFKA_BOOTSTRAP_SERVERS names a cluster.
 
     The local broker's JVM is tied to this process (PR_SET_PDEATHSIG), so it cannot outlive the
     test run even if pytest is killed.
     """
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield None
         return
     home = tmp_path_factory.mktemp("kafka")
     broker = LocalBroker(BrokerSettings(home=home), die_with_parent=True)
-    state = broker.start()
+    broker.start()
     try:
-        yield state.bootstrap
+        yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_broker: LocalBroker | None) -> str:
+    """Bootstrap address of a real broker: KAFKA_BOOTSTRAP_SERVERS, or the local one."""
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or (
+        local_broker.bootstrap if local_broker else ""
+    )
 
 
 @pytest.fixture

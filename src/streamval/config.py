@@ -41,8 +41,12 @@ class KafkaSettings(_Section):
     client: dict[str, Any] = Field(
         default_factory=dict, description="kafka-python settings for both clients (SASL, SSL...)"
     )
-    consumer: dict[str, Any] = Field(default_factory=dict, description="KafkaConsumer-only settings")
-    producer: dict[str, Any] = Field(default_factory=dict, description="KafkaProducer-only settings")
+    consumer: dict[str, Any] = Field(
+        default_factory=dict, description="KafkaConsumer-only settings"
+    )
+    producer: dict[str, Any] = Field(
+        default_factory=dict, description="KafkaProducer-only settings"
+    )
 
     @field_validator("client", "consumer", "producer")
     @classmethod
@@ -112,20 +116,34 @@ class EngineSettings(_Section):
 
     seed: int = 0
     n_clusters: int | Literal["auto"] = 3
+    clustering: Literal["hierarchical", "kmeans"] = Field(
+        "hierarchical", description="Agglomerative Ward (paper) or KMeans"
+    )
     max_clusters: int = Field(6, ge=2)
     bootstrap_assets: int = Field(30, ge=2)
     min_history: int = Field(12, ge=2)
     refit_every: int = Field(0, ge=0, description="events between re-fits; 0 = only after drift")
+    refit_on_drift: bool = Field(True, description="re-fit the clustering after a drift alarm")
+    fit_max_assets: int = Field(
+        2000, ge=2, description="assets sampled for a (re-)fit; Ward needs O(n^2) memory"
+    )
+    max_features: int = Field(8, ge=0, description="dynamic feature slots; later names are ignored")
     seq_len: int = Field(12, ge=2)
-    cell: Literal["lstm", "gru"] = "lstm"
+    cell: Literal["lstm", "gru", "linear"] = Field(
+        "lstm", description="per-cluster model; linear = ridge-like model on the same window"
+    )
     hidden: list[int] = Field(default_factory=lambda: [100, 50])
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    ridge_alpha: float = Field(1e-3, ge=0, description="L2 penalty of the linear cell")
     batch_size: int = Field(64, ge=1)
     buffer_size: int = Field(2048, ge=1)
     replay_fraction: float = Field(0.5, ge=0, le=1)
     max_updates_per_batch: int = Field(4, ge=0)
     detector: Literal["adwin", "page_hinkley", "kswin"] = "adwin"
+    detector_params: dict[str, float] = Field(
+        default_factory=dict, description="keyword arguments of the river detector, e.g. delta"
+    )
     lr_boost: float = Field(5.0, ge=1)
     lr_half_life: float = Field(50.0, gt=0, description="optimizer updates for the boost to halve")
     reset_moments_on_drift: bool = True
@@ -166,7 +184,7 @@ class Settings(_Section):
 
 
 def _parse_scalar(text: str) -> Any:
-    """Env and --set values: JSON when it parses (numbers, bools, lists, objects), else the string."""
+    """Env and --set values: JSON when it parses (numbers, lists, objects), else the string."""
     lowered = text.strip().lower()
     if lowered in {"true", "false"}:
         return lowered == "true"
@@ -190,7 +208,9 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and not key.startswith(("kafka.client", "kafka.consumer", "kafka.producer")):
+        if isinstance(v, Mapping) and not key.startswith(
+            ("kafka.client", "kafka.consumer", "kafka.producer")
+        ):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -249,7 +269,10 @@ def load_settings(
         for key, value in _flatten(data).items():
             _assign(tree, key.split("."), value)
             source[key] = str(file)
-    for origin, layer in (("environment", env_overrides(environ)), ("flags", dict(overrides or {}))):
+    for origin, layer in (
+        ("environment", env_overrides(environ)),
+        ("flags", dict(overrides or {})),
+    ):
         for key, value in layer.items():
             if value is None:
                 continue
@@ -261,14 +284,18 @@ def load_settings(
         problems = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            origin = next((o for k, o in source.items() if key.startswith(k) or k.startswith(key)), None)
+            origin = next(
+                (o for k, o in source.items() if key.startswith(k) or k.startswith(key)), ""
+            )
             where = f" (from {origin})" if origin else ""
             message = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{key}: {message}{where}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 
-def kafka_client_config(settings: Settings, role: Literal["consumer", "producer", "admin"]) -> dict[str, Any]:
+def kafka_client_config(
+    settings: Settings, role: Literal["consumer", "producer", "admin"]
+) -> dict[str, Any]:
     """kafka-python keyword arguments for a client of `role`, bootstrap servers included."""
     if not settings.kafka.bootstrap_servers:
         raise ConfigError(

@@ -1,7 +1,7 @@
 """Exceptions raised by streamval.
 
     StreamvalError                 root of everything streamval raises on purpose
-    ├── ConfigError                a setting is missing, unknown or invalid (fail fast, name the key)
+    ├── ConfigError                a setting is missing, unknown or invalid (names the key)
     ├── BrokerError                the local Kafka broker could not be prepared, started or stopped
     │   └── JavaNotFoundError      no `java` on PATH
     ├── DataError                  an input file (history, price table, scenario) is unusable

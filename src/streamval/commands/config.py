@@ -1,4 +1,4 @@
-"""`streamval config`: print the effective settings (file < environment < flags) as TOML-like text."""
+"""`streamval config`: print the effective settings (file < environment < flags)."""
 
 from __future__ import annotations
 

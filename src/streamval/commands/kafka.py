@@ -28,11 +28,17 @@ actions:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = add_command(sub, "kafka", help="start/stop/inspect a local Kafka broker", description=DESCRIPTION)
+    parser = add_command(
+        sub, "kafka", help="start/stop/inspect a local Kafka broker", description=DESCRIPTION
+    )
     parser.add_argument("action", choices=["up", "down", "status", "topics"])
-    parser.add_argument("--port", type=int, help="broker port for `up` (default: broker.port or free)")
+    parser.add_argument(
+        "--port", type=int, help="broker port for `up` (default: broker.port or free)"
+    )
     parser.add_argument("--no-topics", action="store_true", help="`up` without creating the topics")
-    parser.add_argument("--purge", action="store_true", help="`down` also deletes the broker's data")
+    parser.add_argument(
+        "--purge", action="store_true", help="`down` also deletes the broker's data"
+    )
     parser.set_defaults(func=run)
 
 
@@ -40,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, **{"broker.port": args.port})
     external = settings.kafka.bootstrap_servers
     if external and args.action in {"up", "down"}:
-        print(f"using the external cluster {external} (KAFKA_BOOTSTRAP_SERVERS); nothing to {args.action}")
+        print(
+            f"using the external cluster {external} (KAFKA_BOOTSTRAP_SERVERS); "
+            f"nothing to {args.action}"
+        )
         return 0
     broker = LocalBroker(settings.broker)
     if args.action == "up":
@@ -68,12 +77,15 @@ def run(args: argparse.Namespace) -> int:
         if external:
             print(f"external cluster {external}")
             return 0
-        state = broker.state()
-        if state is None:
+        current = broker.state()
+        if current is None:
             print(f"not running (home {broker.home})")
             return 1
-        uptime = time.time() - state.started_at
-        print(f"running at {state.bootstrap} (Kafka {state.kafka_version}, pid {state.pid}, up {uptime:.0f} s)")
+        uptime = time.time() - current.started_at
+        print(
+            f"running at {current.bootstrap} (Kafka {current.kafka_version}, "
+            f"pid {current.pid}, up {uptime:.0f} s)"
+        )
         return 0
     # topics
     bootstrap = resolve_bootstrap(settings)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 READY_LINE = "Kafka Server started"
 STATE_FILE = "broker.json"
+PORTS_FILE = "ports.json"
 # SIGTERM lets the broker close its log segments cleanly; a controlled shutdown of a single node
 # takes 1-5 s, so 30 s is ample before escalating to SIGKILL.
 STOP_TIMEOUT_S = 30.0
@@ -215,8 +216,16 @@ class LocalBroker:
         props = self._write_config(port, controller_port)
         log4j = self.home / "log4j2.xml"
         log4j.write_text(_LOG4J2)
-        jvm = [java, f"-Xmx{self.settings.heap}", f"-Xms{self.settings.heap}", "-XX:+UseG1GC",
-               "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+        jvm = [
+            java,
+            f"-Xmx{self.settings.heap}",
+            f"-Xms{self.settings.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            classpath,
+        ]
         data = self.home / "data"
         if not (data / "meta.properties").exists():
             self._format(jvm, props)
@@ -241,10 +250,13 @@ class LocalBroker:
             started_at=time.time(),
         )
         self.state_file.write_text(json.dumps(asdict(state)))
+        (self.home / PORTS_FILE).write_text(
+            json.dumps({"port": port, "controller_port": controller_port})
+        )
         self._wait_ready(offset, host, port)
         log.info(
-            "Kafka broker ready", extra={"bootstrap": state.bootstrap,
-                                         "seconds": round(time.monotonic() - t0, 1)}
+            "Kafka broker ready",
+            extra={"bootstrap": state.bootstrap, "seconds": round(time.monotonic() - t0, 1)},
         )
         return state
 
@@ -265,7 +277,10 @@ class LocalBroker:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -277,8 +292,9 @@ class LocalBroker:
             return "(no broker log)"
 
     def _previous_ports(self) -> tuple[int | None, int | None]:
+        """Ports of the last run, so a restarted broker keeps its address."""
         try:
-            old = json.loads(self.state_file.read_text())
+            old = json.loads((self.home / PORTS_FILE).read_text())
             return int(old["port"]), int(old["controller_port"])
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None, None
@@ -319,7 +335,9 @@ class LocalBroker:
             check=False,
         )
         if proc.returncode != 0:
-            raise BrokerError(f"formatting the broker's storage failed:\n{proc.stdout}{proc.stderr}")
+            raise BrokerError(
+                f"formatting the broker's storage failed:\n{proc.stdout}{proc.stderr}"
+            )
 
     def _wait_ready(self, offset: int, host: str, port: int) -> None:
         deadline = time.monotonic() + self.settings.start_timeout_s
@@ -383,7 +401,8 @@ def resolve_bootstrap(settings: Settings) -> str:
     state = LocalBroker(settings.broker).state()
     if state is None:
         raise ConfigError(
-            "no Kafka cluster configured: set KAFKA_BOOTSTRAP_SERVERS (or kafka.bootstrap_servers), "
+            "no Kafka cluster configured: set KAFKA_BOOTSTRAP_SERVERS "
+            "(or kafka.bootstrap_servers), "
             "or start a local broker with `streamval kafka up`"
         )
     return state.bootstrap

@@ -66,7 +66,7 @@ class Rejection:
     detail: str
 
 
-class _Invalid(Exception):
+class _InvalidError(Exception):
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -74,19 +74,19 @@ class _Invalid(Exception):
 
 
 def _reject_constant(name: str) -> float:
-    raise _Invalid(Reason.NON_FINITE, f"JSON constant {name} is not a finite number")
+    raise _InvalidError(Reason.NON_FINITE, f"JSON constant {name} is not a finite number")
 
 
 def _number(value: Any, where: str) -> float:
     # bool is an int subclass in Python but not a number in the contract.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(Reason.WRONG_TYPE, f"{where} must be a number, got {_type_name(value)}")
+        raise _InvalidError(Reason.WRONG_TYPE, f"{where} must be a number, got {_type_name(value)}")
     try:
         number = float(value)
     except OverflowError:  # an integer literal too large for a double
-        raise _Invalid(Reason.NON_FINITE, f"{where} does not fit a 64-bit float") from None
+        raise _InvalidError(Reason.NON_FINITE, f"{where} does not fit a 64-bit float") from None
     if not math.isfinite(number):
-        raise _Invalid(Reason.NON_FINITE, f"{where} must be finite, got {value!r}")
+        raise _InvalidError(Reason.NON_FINITE, f"{where} must be finite, got {value!r}")
     return number
 
 
@@ -105,43 +105,49 @@ def parse_timestamp(ts: Any, where: str = "ts") -> int:
     1584316800000
     """
     if isinstance(ts, bool):
-        raise _Invalid(Reason.WRONG_TYPE, f"{where} must be an RFC 3339 string or epoch ms")
+        raise _InvalidError(Reason.WRONG_TYPE, f"{where} must be an RFC 3339 string or epoch ms")
     if isinstance(ts, int):
         return ts
     if isinstance(ts, float):
         if not math.isfinite(ts):
-            raise _Invalid(Reason.NON_FINITE, f"{where} must be finite")
+            raise _InvalidError(Reason.NON_FINITE, f"{where} must be finite")
         if not ts.is_integer():
-            raise _Invalid(Reason.WRONG_TYPE, f"{where} epoch ms must be an integer, got {ts!r}")
+            raise _InvalidError(
+                Reason.WRONG_TYPE, f"{where} epoch ms must be an integer, got {ts!r}"
+            )
         return int(ts)
     if isinstance(ts, str):
         text = ts.strip()
         if len(text) < 10 or text[4] != "-":
-            raise _Invalid(Reason.WRONG_TYPE, f"{where} is not an RFC 3339 timestamp: {ts[:40]!r}")
+            raise _InvalidError(
+                Reason.WRONG_TYPE, f"{where} is not an RFC 3339 timestamp: {ts[:40]!r}"
+            )
         try:
             # fromisoformat accepts 'Z' only from 3.11; normalise for 3.10.
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
-            raise _Invalid(
+            raise _InvalidError(
                 Reason.WRONG_TYPE, f"{where} is not an RFC 3339 timestamp: {ts[:40]!r}"
             ) from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
-        return int(round(parsed.timestamp() * 1000))
-    raise _Invalid(
+        return round(parsed.timestamp() * 1000)
+    raise _InvalidError(
         Reason.WRONG_TYPE, f"{where} must be an RFC 3339 string or epoch ms, got {_type_name(ts)}"
     )
 
 
 def _numeric_map(raw: Any, where: str) -> dict[str, float]:
     if not isinstance(raw, dict):
-        raise _Invalid(Reason.WRONG_TYPE, f"{where} must be an object, got {_type_name(raw)}")
+        raise _InvalidError(Reason.WRONG_TYPE, f"{where} must be an object, got {_type_name(raw)}")
     return {str(k): _number(v, f"{where}.{k}") for k, v in raw.items()}
 
 
 def _attribute_map(raw: Any) -> dict[str, Attribute]:
     if not isinstance(raw, dict):
-        raise _Invalid(Reason.WRONG_TYPE, f"attributes must be an object, got {_type_name(raw)}")
+        raise _InvalidError(
+            Reason.WRONG_TYPE, f"attributes must be an object, got {_type_name(raw)}"
+        )
     out: dict[str, Attribute] = {}
     for k, v in raw.items():
         out[str(k)] = v if isinstance(v, str) else _number(v, f"attributes.{k}")
@@ -150,16 +156,21 @@ def _attribute_map(raw: Any) -> dict[str, Attribute]:
 
 def _validate(obj: Any) -> AssetEvent:
     if not isinstance(obj, dict):
-        raise _Invalid(Reason.NOT_AN_OBJECT, f"message must be a JSON object, got {_type_name(obj)}")
+        raise _InvalidError(
+            Reason.NOT_AN_OBJECT, f"message must be a JSON object, got {_type_name(obj)}"
+        )
     for name in ("asset_id", "ts"):
         if name not in obj or obj[name] is None:
-            raise _Invalid(Reason.MISSING_FIELD, f"required field {name!r} is missing")
+            raise _InvalidError(Reason.MISSING_FIELD, f"required field {name!r} is missing")
     asset_id = obj["asset_id"]
     if not isinstance(asset_id, str):
-        raise _Invalid(Reason.WRONG_TYPE, f"asset_id must be a string, got {_type_name(asset_id)}")
+        raise _InvalidError(
+            Reason.WRONG_TYPE, f"asset_id must be a string, got {_type_name(asset_id)}"
+        )
     if not 1 <= len(asset_id) <= MAX_ASSET_ID_LEN:
-        raise _Invalid(
-            Reason.WRONG_TYPE, f"asset_id must be 1..{MAX_ASSET_ID_LEN} characters, got {len(asset_id)}"
+        raise _InvalidError(
+            Reason.WRONG_TYPE,
+            f"asset_id must be 1..{MAX_ASSET_ID_LEN} characters, got {len(asset_id)}",
         )
     ts_ms = parse_timestamp(obj["ts"])
     value = obj.get("value")
@@ -167,12 +178,16 @@ def _validate(obj: Any) -> AssetEvent:
         asset_id=asset_id,
         ts_ms=ts_ms,
         value=None if value is None else _number(value, "value"),
-        features=_numeric_map(obj["features"], "features") if obj.get("features") is not None else {},
+        features=_numeric_map(obj["features"], "features")
+        if obj.get("features") is not None
+        else {},
         attributes=_attribute_map(obj["attributes"]) if obj.get("attributes") is not None else {},
     )
 
 
-def parse_event(raw: bytes | None, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> AssetEvent | Rejection:
+def parse_event(
+    raw: bytes | None, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> AssetEvent | Rejection:
     """Parse one message value. Never raises: bad input comes back as a `Rejection`.
 
     >>> parse_event(b'{"asset_id": "AAPL", "ts": "2020-03-16", "value": 242.2}')
@@ -191,10 +206,10 @@ def parse_event(raw: bytes | None, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
             return Rejection(Reason.INVALID_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}")
         try:
             obj = json.loads(text, parse_constant=_reject_constant)
-        except _Invalid as exc:
+        except _InvalidError as exc:
             return Rejection(exc.reason, exc.detail)
         except (ValueError, RecursionError) as exc:
             return Rejection(Reason.INVALID_JSON, f"not valid JSON: {str(exc)[:200]}")
         return _validate(obj)
-    except _Invalid as exc:
+    except _InvalidError as exc:
         return Rejection(exc.reason, exc.detail)

@@ -88,7 +88,9 @@ def describe(settings: Settings) -> dict[str, int]:
     admin = admin_client(settings)
     try:
         # kafka-python 3 names the topic "name", 2.x "topic".
-        counts = {t.get("name", t.get("topic")): len(t["partitions"]) for t in admin.describe_topics()}
+        counts = {
+            t.get("name", t.get("topic")): len(t["partitions"]) for t in admin.describe_topics()
+        }
         return {name: n for name, n in counts.items() if name and not name.startswith("__")}
     finally:
         admin.close()
