@@ -1,0 +1,469 @@
+"""Prometheus metrics of the engine service and of the replay job.
+
+Every metric lives on the `CollectorRegistry` of its `EngineMetrics` / `ReplayMetrics` instance
+(not the process-global default registry), so tests and tools can create as many as they like and
+a scrape shows exactly one service's series.
+
+Conventions (https://prometheus.io/docs/practices/naming/): names start with `streamval_`, values
+are in base units (seconds, not milliseconds), counters end in `_total`, timestamps are
+`*_timestamp_seconds` (Unix time). Labels are bounded: `cluster` (a handful of clusters),
+`partition` (input partitions owned by this process), `reason` (dead-letter reasons), `detector`
+(drift detector kind), `window` (`rolling` or `total`), `kind` (replay marker kind). Never
+`asset_id`: one series per asset would grow without bound with the portfolio.
+
+Engine metrics (`EngineMetrics`), name{labels} type: meaning:
+
+    streamval_build_info{version}                      gauge      always 1, carries the version
+    streamval_events_consumed_total{partition}         counter    events polled from the input
+    streamval_dead_letters_total{reason}               counter    events sent to the DLQ
+    streamval_duplicate_events_total                   counter    duplicates dropped
+    streamval_valuations_published_total{cluster}      counter    valuations published
+    streamval_cluster_mae{cluster,window}              gauge      mean absolute error
+    streamval_cluster_rmse{cluster,window}             gauge      root mean squared error
+    streamval_cluster_r2{cluster,window}               gauge      coefficient of determination
+    streamval_cluster_error_samples{cluster,window}    gauge      labelled events behind them
+    streamval_cluster_learning_rate{cluster}           gauge      current optimizer lr
+    streamval_cluster_assets{cluster}                  gauge      assets in the cluster
+    streamval_cluster_model_version{cluster}           gauge      model version
+    streamval_cluster_model_updates_total{cluster}     counter    optimizer steps (engine total)
+    streamval_cluster_drift_alarms{cluster}            gauge      alarms in the engine's state
+    streamval_drift_alarms_total{cluster,detector}     counter    alarms seen by this process
+    streamval_processing_latency_seconds               histogram  receipt -> valuation acked
+    streamval_event_time_lag_seconds                   histogram  wall clock - event time
+    streamval_consumer_lag_messages{partition}         gauge      messages behind the log end
+    streamval_last_checkpoint_timestamp_seconds        gauge      last checkpoint written
+    streamval_batch_duration_seconds                   histogram  time to process one poll
+    streamval_batch_events                             histogram  events in one poll
+
+Replay metrics (`ReplayMetrics`):
+
+    streamval_build_info{version}                      gauge      always 1, carries the version
+    streamval_replay_events_produced_total             counter    events produced
+    streamval_replay_markers_total{kind}               counter    markers crossed
+    streamval_replay_last_marker_event_timestamp_seconds{kind,name}
+                                                       gauge      event time of the last marker
+    streamval_replay_last_marker_timestamp_seconds{kind,name}
+                                                       gauge      wall time it was produced
+
+Example:
+
+    >>> m = EngineMetrics()
+    >>> m.consumed(partition=0, n=3)
+    >>> m.registry.get_sample_value("streamval_events_consumed_total", {"partition": "0"})
+    3.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import typing
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from streamval import __version__
+from streamval.config import EngineSettings
+from streamval.outputs import ClusterSnapshot, DriftAlarm, ErrorStats
+
+__all__ = ["EngineMetrics", "ReplayMetrics"]
+
+WINDOWS = ("rolling", "total")
+
+# Receipt -> acknowledged valuation: a poll of up to 500 records plus a producer round trip is
+# milliseconds to a few seconds; past 30 s the poll loop is in trouble anyway.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+# Wall clock minus event time: seconds when live, but a replay of 2015-2022 history is years
+# behind, and the histogram must still say how far (1 s ... 20 years).
+_DAY = 86_400.0
+EVENT_LAG_BUCKETS = (
+    1.0,
+    10.0,
+    60.0,
+    600.0,
+    3_600.0,
+    6 * 3_600.0,
+    _DAY,
+    7 * _DAY,
+    30 * _DAY,
+    365 * _DAY,
+    2 * 365 * _DAY,
+    5 * 365 * _DAY,
+    10 * 365 * _DAY,
+    20 * 365 * _DAY,
+)
+
+BATCH_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Up to consumer.max_poll_records (500 by default) and a little beyond for raised settings.
+BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+
+# The detector kinds the engine can be configured with. Drift counters are created at 0 for
+# these as soon as a cluster appears, because Prometheus' increase() cannot see the first
+# increment of a series that is born at 1: without this the first alarm of a cluster would
+# never show on the dashboard nor fire the per-cluster alert.
+KNOWN_DETECTORS: tuple[str, ...] = tuple(
+    typing.get_args(EngineSettings.model_fields["detector"].annotation)
+)
+
+
+def _register_info(registry: CollectorRegistry, version: str) -> None:
+    info = Info(
+        "streamval_build", "streamval build information; the value is always 1.", registry=registry
+    )
+    info.info({"version": version})
+
+
+class EngineMetrics:
+    """The engine service's metrics on their own registry.
+
+    The consumer calls one method per fact it observes; all methods are thread-safe (the poll
+    loop and the metrics server run on different threads) and cheap (no allocation per event
+    beyond prometheus_client's own). Cluster-labelled gauges follow `update_clusters`; series of
+    clusters that no longer exist are removed with `forget_clusters`, partition-labelled series
+    of partitions handed to another consumer with `partitions_revoked`.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, version: str = __version__
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.version = version
+        self._lock = threading.Lock()
+        r = self.registry
+        _register_info(r, version)
+        self._consumed = Counter(
+            "streamval_events_consumed",
+            "Events polled from the input topic, valid or not, by partition.",
+            ["partition"],
+            registry=r,
+        )
+        self._dead_letters = Counter(
+            "streamval_dead_letters",
+            "Events sent to the dead-letter topic, by reason (invalid, late, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self._duplicates = Counter(
+            "streamval_duplicate_events",
+            "Events dropped because their asset_id and ts repeat the asset's last event.",
+            registry=r,
+        )
+        self._published = Counter(
+            "streamval_valuations_published",
+            "Valuations published to the valuations topic, by cluster.",
+            ["cluster"],
+            registry=r,
+        )
+        self._mae = Gauge(
+            "streamval_cluster_mae",
+            "Mean absolute error of the cluster's valuations, in the assets' value unit; "
+            "window=rolling: the last engine.metrics_window labelled events, total: since start.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self._rmse = Gauge(
+            "streamval_cluster_rmse",
+            "Root mean squared error of the cluster's valuations, in the assets' value unit.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self._r2 = Gauge(
+            "streamval_cluster_r2",
+            "Coefficient of determination (R2) of the cluster's valuations.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self._samples = Gauge(
+            "streamval_cluster_error_samples",
+            "Labelled events behind the cluster's error metrics of the same window.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self._lr = Gauge(
+            "streamval_cluster_learning_rate",
+            "Current learning rate of the cluster's model (boosted on drift, then decaying).",
+            ["cluster"],
+            registry=r,
+        )
+        self._assets = Gauge(
+            "streamval_cluster_assets",
+            "Assets currently assigned to the cluster.",
+            ["cluster"],
+            registry=r,
+        )
+        self._model_version = Gauge(
+            "streamval_cluster_model_version",
+            "Version of the cluster's model (increases as it learns).",
+            ["cluster"],
+            registry=r,
+        )
+        self._updates = Counter(
+            "streamval_cluster_model_updates",
+            "Optimizer steps of the cluster's model, mirrored from the engine's own count "
+            "(restored from checkpoints, so it continues across restarts).",
+            ["cluster"],
+            registry=r,
+        )
+        self._cluster_alarms = Gauge(
+            "streamval_cluster_drift_alarms",
+            "Drift alarms of the cluster in the engine's state (restored from checkpoints); "
+            "for rates use streamval_drift_alarms_total.",
+            ["cluster"],
+            registry=r,
+        )
+        self._drift = Counter(
+            "streamval_drift_alarms",
+            "Drift alarms raised while this process ran, by cluster and detector.",
+            ["cluster", "detector"],
+            registry=r,
+        )
+        self._latency = Histogram(
+            "streamval_processing_latency_seconds",
+            "Time from receiving an event to its valuation being acknowledged by Kafka.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._event_lag = Histogram(
+            "streamval_event_time_lag_seconds",
+            "Wall clock minus event time when an event is valued (years in a historical replay).",
+            buckets=EVENT_LAG_BUCKETS,
+            registry=r,
+        )
+        self._consumer_lag = Gauge(
+            "streamval_consumer_lag_messages",
+            "Messages between the consumer's position and the end of the partition.",
+            ["partition"],
+            registry=r,
+        )
+        self._checkpoint = Gauge(
+            "streamval_last_checkpoint_timestamp_seconds",
+            "Unix time of the last engine checkpoint written (alert on time() minus it).",
+            registry=r,
+        )
+        self._batch_duration = Histogram(
+            "streamval_batch_duration_seconds",
+            "Time to process one polled batch: engine, publish and commit.",
+            buckets=BATCH_DURATION_BUCKETS,
+            registry=r,
+        )
+        self._batch_size = Histogram(
+            "streamval_batch_events",
+            "Events in one polled batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self._update_totals: dict[str, float] = {}
+        self._detectors: set[str] = set(KNOWN_DETECTORS)
+        self._clusters: set[str] = set()
+
+    # -- the input side ---------------------------------------------------------------------
+
+    def consumed(self, partition: int, n: int = 1) -> None:
+        """`n` events were polled from input partition `partition`."""
+        self._consumed.labels(str(partition)).inc(n)
+
+    def dead_lettered(self, reason: str, n: int = 1) -> None:
+        """`n` events went to the dead-letter topic for `reason` (a short fixed code)."""
+        self._dead_letters.labels(reason).inc(n)
+
+    def duplicates(self, n: int = 1) -> None:
+        """`n` duplicate events were dropped."""
+        self._duplicates.inc(n)
+
+    def consumer_lag(self, partition: int, lag: int) -> None:
+        """The consumer is `lag` messages behind the end of `partition`."""
+        self._consumer_lag.labels(str(partition)).set(max(lag, 0))
+
+    def partitions_revoked(self, partitions: Iterable[int]) -> None:
+        """Drop the series of partitions this process no longer owns (after a rebalance).
+
+        Another consumer of the group reports them now; keeping ours would freeze a stale lag
+        and double the group's lag in a `sum()`.
+        """
+        for partition in partitions:
+            label = str(partition)
+            _remove(self._consumed, label)
+            _remove(self._consumer_lag, label)
+
+    # -- the output side --------------------------------------------------------------------
+
+    def published(self, cluster: int, n: int = 1) -> None:
+        """`n` valuations of assets in `cluster` were published."""
+        self._published.labels(str(cluster)).inc(n)
+
+    def drift_alarm(self, alarm: DriftAlarm) -> None:
+        """A drift detector fired on `alarm.cluster`."""
+        cluster, detector = str(alarm.cluster), alarm.detector
+        with self._lock:
+            if detector not in self._detectors:
+                self._detectors.add(detector)
+                for known in self._clusters:
+                    self._drift.labels(known, detector)
+            self._clusters.add(cluster)
+        self._drift.labels(cluster, detector).inc()
+
+    def update_clusters(self, snapshots: Sequence[ClusterSnapshot]) -> None:
+        """Set the per-cluster gauges from the engine's latest snapshots.
+
+        Error metrics a window does not have yet (no labelled event) are removed rather than
+        exported as NaN, so panels show a gap and alerts see no value.
+        """
+        with self._lock:
+            for snap in snapshots:
+                cluster = str(snap.cluster)
+                if cluster not in self._clusters:
+                    self._clusters.add(cluster)
+                for detector in self._detectors:
+                    self._drift.labels(cluster, detector)  # born at 0, see KNOWN_DETECTORS
+                self._published.labels(cluster)
+                for window, stats in zip(WINDOWS, (snap.rolling, snap.total), strict=True):
+                    self._set_errors(cluster, window, stats)
+                self._lr.labels(cluster).set(snap.lr)
+                self._assets.labels(cluster).set(snap.assets)
+                self._model_version.labels(cluster).set(snap.model_version)
+                self._cluster_alarms.labels(cluster).set(snap.drift_alarms)
+                self._mirror_updates(cluster, snap.updates)
+
+    def forget_clusters(self, clusters: Iterable[int]) -> None:
+        """Remove every series of clusters that no longer exist (merged away by a re-fit)."""
+        with self._lock:
+            for cluster in (str(c) for c in clusters):
+                self._clusters.discard(cluster)
+                self._update_totals.pop(cluster, None)
+                for metric in (self._mae, self._rmse, self._r2, self._samples):
+                    for window in WINDOWS:
+                        _remove(metric, cluster, window)
+                for single in (self._lr, self._assets, self._model_version, self._cluster_alarms):
+                    _remove(single, cluster)
+                _remove(self._updates, cluster)
+                _remove(self._published, cluster)
+                for detector in self._detectors:
+                    _remove(self._drift, cluster, detector)
+
+    def processing_latency(self, seconds: float) -> None:
+        """One event took `seconds` from receipt to its valuation being acknowledged."""
+        self._latency.observe(max(seconds, 0.0))
+
+    def event_time_lag(self, seconds: float) -> None:
+        """An event was valued `seconds` after its event time (negative clock skew counts as 0)."""
+        self._event_lag.observe(max(seconds, 0.0))
+
+    def checkpoint_written(self, unix_time: float | None = None) -> None:
+        """A checkpoint was written at `unix_time` (default: now)."""
+        self._checkpoint.set(time.time() if unix_time is None else unix_time)
+
+    def batch(self, seconds: float, size: int) -> None:
+        """One poll's batch of `size` events took `seconds` to process."""
+        self._batch_duration.observe(max(seconds, 0.0))
+        self._batch_size.observe(size)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _set_errors(self, cluster: str, window: str, stats: ErrorStats) -> None:
+        self._samples.labels(cluster, window).set(stats.n)
+        for metric, value in (
+            (self._mae, stats.mae),
+            (self._rmse, stats.rmse),
+            (self._r2, stats.r2),
+        ):
+            if value is None:
+                _remove(metric, cluster, window)
+            else:
+                metric.labels(cluster, window).set(value)
+
+    def _mirror_updates(self, cluster: str, total: int) -> None:
+        """Make the updates counter equal the engine's total (a counter cannot be set)."""
+        previous = self._update_totals.get(cluster)
+        if previous is not None and total < previous:
+            # The engine's count went back (restored from an older checkpoint): restart the
+            # series, which Prometheus reads as an ordinary counter reset.
+            _remove(self._updates, cluster)
+            previous = None
+        delta = total - (previous or 0)
+        self._updates.labels(cluster).inc(delta)
+        self._update_totals[cluster] = total
+
+
+class ReplayMetrics:
+    """The replay job's metrics: events produced and the markers of real events it crossed.
+
+    A marker is a named real-world event inside the replayed history (a policy rate change, a
+    crash). Grafana draws the markers as annotations at the wall-clock time the replay crossed
+    them, from `streamval_replay_last_marker_timestamp_seconds`, whose `name` label carries the
+    text. Only the last marker of each kind keeps a series, so the series count stays bounded by
+    the number of kinds however many markers a history holds.
+
+    >>> m = ReplayMetrics()
+    >>> m.marker("Fed +25bp", kind="policy", event_ts_ms=1_647_388_800_000)
+    >>> m.registry.get_sample_value("streamval_replay_markers_total", {"kind": "policy"})
+    1.0
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._lock = threading.Lock()
+        _register_info(r, __version__)
+        self._produced = Counter(
+            "streamval_replay_events_produced",
+            "Events produced into the input topic by the replay.",
+            registry=r,
+        )
+        self._markers = Counter(
+            "streamval_replay_markers",
+            "Markers of real events crossed by the replay, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self._marker_event_time = Gauge(
+            "streamval_replay_last_marker_event_timestamp_seconds",
+            "Event time (in the replayed history) of the last marker of each kind, named by name.",
+            ["kind", "name"],
+            registry=r,
+        )
+        self._marker_wall_time = Gauge(
+            "streamval_replay_last_marker_timestamp_seconds",
+            "Wall-clock Unix time at which the replay produced the last marker of each kind.",
+            ["kind", "name"],
+            registry=r,
+        )
+        self._last_name: dict[str, str] = {}
+
+    def produced(self, n: int = 1) -> None:
+        """`n` events were produced."""
+        self._produced.inc(n)
+
+    def marker(self, name: str, kind: str, event_ts_ms: int) -> None:
+        """The replay reached the marker `name` of `kind`, dated `event_ts_ms` in the history."""
+        with self._lock:
+            previous = self._last_name.get(kind)
+            if previous is not None and previous != name:
+                _remove(self._marker_event_time, kind, previous)
+                _remove(self._marker_wall_time, kind, previous)
+            self._last_name[kind] = name
+            self._marker_event_time.labels(kind, name).set(event_ts_ms / 1000.0)
+            self._marker_wall_time.labels(kind, name).set(time.time())
+            self._markers.labels(kind).inc()
+
+
+def _remove(metric: Counter | Gauge, *labels: str) -> None:
+    """Remove one labelled child if it exists."""
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
