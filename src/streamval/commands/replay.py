@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from streamval.commands._common import add_command, settings_from_args
 from streamval.errors import ConfigError, DataError
+from streamval.monitoring.metrics import ReplayMetrics
+from streamval.monitoring.server import MetricsServer
 from streamval.stream.broker import resolve_bootstrap
 from streamval.stream.datasets import EventTable, generate
 from streamval.stream.datasets.sp500 import load_sp500
@@ -98,6 +102,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="publish real-event markers on the metrics topic",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve replay metrics (events produced, markers) for Prometheus on monitoring.host",
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="with --metrics-port: keep serving S seconds after the end for a last scrape",
+    )
     parser.set_defaults(func=run)
 
 
@@ -197,13 +214,38 @@ def run(args: argparse.Namespace) -> int:
     if len(table) == 0:
         raise DataError("no events to replay in the selected period")
     settings = settings.with_bootstrap(resolve_bootstrap(settings))
-    report = replay(
-        settings,
-        table,
-        rate=args.rate,
-        speed=args.speed,
-        markers=load_markers(args),
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
-    print(summary(report, settings.topics.input))
+    server: MetricsServer | None = None
+    on_progress: Callable[[int], None] | None = None
+    on_marker: Callable[[Marker], None] | None = None
+    if args.metrics_port is not None:
+        metrics = ReplayMetrics()
+        server = MetricsServer(
+            metrics.registry, settings.monitoring.host, args.metrics_port
+        ).start()
+        sent_so_far = [0]
+
+        def on_progress(sent: int) -> None:
+            metrics.produced(sent - sent_so_far[0])
+            sent_so_far[0] = sent
+
+        def on_marker(marker: Marker) -> None:
+            metrics.marker(marker.name, marker.kind, marker.ts_ms)
+
+    try:
+        report = replay(
+            settings,
+            table,
+            rate=args.rate,
+            speed=args.speed,
+            markers=load_markers(args),
+            on_progress=on_progress,
+            on_marker=on_marker,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+        print(summary(report, settings.topics.input))
+        if server is not None and args.linger > 0:
+            time.sleep(args.linger)
+    finally:
+        if server is not None:
+            server.stop()
     return 0

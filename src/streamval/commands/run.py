@@ -1,18 +1,111 @@
-"""`streamval run`: consume asset-events, publish valuations and metrics (the engine service)."""
+"""`streamval run`: the valuation service (consume asset-events, publish valuations and metrics)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import signal
 import sys
+from types import FrameType
 
-from streamval.commands._common import add_command
+from streamval.commands._common import add_command, settings_from_args
+from streamval.stream.broker import resolve_bootstrap
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Run the valuation engine as a Kafka consumer-group member.
+
+It polls the input topic (topics.input, default asset-events), dead-letters bad messages to
+topics.dlq with the reason in the `error` header, values every valid event with the cluster's
+model before learning from it, publishes valuations to topics.valuations and per-cluster metric
+snapshots plus drift alarms to topics.metrics, and commits offsets only after those outputs are
+acknowledged (at-least-once; --exactly-once uses Kafka transactions). Several processes with the
+same group id split the partitions; each holds its own copy of the cluster models.
+
+Prometheus metrics are served on http://monitoring.host:monitoring.port/metrics (default
+127.0.0.1:9108), with /healthz and /readyz. SIGTERM or Ctrl-C finishes the current batch,
+flushes, commits, checkpoints and exits 0.
+
+The cluster comes from --bootstrap-servers, KAFKA_BOOTSTRAP_SERVERS or kafka.bootstrap_servers;
+without one, a local broker started with `streamval kafka up` is used.
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = add_command(sub, "run", help="consume asset-events, publish valuations and metrics (the engine service) [not implemented yet]", description=__doc__ or "")
+    parser = add_command(
+        sub,
+        "run",
+        help="consume asset-events, publish valuations and metrics",
+        description=DESCRIPTION,
+    )
+    parser.add_argument("--group", metavar="ID", help="consumer group id (consumer.group_id)")
+    parser.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="checkpoint engine state + offsets here (consumer.checkpoint_dir)",
+    )
+    parser.add_argument(
+        "--exactly-once",
+        action="store_true",
+        default=None,
+        help="transactional outputs and offsets",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="monitoring.port (0 = any free)"
+    )
+    parser.add_argument(
+        "--exit-when-idle",
+        type=int,
+        metavar="N",
+        help="stop after N consecutive empty polls (for batch runs and scripts)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("streamval run: not implemented yet in this version", file=sys.stderr)
-    return 2
+    settings = settings_from_args(
+        args,
+        **{
+            "consumer.group_id": args.group,
+            "consumer.checkpoint_dir": args.checkpoint_dir,
+            "consumer.exactly_once": args.exactly_once,
+            "monitoring.port": args.metrics_port,
+        },
+    )
+    settings = settings.with_bootstrap(resolve_bootstrap(settings))
+
+    # Heavy imports (torch) only once the settings are known to be valid.
+    from streamval.consumers.service import ValuationService
+    from streamval.monitoring.metrics import EngineMetrics
+    from streamval.monitoring.server import MetricsServer
+
+    metrics = EngineMetrics()
+    service = ValuationService(settings, metrics=metrics)
+    server = None
+    if settings.monitoring.enabled:
+        server = MetricsServer(
+            metrics.registry,
+            settings.monitoring.host,
+            settings.monitoring.port,
+            ready=service.ready,
+        ).start()
+        print(json.dumps({"metrics": server.url}), flush=True)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        service.run(max_idle_polls=args.exit_when_idle)
+    finally:
+        if server is not None:
+            server.stop()
+    print(
+        json.dumps({"batches": service.batches, "published": service.published}),
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,246 @@
+"""The monitoring stack for real: Prometheus scrapes `streamval run` (a separate process) while it
+consumes a replay (`streamval replay`, another process) through the real broker. Every dashboard
+panel query returns data, every alert expression's inputs exist, the live exposition passes
+`promtool check metrics`, and the drift alert fires for the cluster of the shocked assets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.integration.prom import (
+    PrometheusServer,
+    Query,
+    alert_queries,
+    dashboard_queries,
+    free_port,
+    promtool,
+)
+from tests.integration.streams import DAY_MS, regime_change, to_long_table
+
+from streamval.config import Settings
+from streamval.stream.clients import make_consumer, make_producer
+from streamval.stream.topics import ensure_topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
+
+T0 = 1_433_116_800_000  # 2015-06-01: the stream crosses the 2015-08-24 selloff marker
+SHIFT_STEP = 70
+STEPS = 110
+ENGINE_SETTINGS = [
+    "engine.hidden=[16, 8]",
+    "engine.seq_len=6",
+    "engine.bootstrap_assets=12",
+    "engine.min_history=8",
+    "engine.batch_size=32",
+    "consumer.max_poll_records=100",
+    "consumer.metrics_interval_s=1",
+    "consumer.checkpoint_interval_s=2",
+]
+
+
+def cli(settings: Settings, *args: str) -> list[str]:
+    t = settings.topics
+    topics = [
+        f"topics.input={json.dumps(t.input)}",
+        f"topics.dlq={json.dumps(t.dlq)}",
+        f"topics.valuations={json.dumps(t.valuations)}",
+        f"topics.metrics={json.dumps(t.metrics)}",
+        f"consumer.group_id={json.dumps(settings.consumer.group_id)}",
+    ]
+    sets = [x for kv in [*topics, *ENGINE_SETTINGS] for x in ("--set", kv)]
+    return [
+        sys.executable,
+        "-m",
+        "streamval.cli",
+        *args,
+        *sets,
+        "--bootstrap-servers",
+        str(settings.kafka.bootstrap_servers),
+        "--log-format",
+        "json",
+    ]
+
+
+def selectors(expr: str) -> list[str]:
+    """The metric selectors an alert expression reads (its inputs)."""
+    import re
+
+    names = re.findall(r"\b(streamval_[a-z_]+|up)(\{[^}]*\})?", expr)
+    return sorted({name + labels for name, labels in names})
+
+
+@pytest.fixture
+def engine_process(
+    kafka_settings: Settings, tmp_path: Path
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    port = free_port()
+    log = (tmp_path / "engine.log").open("w")
+    proc = subprocess.Popen(
+        cli(
+            kafka_settings,
+            "run",
+            "--metrics-port",
+            str(port),
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())  # {"metrics": url} once serving
+        assert first["metrics"].endswith(f":{port}")
+        yield port, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        log.close()
+        assert code == 0, (tmp_path / "engine.log").read_text()[-3000:]
+
+
+def test_dashboard_and_alerts_against_the_real_engine(
+    kafka_settings: Settings, engine_process: tuple[int, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    settings = kafka_settings
+    engine_port, _ = engine_process
+    replay_port = free_port()
+    events = regime_change(STEPS, t0_ms=T0, shift_step=SHIFT_STEP)
+    table = tmp_path / "events.csv"
+    to_long_table(events).to_csv(table, index=False)
+    ensure_topics(settings)
+
+    # A few malformed messages so the dead-letter panel has data.
+    producer = make_producer(settings)
+    for raw in (b"{broken", b'{"asset_id": "A0"}', b"[1]"):
+        producer.send(settings.topics.input, key=b"junk", value=raw)
+    producer.flush()
+    producer.close()
+
+    with PrometheusServer(
+        {
+            "streamval-engine": [f"127.0.0.1:{engine_port}"],
+            "streamval-replay": [f"127.0.0.1:{replay_port}"],
+        }
+    ) as prom:
+        # The replay keeps serving its metrics (--linger) while the checks below run, as a
+        # replay job in the compose stack does until Prometheus has scraped its markers.
+        replay = subprocess.Popen(
+            cli(
+                settings,
+                "replay",
+                "--long",
+                str(table),
+                "--features",
+                "x",
+                "--attributes",
+                "group",
+                "--markers",
+                "--rate",
+                "1500",
+                "--metrics-port",
+                str(replay_port),
+                "--linger",
+                "300",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            check_everything(prom, settings, engine_port, len(events))
+        finally:
+            replay.terminate()
+            out, err = replay.communicate(timeout=30)
+        assert f"replayed {len(events)} events" in out, err[-3000:]
+
+
+def check_everything(prom: PrometheusServer, settings: Settings, engine_port: int, n: int) -> None:
+    # The engine has valued everything once the published counter covers every valid event.
+    published = 'sum(streamval_valuations_published_total{job="streamval-engine"})'
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        result = prom.query(published)
+        if result and float(result[0]["value"][1]) >= n:
+            break
+        time.sleep(1)
+    assert result and float(result[0]["value"][1]) == n
+
+    # Panels are instant queries; annotations are evaluated by Grafana over the dashboard's
+    # time range, so they are checked over the last ten minutes.
+    queries = dashboard_queries()
+    panels = [q for q in queries if not q.source.startswith("annotation")]
+    empty = prom.queries_without_data(panels, timeout_s=30)
+    end = time.time()
+    empty += [
+        q
+        for q in queries
+        if q.source.startswith("annotation")
+        and not prom.api(
+            "query_range", query=q.promql, start=str(end - 600), end=str(end), step="1"
+        )["result"]
+    ]
+    assert not empty, "no data for:\n" + "\n".join(f"{q.source}: {q.promql}" for q in empty)
+
+    inputs = [
+        Query(f"{q.source} input {s}", s) for q in alert_queries() for s in selectors(q.promql)
+    ]
+    assert len(inputs) >= len(alert_queries())
+    missing = prom.queries_without_data(inputs, timeout_s=10)
+    assert not missing, "alert inputs without data:\n" + "\n".join(q.promql for q in missing)
+    for q in alert_queries():
+        prom.query(q.promql)  # evaluates without error
+
+    # The drift alert fires for the cluster that holds the shocked group A.
+    shocked = shocked_clusters(settings)
+    firing = prom.wait_for_alert("StreamvalClusterDrift", timeout_s=30)
+    assert {a["labels"]["cluster"] for a in firing} & shocked, (firing, shocked)
+
+    # The live exposition of the engine passes promtool's lint, and the engine is ready.
+    base = f"http://127.0.0.1:{engine_port}"
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        exposition = response.read()
+    check = subprocess.run(
+        [promtool(), "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
+        assert response.status == 200
+
+
+def shocked_clusters(settings: Settings) -> set[str]:
+    """Clusters of group A's valuations after the shift, read back from the valuations topic."""
+    consumer = make_consumer(settings, settings.topics.valuations, group_id=None)
+    out: set[str] = set()
+    deadline = time.monotonic() + 20
+    seen = 0
+    try:
+        while time.monotonic() < deadline and seen < STEPS * 18:
+            for messages in consumer.poll(timeout_ms=500).values():
+                for m in messages:
+                    seen += 1
+                    body = json.loads(m.value)
+                    if body["asset_id"].startswith("A") and body["ts"] >= T0 + SHIFT_STEP * DAY_MS:
+                        out.add(str(body["cluster"]))
+    finally:
+        consumer.close()
+    return out

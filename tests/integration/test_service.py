@@ -1,0 +1,217 @@
+"""The valuation service against the real broker: one valuation per valid event, outputs before
+offsets, snapshots and drift alarms on the metrics topic, late events dead-lettered, duplicates
+dropped, and state restored from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from tests.integration.streams import DAY_MS, regime_change
+
+from streamval.config import Settings
+from streamval.consumers.service import ValuationService
+from streamval.monitoring.metrics import EngineMetrics
+from streamval.stream.clients import make_consumer, make_producer
+from streamval.stream.schema import AssetEvent
+from streamval.stream.topics import ensure_topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+T0 = 1_600_000_000_000
+SHIFT_STEP = 70
+
+
+def small_engine(settings: Settings, **extra: Any) -> Settings:
+    engine = settings.engine.model_copy(
+        update={
+            "hidden": [16, 8],
+            "seq_len": 6,
+            "bootstrap_assets": 12,
+            "min_history": 8,
+            "batch_size": 32,
+            **extra,
+        }
+    )
+    consumer = settings.consumer.model_copy(
+        update={"max_poll_records": 100, "metrics_interval_s": 0.5, "poll_timeout_ms": 200}
+    )
+    return settings.model_copy(update={"engine": engine, "consumer": consumer})
+
+
+def stream(steps: int, seed: int = 0) -> list[AssetEvent]:
+    return regime_change(steps, t0_ms=T0, shift_step=SHIFT_STEP, seed=seed)
+
+
+def produce(
+    settings: Settings, events: list[AssetEvent], extra: list[tuple[bytes, bytes]] = ()
+) -> None:
+    producer = make_producer(settings)
+    for e in events:
+        producer.send(settings.topics.input, key=e.asset_id.encode(), value=e.to_bytes())
+    for key, value in extra:
+        producer.send(settings.topics.input, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def read(settings: Settings, topic: str, timeout_s: float = 20.0) -> list[Any]:
+    consumer = make_consumer(settings, topic, group_id=None)
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    try:
+        while time.monotonic() < deadline and quiet < 3:
+            batch = [m for ms in consumer.poll(timeout_ms=500).values() for m in ms]
+            out.extend(batch)
+            quiet = 0 if batch else quiet + 1
+    finally:
+        consumer.close()
+    return out
+
+
+def end_offsets_sum(settings: Settings, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        return sum(consumer.end_offsets(parts).values())
+    finally:
+        consumer.close()
+
+
+class CommitSpy(ValuationService):
+    """At every commit, checks that the broker already holds the valuations being committed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commit_checks: list[tuple[int, int]] = []
+        self.valued_by_offset: dict[tuple[int, int], bool] = {}
+
+    def _finish(self, poll: Any, transactional: bool) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        original = consumer.commit
+
+        def checked_commit(offsets: Any = None, **kw: Any) -> Any:
+            on_broker = end_offsets_sum(self.settings, self.settings.topics.valuations)
+            self.commit_checks.append((self.published, on_broker))
+            return original(offsets, **kw)
+
+        consumer.commit = checked_commit  # type: ignore[method-assign]
+        try:
+            super()._finish(poll, transactional)
+        finally:
+            consumer.commit = original  # type: ignore[method-assign]
+
+
+def test_service_end_to_end(kafka_settings: Settings, tmp_path: Path) -> None:
+    settings = small_engine(kafka_settings)
+    settings = settings.model_copy(
+        update={
+            "consumer": settings.consumer.model_copy(update={"checkpoint_dir": tmp_path / "ckpt"})
+        }
+    )
+    t = settings.topics
+    ensure_topics(settings, [t.input, t.dlq, t.valuations, t.metrics])
+    events = stream(110)
+    late = AssetEvent("B1", T0 + 5 * DAY_MS, 1.0)  # older than B1's last event: late
+    duplicate = events[-1]  # same asset and ts as its last event: dropped
+    produce(
+        settings,
+        events,
+        [
+            (b"B1", late.to_bytes()),
+            (duplicate.asset_id.encode(), duplicate.to_bytes()),
+            (b"bad", b"{oops"),
+        ],
+    )
+
+    metrics = EngineMetrics()
+    service = CommitSpy(settings, metrics=metrics)
+    service.run(max_idle_polls=6)
+
+    valuations = read(settings, t.valuations)
+    assert len(valuations) == len(events)  # exactly one per valid event, none for late/dup/bad
+    keys = Counter(m.key for m in valuations)
+    assert set(keys.values()) == {110} and len(keys) == 18
+    body = json.loads(valuations[0].value)
+    assert {
+        "asset_id",
+        "ts",
+        "valuation",
+        "cluster",
+        "model_version",
+        "warming",
+        "adapting",
+        "lr",
+        "value",
+        "error",
+    } <= set(body)
+    assert all(np.isfinite(json.loads(m.value)["valuation"]) for m in valuations)
+
+    # Outputs were on the broker before each commit.
+    assert service.commit_checks
+    assert all(on_broker >= published for published, on_broker in service.commit_checks)
+
+    dead = read(settings, t.dlq)
+    reasons = Counter(dict(m.headers)["error"].decode() for m in dead)
+    assert reasons == Counter({"late": 1, "invalid_json": 1})
+
+    metric_msgs = [json.loads(m.value) for m in read(settings, t.metrics)]
+    kinds = Counter(m["kind"] for m in metric_msgs)
+    assert kinds["snapshot"] >= 3
+    drift = [m for m in metric_msgs if m["kind"] == "drift"]
+    assert drift, "the regime change in group A raised no drift alarm"
+    clusters_a = {
+        json.loads(m.value)["cluster"]
+        for m in valuations
+        if m.key.startswith(b"A") and json.loads(m.value)["ts"] >= T0 + SHIFT_STEP * DAY_MS
+    }
+    shift_ts = T0 + SHIFT_STEP * DAY_MS
+    delays = [
+        (d["ts"] - shift_ts) // DAY_MS
+        for d in drift
+        if d["cluster"] in clusters_a and d["ts"] >= shift_ts
+    ]
+    assert delays and min(delays) <= 15, f"no timely alarm in group A's cluster: {drift}"
+
+    # The group's committed offsets cover every input message.
+    consumer = make_consumer(settings)
+    parts = [TopicPartition(t.input, p) for p in consumer.partitions_for_topic(t.input)]
+    committed = sum(consumer.committed(tp) or 0 for tp in parts)
+    consumer.close()
+    assert committed == len(events) + 3
+
+    # Restart from the checkpoint: state comes back, nothing is re-published.
+    assert (tmp_path / "ckpt" / "checkpoint.pt").exists()
+    restarted = ValuationService(settings, metrics=EngineMetrics())
+    restarted.run(max_idle_polls=3)
+    assert restarted.published == 0
+    assert restarted.engine.assignments() == service.engine.assignments()
+    assert len(read(settings, t.valuations)) == len(events)
+
+
+def test_sigterm_style_stop_finishes_the_batch(kafka_settings: Settings) -> None:
+    settings = small_engine(kafka_settings)
+    t = settings.topics
+    ensure_topics(settings, [t.input, t.dlq, t.valuations, t.metrics])
+    events = stream(30, seed=1)
+    produce(settings, events)
+    service = ValuationService(settings, metrics=EngineMetrics())
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while service.published < len(events) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    service.stop()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert service.published == len(events)
+    assert len(read(settings, t.valuations)) == len(events)
