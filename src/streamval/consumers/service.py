@@ -114,7 +114,7 @@ class ValuationService:
         return True, f"consuming {len(self._assigned)} partitions"
 
     def run(self, *, max_idle_polls: int | None = None) -> None:
-        """Consume until `stop()` (or `max_idle_polls` empty polls in a row, for tests and demos)."""
+        """Consume until `stop()`, or `max_idle_polls` empty polls in a row (scripts, tests)."""
         s = self.settings
         t = s.topics
         ensure_topics(s, [t.input, t.dlq, t.valuations, t.metrics])
