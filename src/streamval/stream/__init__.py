@@ -1,1 +1,1 @@
-"""The event streams: the event contract, ordering, topics, the local broker, replay and datasets."""
+"""The event streams: contract, ordering, topics, local broker, replay, datasets."""

@@ -7,11 +7,11 @@ seen is a *duplicate* (an upstream retry) and is dropped so it is never learned 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Order(str, Enum):
+class Order(StrEnum):
     """Where an event stands relative to the last one seen for its asset."""
 
     IN_ORDER = "in_order"

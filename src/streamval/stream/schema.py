@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 MAX_ASSET_ID_LEN = 128
@@ -20,7 +20,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 Attribute = float | str
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Why a message was rejected; the value is what goes into the DLQ `error` header."""
 
     INVALID_JSON = "invalid_json"
@@ -130,7 +130,7 @@ def parse_timestamp(ts: Any, where: str = "ts") -> int:
                 Reason.WRONG_TYPE, f"{where} is not an RFC 3339 timestamp: {ts[:40]!r}"
             ) from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return round(parsed.timestamp() * 1000)
     raise _InvalidError(
         Reason.WRONG_TYPE, f"{where} must be an RFC 3339 string or epoch ms, got {_type_name(ts)}"

@@ -1,0 +1,108 @@
+"""Asset profiles and clustering: standardisation, K selection, stable ids across re-fits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from streamval.models.clustering import AssetClustering
+from streamval.models.profiles import ProfileSpace, SeriesStats
+
+
+def _blobs(centres: list[float], n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(c, 0.3, size=(n, 3)) for c in centres])
+    return x, np.repeat(np.arange(len(centres)), n)
+
+
+@pytest.mark.parametrize("method", ["hierarchical", "kmeans"])
+def test_blobs_are_recovered_and_ids_are_stable_across_refits(method: str) -> None:
+    x, truth = _blobs([0.0, 4.0, 8.0])
+    clustering = AssetClustering(n_clusters=3, method=method)  # type: ignore[arg-type]
+    first = clustering.fit(x, old_labels=np.zeros(len(x), dtype=np.int64))
+    assert adjusted_rand_score(truth, first.labels) == 1.0
+    assert sorted(first.parents) == [1, 2] and set(first.parents.values()) == {0}
+    # Re-fit on shuffled, slightly moved data: every asset keeps its id, no new cluster.
+    order = np.random.default_rng(1).permutation(len(x))
+    second = clustering.fit(x[order] + 0.1, old_labels=first.labels[order])
+    assert np.array_equal(second.labels, first.labels[order])
+    assert second.parents == {} and second.removed == []
+    assert clustering.assign(x[0]) == first.labels[0]
+
+
+def test_a_new_cluster_gets_a_fresh_id_and_its_nearest_parent() -> None:
+    x, _ = _blobs([0.0, 10.0])
+    clustering = AssetClustering(n_clusters=2)
+    first = clustering.fit(x, np.zeros(len(x), dtype=np.int64))
+    # A smaller group appears beyond the 10-blob; online it was assigned to that blob's cluster.
+    far = np.random.default_rng(2).normal(14.0, 0.3, size=(8, 3))
+    clustering.n_clusters = 3
+    second = clustering.fit(
+        np.concatenate([x, far]), np.concatenate([first.labels, np.full(8, first.labels[-1])])
+    )
+    assert clustering.ids == [0, 1, 2]
+    assert second.parents == {2: int(first.labels[-1])}
+    assert np.array_equal(second.labels[:40], first.labels)
+    assert set(second.labels[40:].tolist()) == {2}
+
+
+def test_auto_k_picks_the_number_of_blobs_by_silhouette() -> None:
+    x, truth = _blobs([0.0, 5.0, 10.0, 15.0], n=15)
+    clustering = AssetClustering(n_clusters="auto", max_clusters=6)
+    fit = clustering.fit(x, np.zeros(len(x), dtype=np.int64))
+    assert len(clustering.ids) == 4
+    assert adjusted_rand_score(truth, fit.labels) == 1.0
+
+
+def test_state_round_trip() -> None:
+    x, _ = _blobs([0.0, 4.0, 8.0])
+    a = AssetClustering()
+    a.fit(x, np.zeros(len(x), dtype=np.int64))
+    b = AssetClustering()
+    b.load_state_dict(a.state_dict())
+    assert np.array_equal(a.assign_many(x), b.assign_many(x)) and a.ids == b.ids
+
+
+def test_profile_space_one_hot_standardises_and_imputes() -> None:
+    attrs: list[dict[str, float | str]] = [
+        {"sector": "bank", "tier": 1.0},
+        {"sector": "tech", "tier": 3.0},
+        {"sector": "bank"},
+    ]
+    stats = [np.array([0.01, 0.02]), np.array([0.03, np.nan]), np.array([0.02, 0.04])]
+    space = ProfileSpace()
+    x = space.fit(attrs, stats)
+    assert space.numeric == ["tier"] and space.categorical == ["sector"]
+    assert x.shape == (3, 3 + 2)
+    assert np.allclose(x[:, :3].mean(axis=0), 0.0)
+    assert x[2, 0] == 0.0  # missing tier -> the mean
+    assert list(x[:, 3]) == [1.0, 0.0, 1.0]  # bank
+    unseen = space.transform({"sector": "energy", "tier": 2.0}, np.array([0.02, 0.03]))
+    assert list(unseen[3:]) == [0.0, 0.0]
+
+
+def test_series_stats_see_mean_reversion_and_trend() -> None:
+    rng = np.random.default_rng(0)
+    reverting, trending = SeriesStats(0), SeriesStats(0)
+    level = 0.0
+    for _ in range(300):
+        step = -0.5 * level + rng.normal(0, 0.01)
+        level += step
+        reverting.add_change(step)
+        trending.add_change(0.01 + rng.normal(0, 0.001))
+    assert reverting.autocorr() < -0.15
+    assert trending.vector()[0] == pytest.approx(0.01, abs=0.001)
+    restored = SeriesStats.from_state(reverting.state())
+    assert np.array_equal(restored.vector(), reverting.vector(), equal_nan=True)
+
+
+def test_other_linkages_fit_and_ward_needs_euclidean() -> None:
+    x, truth = _blobs([0.0, 4.0, 8.0])
+    clustering = AssetClustering(n_clusters=3, linkage="average", metric="manhattan")
+    assert (
+        adjusted_rand_score(truth, clustering.fit(x, np.zeros(len(x), dtype=np.int64)).labels)
+        == 1.0
+    )
+    with pytest.raises(ValueError, match="euclidean"):
+        AssetClustering(linkage="ward", metric="cosine")
