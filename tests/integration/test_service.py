@@ -215,3 +215,28 @@ def test_sigterm_style_stop_finishes_the_batch(kafka_settings: Settings) -> None
     assert not thread.is_alive()
     assert service.published == len(events)
     assert len(read(settings, t.valuations)) == len(events)
+
+
+def test_exactly_once_mode(kafka_settings: Settings) -> None:
+    settings = small_engine(kafka_settings)
+    settings = settings.model_copy(
+        update={"consumer": settings.consumer.model_copy(update={"exactly_once": True})}
+    )
+    t = settings.topics
+    ensure_topics(settings, [t.input, t.dlq, t.valuations, t.metrics])
+    events = stream(40, seed=2)
+    produce(settings, events, [(b"bad", b"[1]")])
+    service = ValuationService(settings, metrics=EngineMetrics())
+    service.run(max_idle_polls=4)
+
+    # read_committed consumers see exactly one valuation per valid event and the DLQ entry.
+    valuations = read(settings, t.valuations)
+    assert len(valuations) == len(events)
+    assert Counter((m.key, json.loads(m.value)["ts"]) for m in valuations) == Counter(
+        (e.asset_id.encode(), e.ts_ms) for e in events
+    )
+    assert [dict(m.headers)["error"] for m in read(settings, t.dlq)] == [b"not_an_object"]
+    consumer = make_consumer(settings)
+    parts = [TopicPartition(t.input, p) for p in consumer.partitions_for_topic(t.input)]
+    assert sum(consumer.committed(tp) or 0 for tp in parts) == len(events) + 1
+    consumer.close()

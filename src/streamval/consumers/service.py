@@ -94,6 +94,7 @@ class ValuationService:
         self._producer: KafkaProducer | None = None
         self._consumer: KafkaConsumer | None = None
         self._pending: list[SourcedEvent] = []
+        self._restoring: set[TopicPartition] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -135,6 +136,7 @@ class ValuationService:
             max_message_bytes=s.consumer.max_message_bytes,
             poll_timeout_ms=s.consumer.poll_timeout_ms,
             max_records=s.consumer.max_poll_records,
+            already_dead_lettered=lambda m: self._suppressed(m.topic, m.partition, m.offset),
         )
         idle = 0
         log.info(
@@ -146,6 +148,8 @@ class ValuationService:
                     producer.begin_transaction()
                 poll = source.poll()
                 self._last_poll = time.monotonic()
+                if self._restoring:
+                    self._resume_restored()
                 if not poll.consumed:
                     if transactional:
                         producer.abort_transaction()
@@ -297,24 +301,37 @@ class ValuationService:
     # -- rebalances ------------------------------------------------------------------------
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        # Runs on the consumer's IO thread, where blocking calls such as committed() are not
+        # allowed: seek and pause here (local state), finish in `_resume_restored`.
         assert self._consumer is not None
         self._assigned |= set(assigned)
         for tp in assigned:
-            key = (tp.topic, tp.partition)
-            offset = self._checkpoint_offsets.get(key)
+            offset = self._checkpoint_offsets.get((tp.topic, tp.partition))
             if offset is None:
                 continue
-            committed = self._consumer.committed(tp)
-            if committed is not None and committed > offset:
-                # Published before the crash: re-learn these events, do not publish them again.
-                self._suppress_until[key] = committed
             self._consumer.seek(tp, offset)
+            self._consumer.pause(tp)
+            self._restoring.add(tp)
             log.info(
                 "resuming from checkpoint", extra={"partition": tp.partition, "offset": offset}
             )
         log.info(
             "partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)}
         )
+
+    def _resume_restored(self) -> None:
+        """Bound the re-read of restored partitions, then let them be fetched again."""
+        assert self._consumer is not None
+        restoring, self._restoring = self._restoring, set()
+        for tp in restoring:
+            if tp not in self._assigned:
+                continue
+            committed = self._consumer.committed(tp)
+            offset = self._checkpoint_offsets[(tp.topic, tp.partition)]
+            if committed is not None and committed > offset:
+                # Published before the crash: re-learn these events, do not publish them again.
+                self._suppress_until[(tp.topic, tp.partition)] = committed
+        self._consumer.resume(*restoring)
 
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         self._assigned -= set(revoked)

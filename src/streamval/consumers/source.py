@@ -56,6 +56,7 @@ class EventSource:
         poll_timeout_ms: int = 500,
         max_records: int | None = None,
         on_rejected: Callable[[Rejection], None] | None = None,
+        already_dead_lettered: Callable[[Any], bool] | None = None,
     ) -> None:
         self.consumer = consumer
         self.dlq = dlq
@@ -63,6 +64,7 @@ class EventSource:
         self.poll_timeout_ms = poll_timeout_ms
         self.max_records = max_records
         self._on_rejected = on_rejected
+        self._already_dead_lettered = already_dead_lettered
 
     def poll(self) -> Poll:
         """One bounded poll (at most `max_records` messages)."""
@@ -74,7 +76,9 @@ class EventSource:
                 parsed = parse_event(message.value, max_bytes=self.max_message_bytes)
                 if isinstance(parsed, Rejection):
                     out.rejected += 1
-                    self.dlq.send(message, parsed.reason.value, parsed.detail)
+                    # Re-read after a restore: it went to the DLQ before the crash.
+                    if not (self._already_dead_lettered and self._already_dead_lettered(message)):
+                        self.dlq.send(message, parsed.reason.value, parsed.detail)
                     if self._on_rejected is not None:
                         self._on_rejected(parsed)
                 else:
