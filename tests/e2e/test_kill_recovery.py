@@ -55,7 +55,8 @@ def start_engine(settings: Settings, ckpt: Path, log: Path) -> subprocess.Popen[
     ]
     for kv in args:
         cmd += ["--set", kv]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    with log.open("ab") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
 
 
 def valuation_keys(
