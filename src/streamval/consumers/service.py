@@ -95,6 +95,7 @@ class ValuationService:
         self._consumer: KafkaConsumer | None = None
         self._pending: list[SourcedEvent] = []
         self._restoring: set[TopicPartition] = set()
+        self._clusters_seen: set[int] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -256,6 +257,11 @@ class ValuationService:
 
     def _publish_snapshots(self) -> None:
         snapshots = self.engine.snapshot()
+        current = {snap.cluster for snap in snapshots}
+        gone = self._clusters_seen - current  # merged away by a re-fit
+        if gone:
+            self.metrics.forget_clusters(gone)
+        self._clusters_seen = current
         self.metrics.update_clusters(snapshots)
         if self._producer is None or not snapshots:
             return
