@@ -77,20 +77,11 @@ def run(args: argparse.Namespace) -> int:
     settings = settings.with_bootstrap(resolve_bootstrap(settings))
 
     # Heavy imports (torch) only once the settings are known to be valid.
-    from streamval.consumers.service import ValuationService
-    from streamval.monitoring.metrics import EngineMetrics
-    from streamval.monitoring.server import MetricsServer
+    from streamval.consumers.service import ValuationService, serve_metrics
 
-    metrics = EngineMetrics()
-    service = ValuationService(settings, metrics=metrics)
-    server = None
-    if settings.monitoring.enabled:
-        server = MetricsServer(
-            metrics.registry,
-            settings.monitoring.host,
-            settings.monitoring.port,
-            ready=service.ready,
-        ).start()
+    service = ValuationService(settings)
+    server = serve_metrics(service)
+    if server is not None:
         print(json.dumps({"metrics": server.url}), flush=True)
 
     def _stop(signum: int, frame: FrameType | None) -> None:

@@ -40,6 +40,7 @@ from streamval.consumers.dlq import DeadLetterQueue
 from streamval.consumers.source import EventSource, Poll, SourcedEvent
 from streamval.engine import Engine
 from streamval.monitoring.metrics import EngineMetrics
+from streamval.monitoring.server import MetricsServer
 from streamval.outputs import BatchResult
 from streamval.stream.clients import make_consumer, make_producer
 from streamval.stream.schema import Reason
@@ -360,3 +361,11 @@ class ValuationService:
                 "valuation service stopped",
                 extra={"batches": self.batches, "published": self.published},
             )
+
+
+def serve_metrics(service: ValuationService) -> MetricsServer | None:
+    """Start /metrics, /healthz and /readyz for `service` if `monitoring.enabled`."""
+    m = service.settings.monitoring
+    if not m.enabled:
+        return None
+    return MetricsServer(service.metrics.registry, m.host, m.port, ready=service.ready).start()

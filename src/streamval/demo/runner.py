@@ -203,21 +203,13 @@ def _run(
 ) -> DemoResult:
     """Service + replay + live view, then read the topics back and analyse them."""
     # Heavy imports (torch) only once Kafka is up.
-    from streamval.consumers.service import ValuationService
-    from streamval.monitoring.metrics import EngineMetrics
-    from streamval.monitoring.server import MetricsServer
+    from streamval.consumers.service import ValuationService, serve_metrics
     from streamval.stream.replay import replay
 
-    metrics = EngineMetrics()
-    service = ValuationService(settings, metrics=metrics)
-    server = None
-    if settings.monitoring.enabled:
-        server = MetricsServer(
-            metrics.registry,
-            settings.monitoring.host,
-            settings.monitoring.port,
-            ready=service.ready,
-        ).start()
+    service = ValuationService(settings)
+    metrics = service.metrics
+    server = serve_metrics(service)
+    if server is not None:
         console.print(f"metrics: {server.url}/metrics")
     url = server.url if server else None
     events = len(book.table)
