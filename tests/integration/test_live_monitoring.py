@@ -111,6 +111,8 @@ def engine_process(
             proc.kill()
             raise
         log.close()
+        assert proc.stdout is not None
+        proc.stdout.close()
         assert code == 0, (tmp_path / "engine.log").read_text()[-3000:]
 
 
