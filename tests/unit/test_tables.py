@@ -135,17 +135,20 @@ def test_wide_table_derives_returns_volatility_volume_and_attributes(tmp_path: P
     assert table.features == ("log_return", "volatility_5d", "volume")
     assert table.attributes == ("sector", "beta")
     p = table.frame[table.frame["asset_id"] == "P"].reset_index(drop=True)
-    expected_ret = np.log(prices["P"]).diff()
-    np.testing.assert_allclose(p["log_return"][1:], expected_ret[1:])
-    assert np.isnan(p["log_return"][0])
-    np.testing.assert_allclose(p["volatility_5d"][5:], expected_ret.rolling(5).std()[5:])
-    assert p["volatility_5d"][:5].isna().all()
+    # Features are known at the previous close: day t never sees its own price (no leak).
+    expected_ret = np.log(prices["P"]).diff().shift(1)
+    np.testing.assert_allclose(p["log_return"][2:], expected_ret[2:])
+    assert p["log_return"][:2].isna().all()
+    expected_vol = np.log(prices["P"]).diff().rolling(5).std().shift(1)
+    np.testing.assert_allclose(p["volatility_5d"][6:], expected_vol[6:])
+    assert p["volatility_5d"][:6].isna().all()
     events = [e for e in table.events() if e.asset_id == "P"]
-    assert events[0].features == {"volume": 1000.0}  # undefined features are left out
+    assert events[0].features == {}  # undefined features are left out
+    assert events[1].features == {"volume": 1000.0}
     assert events[0].attributes == {"sector": "Energy", "beta": 1.2}
     q_events = [e for e in table.events() if e.asset_id == "Q"]
     assert q_events[-1].attributes == {}  # no attribute row: no attributes
-    assert q_events[-1].features["volume"] == 29.0
+    assert q_events[-1].features["volume"] == 28.0  # the previous day's volume
 
 
 @pytest.mark.parametrize(
@@ -183,8 +186,10 @@ def test_sp500_loader_reads_real_prices_and_sectors(shared_data: Path) -> None:
     assert sectors == {"AAPL": "Information Technology", "JPM": "Financials"}
     first = frame["ts"].min()
     assert first == parse_timestamp("2015-01-05")
-    covid = frame[(frame["ts"] == parse_timestamp("2020-03-16")) & (frame["asset_id"] == "JPM")]
-    assert covid["log_return"].iloc[0] < -0.1  # the COVID crash day
+    jpm = frame[frame["asset_id"] == "JPM"].set_index("ts")
+    # The COVID crash day's return is a feature of the next day's event, not of its own.
+    assert jpm.loc[parse_timestamp("2020-03-17"), "log_return"] < -0.1
+    assert jpm.loc[parse_timestamp("2020-03-16"), "log_return"] > -0.1
 
 
 def test_sp500_loader_needs_the_folder(tmp_path: Path) -> None:

@@ -6,10 +6,12 @@ Two layouts become an `EventTable`:
   and attribute columns; CSV or Parquet; the column names are configurable.
 * wide (`read_wide_prices`): a date column and one column per asset holding its price, with an
   optional attribute table (one row per asset, e.g. `ticker,gics_sector`) and an optional volume
-  table of the same shape as the prices. Features are derived per asset: `log_return` (1-day log
-  return), `volatility_20d` (rolling standard deviation of the last 20 log returns; any window can
-  be asked for) and `volume` when a volume table is given. A feature not yet defined (the first
-  day's return, the first 19 days' volatility) is left out of that day's event.
+  table of the same shape as the prices. Features are derived per asset and known *before* the
+  day's price, so they never reveal the value being predicted: `log_return` (the log return up to
+  the previous close), `volatility_20d` (standard deviation of the 20 log returns up to the
+  previous close; any window can be asked for) and `volume` (the previous day's, when a volume
+  table is given). A feature not yet defined (the first two days' return, the first 20 days'
+  volatility) is left out of that day's event.
 
 Any problem with a file raises `streamval.errors.DataError` naming the file, the column and, for a
 bad cell, the data row (1-based, header excluded) and its text.
@@ -189,17 +191,18 @@ def read_wide_prices(
     if nonpositive.any():
         row, col = (int(i[0]) for i in np.nonzero(nonpositive))
         raise _bad_row(columns[col], row, prices.iloc[row, col], path, "non-positive price")
+    # Lagged one day: day t's features come from prices up to t-1 (p_t would leak through them).
     log_return = np.log(prices).diff()
     volatility = log_return.rolling(volatility_window, min_periods=volatility_window).std()
     long = {
         VALUE: prices.stack(future_stack=True),
-        "log_return": log_return.stack(future_stack=True),
-        f"volatility_{volatility_window}d": volatility.stack(future_stack=True),
+        "log_return": log_return.shift(1).stack(future_stack=True),
+        f"volatility_{volatility_window}d": volatility.shift(1).stack(future_stack=True),
     }
     features = ["log_return", f"volatility_{volatility_window}d"]
     if volume_path is not None:
-        long["volume"] = _wide_volume(Path(volume_path), date_col, columns, ts).stack(
-            future_stack=True
+        long["volume"] = (
+            _wide_volume(Path(volume_path), date_col, columns, ts).shift(1).stack(future_stack=True)
         )
         features.append("volume")
     frame = pd.DataFrame(long)
