@@ -1,0 +1,1 @@
+"""Benchmarks that write reports into docs/results/ (`python -m benchmarks.run`)."""
