@@ -21,7 +21,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from streamval.errors import ConfigError
 
@@ -119,6 +126,10 @@ class EngineSettings(_Section):
     clustering: Literal["hierarchical", "kmeans"] = Field(
         "hierarchical", description="Agglomerative Ward (paper) or KMeans"
     )
+    linkage: Literal["ward", "average", "complete", "single"] = Field(
+        "ward", description="agglomerative linkage (ward needs the euclidean metric)"
+    )
+    metric: Literal["euclidean", "manhattan", "cosine"] = "euclidean"
     max_clusters: int = Field(6, ge=2)
     bootstrap_assets: int = Field(30, ge=2)
     min_history: int = Field(12, ge=2)
@@ -149,6 +160,12 @@ class EngineSettings(_Section):
     reset_moments_on_drift: bool = True
     drift_replay_fraction: float = Field(0.1, ge=0, le=1)
     metrics_window: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _ward_is_euclidean(self) -> EngineSettings:
+        if self.linkage == "ward" and self.metric != "euclidean":
+            raise ValueError("linkage 'ward' needs metric 'euclidean'")
+        return self
 
 
 class MonitoringSettings(_Section):

@@ -200,7 +200,12 @@ class Engine:
         self._vocab: dict[str, int] = {}
         self._assets: dict[str, _Asset] = {}
         self._clustering = AssetClustering(
-            s.n_clusters, method=s.clustering, max_clusters=s.max_clusters, seed=s.seed
+            s.n_clusters,
+            method=s.clustering,
+            max_clusters=s.max_clusters,
+            seed=s.seed,
+            linkage=s.linkage,
+            metric=s.metric,
         )
         self._space = ProfileSpace()
         self._clusters: dict[int, _Cluster] = {0: self._new_cluster(self._new_learner(0))}

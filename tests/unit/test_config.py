@@ -95,3 +95,12 @@ def test_bad_files_are_config_errors(tmp_path: Path) -> None:
 def test_missing_bootstrap_is_explained() -> None:
     with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP_SERVERS"):
         kafka_client_config(load_settings(environ={}), "consumer")
+
+
+def test_ward_needs_euclidean() -> None:
+    with pytest.raises(ConfigError, match="ward.*euclidean"):
+        load_settings(environ={}, overrides={"engine.metric": "cosine"})
+    s = load_settings(
+        environ={}, overrides={"engine.metric": "cosine", "engine.linkage": "average"}
+    )
+    assert (s.engine.linkage, s.engine.metric) == ("average", "cosine")

@@ -43,7 +43,7 @@ from streamval.models.baselines import (
     Valuer,
     engine_variants,
 )
-from streamval.models.clustering import AssetClustering, Linkage, Metric
+from streamval.models.clustering import Linkage, Metric
 from streamval.models.profiles import ProfileSpace, SeriesStats
 from streamval.stream.datasets.credit import CreditPortfolio, generate
 from streamval.stream.schema import AssetEvent
@@ -259,18 +259,9 @@ def _set_threads() -> None:
 
 
 def _grid_engine(settings: EngineSettings, linkage: Linkage, metric: Metric) -> EngineValuer:
-    valuer = EngineValuer("HC+LSTM", settings)
-    # The engine builds its clustering from EngineSettings, which has no linkage/metric (the
-    # engine always fits Ward); the grid swaps in a configured one before any event.
-    valuer.engine._clustering = AssetClustering(
-        settings.n_clusters,
-        method=settings.clustering,
-        max_clusters=settings.max_clusters,
-        seed=settings.seed,
-        linkage=linkage,
-        metric=metric,
+    return EngineValuer(
+        "HC+LSTM", settings.model_copy(update={"linkage": linkage, "metric": metric})
     )
-    return valuer
 
 
 def _grid_run(job: tuple[EngineSettings, str, str, int, int, int]) -> dict[str, Any]:
