@@ -98,7 +98,7 @@ def test_missing_bootstrap_is_explained() -> None:
 
 
 def test_ward_needs_euclidean() -> None:
-    with pytest.raises(ConfigError, match="ward.*euclidean"):
+    with pytest.raises(ConfigError, match=r"ward.*euclidean"):
         load_settings(environ={}, overrides={"engine.metric": "cosine"})
     s = load_settings(
         environ={}, overrides={"engine.metric": "cosine", "engine.linkage": "average"}
