@@ -70,7 +70,7 @@ from streamval.models.drift import AdaptiveLearningRate
 from streamval.models.learner import SequenceLearner
 from streamval.models.profiles import ProfileSpace, SeriesStats
 from streamval.outputs import BatchResult, ClusterSnapshot, DriftAlarm, ErrorStats, Valuation
-from streamval.stream.ordering import Order, OrderGuard
+from streamval.stream.ordering import OrderGuard
 from streamval.stream.schema import AssetEvent, Attribute
 
 __all__ = ["Engine"]
@@ -284,14 +284,8 @@ class Engine:
         """
         result = BatchResult()
         queued: list[_Queued] = []
-        for index, event in enumerate(events):
-            order = self._guard.observe(event.asset_id, event.ts_ms)
-            if order is Order.LATE:
-                result.late.append(index)
-            elif order is Order.DUPLICATE:
-                result.duplicates.append(index)
-            else:
-                queued.append(self._observe(event))
+        for event in self._guard.admit(events, result):
+            queued.append(self._observe(event))
         self._forward(queued)
         self._record(queued, result)
         if learn:

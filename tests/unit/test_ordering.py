@@ -28,3 +28,14 @@ def test_state_round_trip() -> None:
     restored = OrderGuard()
     restored.load_state_dict(guard.state_dict())
     assert restored.observe("a", 10) is Order.DUPLICATE
+
+
+def test_admit_yields_in_order_and_records_the_rest() -> None:
+    from streamval.outputs import BatchResult
+    from streamval.stream.schema import AssetEvent
+
+    events = [AssetEvent("a", t) for t in (1, 2, 2, 1, 3)]
+    result = BatchResult()
+    admitted = [e.ts_ms for e in OrderGuard().admit(events, result)]
+    assert admitted == [1, 2, 3]
+    assert (result.late, result.duplicates) == ([3], [2])

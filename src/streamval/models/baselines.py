@@ -40,7 +40,7 @@ from river import stats
 from streamval.config import EngineSettings
 from streamval.engine import Engine
 from streamval.outputs import BatchResult, Valuation
-from streamval.stream.ordering import Order, OrderGuard
+from streamval.stream.ordering import OrderGuard
 from streamval.stream.schema import AssetEvent
 
 __all__ = [
@@ -117,14 +117,7 @@ class _EventByEvent:
 
     def process(self, events: Sequence[AssetEvent], *, learn: bool = True) -> BatchResult:
         result = BatchResult()
-        for index, event in enumerate(events):
-            order = self._guard.observe(event.asset_id, event.ts_ms)
-            if order is Order.LATE:
-                result.late.append(index)
-                continue
-            if order is Order.DUPLICATE:
-                result.duplicates.append(index)
-                continue
+        for event in self._guard.admit(events, result):
             valuation, group, warming = self._value(event)
             if not math.isfinite(valuation):
                 valuation, warming = self._fallback(), True
@@ -424,15 +417,9 @@ class KNNAnalogues:
     def process(self, events: Sequence[AssetEvent], *, learn: bool = True) -> BatchResult:
         result = BatchResult()
         rows: list[tuple[AssetEvent, FloatArray | None, float | None]] = []
-        for index, event in enumerate(events):
-            order = self._guard.observe(event.asset_id, event.ts_ms)
-            if order is Order.LATE:
-                result.late.append(index)
-            elif order is Order.DUPLICATE:
-                result.duplicates.append(index)
-            else:
-                rows.append((event, self._vector(event), self._last.get(event.asset_id)))
-                self._absorb(event)
+        for event in self._guard.admit(events, result):
+            rows.append((event, self._vector(event), self._last.get(event.asset_id)))
+            self._absorb(event)
         asked = [i for i, row in enumerate(rows) if row[1] is not None]
         vectors = [row[1] for row in rows if row[1] is not None]
         changes = self.predict_changes(

@@ -7,8 +7,12 @@ seen is a *duplicate* (an upstream retry) and is dropped so it is never learned 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Any
+
+from streamval.outputs import BatchResult
+from streamval.stream.schema import AssetEvent
 
 
 class Order(StrEnum):
@@ -41,6 +45,18 @@ class OrderGuard:
                 return Order.IN_ORDER if self.accept_late else Order.LATE
         self._last_ts[asset_id] = ts_ms
         return Order.IN_ORDER
+
+    def admit(self, events: Sequence[AssetEvent], result: BatchResult) -> Iterator[AssetEvent]:
+        """Yield the events to process, in order; late and duplicate ones are recorded in
+        `result` by input index instead (each event is classified just before it is yielded)."""
+        for index, event in enumerate(events):
+            order = self.observe(event.asset_id, event.ts_ms)
+            if order is Order.LATE:
+                result.late.append(index)
+            elif order is Order.DUPLICATE:
+                result.duplicates.append(index)
+            else:
+                yield event
 
     def last_ts(self, asset_id: str) -> int | None:
         """Event time of the last accepted event of the asset, if any."""
