@@ -35,13 +35,9 @@ from streamval.backtest.protocols import Run, paper_protocol, stream
 from streamval.config import EngineSettings
 from streamval.models.baselines import (
     EngineValuer,
-    IncomeMethod,
-    KNNAnalogues,
-    LSTMKNNFusion,
     MarketMethod,
-    Persistence,
     Valuer,
-    engine_variants,
+    method_suite,
 )
 from streamval.models.clustering import Linkage, Metric
 from streamval.models.profiles import ProfileSpace, SeriesStats
@@ -117,16 +113,10 @@ class CreditResults:
 
 
 def methods_for(base: EngineSettings) -> list[Valuer]:
-    """Every method of table 1; HC+LSTM runs inside the LSTM-KNN fusion (one run, four outputs)."""
-    variants = engine_variants(base)
-    fusion = LSTMKNNFusion(EngineValuer("HC+LSTM", variants.pop("HC+LSTM")), KNNAnalogues())
-    return [
-        Persistence(),
-        IncomeMethod(),
-        MarketMethod(group_attribute="tier", basis_attribute="income"),
-        fusion,
-        *(EngineValuer(name, settings) for name, settings in variants.items()),
-    ]
+    """Every method of table 1 (market peers: the risk tier, multiples of income)."""
+    return method_suite(
+        base, MarketMethod(group_attribute="tier", basis_attribute="income"), income=True
+    )
 
 
 def _splits(book: CreditPortfolio, names: Sequence[str]) -> list[tuple[str, list[AssetEvent]]]:

@@ -26,13 +26,9 @@ from streamval.backtest.metrics import mase, previous_values
 from streamval.backtest.protocols import Run, streaming_protocol
 from streamval.config import EngineSettings
 from streamval.models.baselines import (
-    EngineValuer,
-    KNNAnalogues,
-    LSTMKNNFusion,
     MarketMethod,
-    Persistence,
     Valuer,
-    engine_variants,
+    method_suite,
 )
 from streamval.stream.datasets import EventTable, load_sp500
 from streamval.stream.markers import MARKET_SHOCKS, Marker, within
@@ -120,16 +116,11 @@ def sp500_markers(data_dir: Path) -> list[Marker]:
 
 
 def methods_for(base: EngineSettings, group_attribute: str) -> list[Valuer]:
-    """The methods of the real-data tables (no income method: prices carry no cash flows);
-    HC+LSTM runs inside the LSTM-KNN fusion (one run, four outputs)."""
-    variants = engine_variants(base)
-    fusion = LSTMKNNFusion(EngineValuer("HC+LSTM", variants.pop("HC+LSTM")), KNNAnalogues())
-    return [
-        Persistence(),
-        MarketMethod(group_attribute=group_attribute, basis_attribute=None),
-        fusion,
-        *(EngineValuer(name, settings) for name, settings in variants.items()),
-    ]
+    """The methods of the real-data tables: no income method (prices carry no cash flows);
+    market peers are the group (sector), multiples are gross returns."""
+    return method_suite(
+        base, MarketMethod(group_attribute=group_attribute, basis_attribute=None), income=False
+    )
 
 
 def _score_frame(frame: pd.DataFrame, groups: dict[str, str], skip: int) -> pd.DataFrame:

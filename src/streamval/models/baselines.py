@@ -56,6 +56,7 @@ __all__ = [
     "best_alpha",
     "engine_variants",
     "fusion_moments",
+    "method_suite",
     "stack_weights",
     "weights_from_moments",
 ]
@@ -627,3 +628,17 @@ def _replace_valuation(v: Valuation, valuation: float) -> Valuation:
         v.lr,
         v.value,
     )
+
+
+def method_suite(base: EngineSettings, market: MarketMethod, *, income: bool) -> list[Valuer]:
+    """Every method of the accuracy tables, persistence first; HC+LSTM runs inside the LSTM-KNN
+    fusion (one run, four outputs). `income` adds the DCF method (assets with cash flows)."""
+    variants = engine_variants(base)
+    fusion = LSTMKNNFusion(EngineValuer("HC+LSTM", variants.pop("HC+LSTM")), KNNAnalogues())
+    return [
+        Persistence(),
+        *([IncomeMethod()] if income else []),
+        market,
+        fusion,
+        *(EngineValuer(name, settings) for name, settings in variants.items()),
+    ]
