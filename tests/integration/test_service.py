@@ -240,3 +240,83 @@ def test_exactly_once_mode(kafka_settings: Settings) -> None:
     parts = [TopicPartition(t.input, p) for p in consumer.partitions_for_topic(t.input)]
     assert sum(consumer.committed(tp) or 0 for tp in parts) == len(events) + 1
     consumer.close()
+
+
+def test_rebalance_mid_stream_loses_and_repeats_nothing(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """Another member joins and leaves while the service runs with checkpoints: every valid event
+    is valued exactly once, and partitions coming back resume at the committed offset (the
+    checkpoint's offsets only matter after a restart)."""
+    settings = small_engine(kafka_settings)
+    settings = settings.model_copy(
+        update={
+            "consumer": settings.consumer.model_copy(
+                update={"checkpoint_dir": tmp_path / "ckpt", "checkpoint_interval_s": 3600}
+            )
+        }
+    )
+    ensure_topics(settings)
+    events = stream(60)
+    quarter, half = len(events) // 4, len(events) // 2
+    metrics = EngineMetrics()
+    service = CheckpointOnce(settings, metrics=metrics, after=quarter)
+    worker = threading.Thread(target=service.run)
+    worker.start()
+    try:
+        produce(settings, events[:quarter])
+        deadline = time.monotonic() + 60
+        while not service.checkpointed and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert service.checkpointed
+        # The one checkpoint now lags the committed offsets by a quarter of the stream.
+        produce(settings, events[quarter:half])
+        while service.published < half and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert service.published == half
+
+        # A second member takes some partitions, reads without committing, and leaves.
+        other = make_consumer(settings, settings.topics.input, client_id="intruder")
+        try:
+            deadline = time.monotonic() + 30
+            while not other.assignment() and time.monotonic() < deadline:
+                other.poll(timeout_ms=200)
+            assert other.assignment()
+            produce(settings, events[half:])
+            for _ in range(5):
+                other.poll(timeout_ms=200)
+        finally:
+            other.close(autocommit=False)
+
+        deadline = time.monotonic() + 90
+        while service.published < len(events) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        service.stop()
+        worker.join(timeout=60)
+    assert service.published == len(events)
+    assert metric_value(metrics, "streamval_duplicate_events_total") == 0
+    keys = Counter(
+        (m.key, json.loads(m.value)["ts"]) for m in read(settings, settings.topics.valuations)
+    )
+    assert len(keys) == len(events) and set(keys.values()) == {1}
+    assert end_offsets_sum(settings, settings.topics.dlq) == 0  # nothing re-read as "late"
+
+
+def metric_value(metrics: EngineMetrics, name: str) -> float:
+    return sum(s.value for m in metrics.registry.collect() for s in m.samples if s.name == name)
+
+
+class CheckpointOnce(ValuationService):
+    """Writes one checkpoint, as soon as `after` valuations are published, and no other."""
+
+    def __init__(self, *args: Any, after: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.after = after
+        self.checkpointed = False
+
+    def _periodic(self, *, force: bool) -> None:
+        super()._periodic(force=False)
+        if not self.checkpointed and self.published >= self.after:
+            self._checkpoint()
+            self.checkpointed = True

@@ -16,9 +16,10 @@ Work per batch is bounded, so the loop returns to `poll()` long before `max.poll
 with the defaults, 500 events x ~0.5 ms of inference + 4 optimizer steps x 3 clusters x ~50 ms
 is about 1 s per batch against a 300 s limit.
 
-Recovery: on assignment each partition is sought to the checkpointed offset (if any). Events
-between that offset and the group's committed offset were already published before a crash:
-they are re-learned but not published again.
+Recovery: after a restart, each partition is sought to the checkpointed offset (if any) on its
+first assignment. Events between that offset and the group's committed offset were already
+published (or dead-lettered) before the crash: they are re-learned but not published again.
+Later rebalances resume at the committed offset: the live engine is already past the checkpoint.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ class ValuationService:
         c = settings.consumer
         self.store = CheckpointStore(c.checkpoint_dir) if c.checkpoint_dir else None
         self._checkpoint_offsets: dict[tuple[str, int], int] = {}
+        # Offsets of the restored checkpoint not yet sought to: a partition resumes there on its
+        # first assignment only; later assignments resume at the group's committed offset, as the
+        # engine has moved past the checkpoint by then.
+        self._restore_offsets: dict[tuple[str, int], int] = {}
         self._suppress_until: dict[tuple[str, int], int] = {}
         self._positions: dict[tuple[str, int], int] = {}
         self._stop = threading.Event()
@@ -95,7 +100,7 @@ class ValuationService:
         self._producer: KafkaProducer | None = None
         self._consumer: KafkaConsumer | None = None
         self._pending: list[SourcedEvent] = []
-        self._restoring: set[TopicPartition] = set()
+        self._restoring: dict[TopicPartition, int] = {}  # sought to a checkpoint, paused
         self._clusters_seen: set[int] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -180,6 +185,9 @@ class ValuationService:
         result: BatchResult = self.engine.process([s.event for s in poll.events])
         for index in result.late:
             sourced = poll.events[index]
+            message = sourced.message
+            if self._suppressed(message.topic, message.partition, message.offset):
+                continue  # re-read after a restore: dead-lettered before the crash
             dlq.send(
                 sourced.message,
                 Reason.LATE.value,
@@ -259,9 +267,9 @@ class ValuationService:
     def _publish_snapshots(self) -> None:
         snapshots = self.engine.snapshot()
         current = {snap.cluster for snap in snapshots}
-        gone = self._clusters_seen - current  # merged away by a re-fit
+        gone = self._clusters_seen - current  # retired by a re-fit
         if gone:
-            self.metrics.forget_clusters(gone)
+            self.metrics.retire_clusters(gone)
         self._clusters_seen = current
         self.metrics.update_clusters(snapshots)
         if self._producer is None or not snapshots:
@@ -297,6 +305,7 @@ class ValuationService:
             return
         self.engine.load_state_dict(checkpoint.engine)
         self._checkpoint_offsets = dict(checkpoint.offsets)
+        self._restore_offsets = dict(checkpoint.offsets)
         log.info(
             "restored checkpoint",
             extra={
@@ -313,12 +322,12 @@ class ValuationService:
         assert self._consumer is not None
         self._assigned |= set(assigned)
         for tp in assigned:
-            offset = self._checkpoint_offsets.get((tp.topic, tp.partition))
+            offset = self._restore_offsets.pop((tp.topic, tp.partition), None)
             if offset is None:
                 continue
             self._consumer.seek(tp, offset)
             self._consumer.pause(tp)
-            self._restoring.add(tp)
+            self._restoring[tp] = offset
             log.info(
                 "resuming from checkpoint", extra={"partition": tp.partition, "offset": offset}
             )
@@ -329,12 +338,11 @@ class ValuationService:
     def _resume_restored(self) -> None:
         """Bound the re-read of restored partitions, then let them be fetched again."""
         assert self._consumer is not None
-        restoring, self._restoring = self._restoring, set()
-        for tp in restoring:
+        restoring, self._restoring = self._restoring, {}
+        for tp, offset in restoring.items():
             if tp not in self._assigned:
                 continue
             committed = self._consumer.committed(tp)
-            offset = self._checkpoint_offsets[(tp.topic, tp.partition)]
             if committed is not None and committed > offset:
                 # Published before the crash: re-learn these events, do not publish them again.
                 self._suppress_until[(tp.topic, tp.partition)] = committed
