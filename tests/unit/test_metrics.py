@@ -258,21 +258,43 @@ def test_drift_counters_exist_at_zero_before_the_first_alarm() -> None:
     assert set(KNOWN_DETECTORS) == {"adwin", "page_hinkley", "kswin"}
 
 
-def test_forget_clusters_removes_their_series() -> None:
-    m = EngineMetrics()
+def test_retired_clusters_lose_their_gauges_at_once_and_their_counters_later() -> None:
+    m = EngineMetrics(retired_ttl_s=60.0)
     r = m.registry
-    m.update_clusters([snapshot(0), snapshot(1)])
+    m.update_clusters([snapshot(0), snapshot(1, updates=4)])
     m.published(1, 3)
     m.drift_alarm(
         DriftAlarm(cluster=1, detector="adwin", ts_ms=5, error_before=0.1, error_after=0.5, lr=5e-3)
     )
-    m.forget_clusters([1])
-    exposition = prometheus_client.generate_latest(r).decode()
-    assert 'cluster="1"' not in exposition
+    m.retire_clusters([1])
+    # Gauges of a cluster that is gone would freeze their last value: removed at once.
+    for gauge in ("streamval_cluster_mae", "streamval_cluster_learning_rate"):
+        assert f'{gauge}{{cluster="1"' not in exposition(r)
     assert value(r, "streamval_cluster_mae", cluster="0", window="rolling") == 0.5
-    # the cluster id comes back later (a new cluster): its counters start afresh
+    # Counters keep their final values for a scrape and for increase() windows.
+    m.update_clusters([snapshot(0)])
+    assert value(r, "streamval_valuations_published_total", cluster="1") == 3
+    assert value(r, "streamval_drift_alarms_total", cluster="1", detector="adwin") == 1
+    assert value(r, "streamval_cluster_model_updates_total", cluster="1") == 4
+
+
+def test_retired_cluster_counters_go_after_the_grace_period() -> None:
+    m = EngineMetrics(retired_ttl_s=0.0)
+    r = m.registry
+    m.update_clusters([snapshot(0), snapshot(1)])
+    m.published(1, 3)
+    m.retire_clusters([1])
+    assert 'cluster="1"' not in exposition(r)
+    assert value(r, "streamval_cluster_mae", cluster="0", window="rolling") == 0.5
+    # A cluster id seen again (ids are not reused by the engine, but a restore may bring one
+    # back) starts afresh.
     m.update_clusters([snapshot(1, updates=3)])
     assert value(r, "streamval_cluster_model_updates_total", cluster="1") == 3
+    assert value(r, "streamval_valuations_published_total", cluster="1") == 0
+
+
+def exposition(registry: prometheus_client.CollectorRegistry) -> str:
+    return prometheus_client.generate_latest(registry).decode()
 
 
 def test_histograms_cover_their_ranges() -> None:

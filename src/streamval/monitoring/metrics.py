@@ -71,6 +71,10 @@ __all__ = ["EngineMetrics", "ReplayMetrics"]
 
 WINDOWS = ("rolling", "total")
 
+# Counters of a cluster retired by a re-fit are kept this long: longer than the widest window of
+# the shipped alerts and panels over them (10 minutes), so the alarm that led to the re-fit shows.
+RETIRED_TTL_S = 900.0
+
 # Receipt -> acknowledged valuation: a poll of up to 500 records plus a producer round trip is
 # milliseconds to a few seconds; past 30 s the poll loop is in trouble anyway.
 LATENCY_BUCKETS = (
@@ -135,16 +139,22 @@ class EngineMetrics:
 
     The consumer calls one method per fact it observes; all methods are thread-safe (the poll
     loop and the metrics server run on different threads) and cheap (no allocation per event
-    beyond prometheus_client's own). Cluster-labelled gauges follow `update_clusters`; series of
-    clusters that no longer exist are removed with `forget_clusters`, partition-labelled series
-    of partitions handed to another consumer with `partitions_revoked`.
+    beyond prometheus_client's own). Cluster-labelled gauges follow `update_clusters`; clusters
+    that no longer exist are retired with `retire_clusters` (gauges at once, counters after
+    `retired_ttl_s`), partition-labelled series of partitions handed to another consumer are
+    removed with `partitions_revoked`.
     """
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, version: str = __version__
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        version: str = __version__,
+        retired_ttl_s: float = RETIRED_TTL_S,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.version = version
+        self.retired_ttl_s = retired_ttl_s
         self._lock = threading.Lock()
         r = self.registry
         _register_info(r, version)
@@ -272,6 +282,7 @@ class EngineMetrics:
         self._update_totals: dict[str, float] = {}
         self._detectors: set[str] = set(KNOWN_DETECTORS)
         self._clusters: set[str] = set()
+        self._retired: dict[str, float] = {}  # cluster -> time.monotonic() of its retirement
 
     # -- the input side ---------------------------------------------------------------------
 
@@ -326,8 +337,10 @@ class EngineMetrics:
         exported as NaN, so panels show a gap and alerts see no value.
         """
         with self._lock:
+            self._sweep_retired()
             for snap in snapshots:
                 cluster = str(snap.cluster)
+                self._retired.pop(cluster, None)
                 if cluster not in self._clusters:
                     self._clusters.add(cluster)
                 for detector in self._detectors:
@@ -341,21 +354,38 @@ class EngineMetrics:
                 self._cluster_alarms.labels(cluster).set(snap.drift_alarms)
                 self._mirror_updates(cluster, snap.updates)
 
-    def forget_clusters(self, clusters: Iterable[int]) -> None:
-        """Remove every series of clusters that no longer exist (merged away by a re-fit)."""
+    def retire_clusters(self, clusters: Iterable[int]) -> None:
+        """Clusters that no longer exist (retired by a re-fit): drop their gauges now, their
+        counters after `retired_ttl_s`.
+
+        A gauge of a cluster that is gone would freeze its last value. Its counters stay a while,
+        so Prometheus scrapes their final values and `increase()` in alerts and dashboards still
+        sees the drift alarm that led to the re-fit, which happens in the same batch.
+        """
+        now = time.monotonic()
         with self._lock:
             for cluster in (str(c) for c in clusters):
                 self._clusters.discard(cluster)
-                self._update_totals.pop(cluster, None)
+                self._retired.setdefault(cluster, now)
                 for metric in (self._mae, self._rmse, self._r2, self._samples):
                     for window in WINDOWS:
                         _remove(metric, cluster, window)
                 for single in (self._lr, self._assets, self._model_version, self._cluster_alarms):
                     _remove(single, cluster)
-                _remove(self._updates, cluster)
-                _remove(self._published, cluster)
-                for detector in self._detectors:
-                    _remove(self._drift, cluster, detector)
+            self._sweep_retired(now)
+
+    def _sweep_retired(self, now: float | None = None) -> None:
+        """Remove the counters of clusters retired more than `retired_ttl_s` ago (lock held)."""
+        now = time.monotonic() if now is None else now
+        for cluster, since in list(self._retired.items()):
+            if now - since < self.retired_ttl_s:
+                continue
+            del self._retired[cluster]
+            self._update_totals.pop(cluster, None)
+            _remove(self._updates, cluster)
+            _remove(self._published, cluster)
+            for detector in self._detectors:
+                _remove(self._drift, cluster, detector)
 
     def processing_latency(self, seconds: float) -> None:
         """One event took `seconds` from receipt to its valuation being acknowledged."""
