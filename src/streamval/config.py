@@ -160,6 +160,12 @@ class EngineSettings(_Section):
     reset_moments_on_drift: bool = True
     drift_replay_fraction: float = Field(0.1, ge=0, le=1)
     metrics_window: int = Field(500, ge=1)
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        description="torch intra-op threads; small LSTMs gain nothing from more, and the "
+        "broker client and the metrics server need the rest of the CPU; 0 = torch's default",
+    )
 
     @model_validator(mode="after")
     def _ward_is_euclidean(self) -> EngineSettings:

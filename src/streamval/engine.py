@@ -84,6 +84,12 @@ _MAX_RATIO = 1e6
 _METRIC_LIMIT = 1e150
 
 
+def set_torch_threads(settings: EngineSettings) -> None:
+    """Apply `engine.torch_threads` to this process (torch's thread pool is process-wide)."""
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+
+
 def _clip(x: float, limit: float) -> float:
     return max(-limit, min(limit, x))
 

@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
 
     # Heavy imports (torch) only once the settings are known to be valid.
     from streamval.consumers.service import ValuationService, serve_metrics
+    from streamval.engine import set_torch_threads
 
+    set_torch_threads(settings.engine)
     service = ValuationService(settings)
     server = serve_metrics(service)
     if server is not None:

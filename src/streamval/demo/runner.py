@@ -116,11 +116,9 @@ def run_demo(
     settings: Settings, options: DemoOptions, *, stop: threading.Event, console: Console
 ) -> DemoResult | None:
     """Run the whole demo (see the module docstring); None if `stop` was set before the end."""
-    # Small LSTMs on batches of at most a few hundred events gain nothing from intra-op
-    # threads, and the broker and the replay need the other core of a 2-core machine.
-    import torch
+    from streamval.engine import set_torch_threads
 
-    torch.set_num_threads(1)
+    set_torch_threads(settings.engine)
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     try:
