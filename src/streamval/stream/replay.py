@@ -9,6 +9,9 @@ assets, ties by asset id. Pacing:
 * `speed=X`: event time runs X times faster than wall time (86400: one day of history a second);
   event e leaves no earlier than (e.ts - first.ts) / X after the start.
 
+A stall of the sender (a slow broker, a long GC) longer than `MAX_BEHIND_S` shifts the schedule
+instead of bursting to catch up: the rate stays a cap, and event-time spacing is kept after it.
+
 Markers (`streamval.stream.markers`) inside the table's period are published on the metrics topic
 (key `marker`) just before the first event at or after their time. `on_progress(n_sent)` is
 called after each batch of sends and at the end, `on_marker(marker)` after each marker. The
@@ -41,7 +44,6 @@ MARKER_KEY = b"marker"
 # Progress callbacks and the bar are updated every this many events: often enough for a smooth
 # bar at 100k+ events/s, rarely enough to cost nothing per event.
 PROGRESS_EVERY = 500
-# Sleeping in slices of at most this long keeps pacing responsive to Ctrl-C.
 MAX_SLEEP_S = 0.25
 # A TCP connect to a live broker takes milliseconds; 5 s covers a slow remote network while an
 # unreachable cluster fails in seconds instead of kafka-python's 30 s bootstrap timeout.
@@ -49,6 +51,8 @@ CONNECT_TIMEOUT_S = 5.0
 # How long the final flush may take before the replay fails: at 100 MB of buffered events and a
 # slow local broker, 120 s is ample; a broker that is gone fails long before.
 FLUSH_TIMEOUT_S = 120.0
+# Lateness the pacer still catches up (sleep granularity, a slow send); beyond it, it re-anchors.
+MAX_BEHIND_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ def replay(
         if create_topics:
             ensure_topics(settings, [topic, metrics_topic] if pending else [topic])
         producer = make_producer(settings, **(producer_config or {}))
+        producer.partitions_for(topic)  # metadata now: the first send must not stall the pacing
     except KafkaError as exc:
         raise BrokerError(
             f"cannot use the Kafka cluster at {settings.kafka.bootstrap_servers}: {exc}"
@@ -122,6 +127,7 @@ def replay(
 
     bar = _progress_bar(len(table), progress)
     sent = n_markers = 0
+    pacer = Pacer(offsets) if offsets is not None else None
     t0 = time.monotonic()
     try:
         for i, event in enumerate(table.events()):
@@ -133,8 +139,8 @@ def replay(
                 n_markers += 1
                 if on_marker is not None:
                     on_marker(marker)
-            if offsets is not None:
-                _sleep_until(t0 + offsets[i])
+            if pacer is not None:
+                pacer.wait(i)
             producer.send(topic, key=event.asset_id.encode(), value=event.to_bytes()).add_errback(
                 failed
             )
@@ -189,9 +195,36 @@ def check_reachable(settings: Settings, timeout_s: float = CONNECT_TIMEOUT_S) ->
     )
 
 
-def _sleep_until(deadline: float) -> None:
-    while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(left, MAX_SLEEP_S))
+class Pacer:
+    """Holds event i back until `offsets[i]` seconds after the first `wait`, re-anchoring after
+    a stall longer than `max_behind_s` instead of bursting to catch up."""
+
+    def __init__(
+        self,
+        offsets: Sequence[float],
+        *,
+        max_behind_s: float = MAX_BEHIND_S,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.offsets = offsets
+        self.max_behind_s = max_behind_s
+        self.clock = clock
+        self.sleep = sleep
+        self.origin: float | None = None
+
+    def wait(self, i: int) -> None:
+        """Return when event `i` may leave."""
+        now = self.clock()
+        if self.origin is None:
+            self.origin = now - self.offsets[i]
+        due = self.origin + self.offsets[i]
+        if now - due > self.max_behind_s:
+            self.origin += now - due
+            return
+        # Sleeping in slices keeps pacing responsive to Ctrl-C.
+        while (left := due - self.clock()) > 0:
+            self.sleep(min(left, MAX_SLEEP_S))
 
 
 class _NoBar:
