@@ -114,6 +114,11 @@ class ConsumerSettings(_Section):
     exactly_once: bool = False
     checkpoint_dir: Path | None = None
     checkpoint_interval_s: float = Field(30.0, gt=0)
+    history: Path | None = Field(
+        None,
+        description="long table (CSV/Parquet: asset_id, ts, value, then features and "
+        "attributes) the engine learns from before consuming, unless a checkpoint restores it",
+    )
     metrics_interval_s: float = Field(10.0, gt=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
 
@@ -171,6 +176,17 @@ class EngineSettings(_Section):
     def _ward_is_euclidean(self) -> EngineSettings:
         if self.linkage == "ward" and self.metric != "euclidean":
             raise ValueError("linkage 'ward' needs metric 'euclidean'")
+        return self
+
+    @model_validator(mode="after")
+    def _clusters_within_bounds(self) -> EngineSettings:
+        k = self.n_clusters
+        if k != "auto" and not 1 <= k <= self.max_clusters:
+            raise ValueError(
+                f"n_clusters = {k} must be 'auto' or within 1..max_clusters ({self.max_clusters})"
+            )
+        if k != "auto" and k > self.bootstrap_assets:
+            raise ValueError(f"n_clusters = {k} needs bootstrap_assets >= {k}")
         return self
 
 

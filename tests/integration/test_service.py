@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
-from tests.integration.streams import DAY_MS, regime_change
+from tests.integration.streams import DAY_MS, regime_change, to_long_table
 
 from streamval.config import Settings
 from streamval.consumers.service import ValuationService
+from streamval.errors import DataError
 from streamval.monitoring.metrics import EngineMetrics
 from streamval.stream.clients import make_consumer, make_producer
 from streamval.stream.schema import AssetEvent
@@ -301,6 +302,51 @@ def test_rebalance_mid_stream_loses_and_repeats_nothing(
     )
     assert len(keys) == len(events) and set(keys.values()) == {1}
     assert end_offsets_sum(settings, settings.topics.dlq) == 0  # nothing re-read as "late"
+
+
+def test_history_warms_the_engine_before_the_first_event(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """`consumer.history`: the first live valuations come from fitted clusters and full windows;
+    a restart restores the checkpoint and does not read the history again."""
+    events = stream(60)
+    split = 18 * 40
+    history = tmp_path / "history.csv"
+    to_long_table(events[:split]).to_csv(history, index=False)
+    settings = small_engine(kafka_settings)  # bootstrap_assets=12 of 18 assets
+    settings = settings.model_copy(
+        update={
+            "consumer": settings.consumer.model_copy(
+                update={"history": history, "checkpoint_dir": tmp_path / "ckpt"}
+            )
+        }
+    )
+    ensure_topics(settings)
+    produce(settings, events[split:])
+    service = ValuationService(settings, metrics=EngineMetrics())
+    service.run(max_idle_polls=3)
+    assert service.published == len(events) - split
+    bodies = [json.loads(m.value) for m in read(settings, settings.topics.valuations)]
+    assert len(bodies) == len(events) - split
+    assert not any(b["warming"] for b in bodies)
+    first_day = [b for b in bodies if b["ts"] == events[split].ts_ms]
+    assert len(first_day) == 18 and len({b["cluster"] for b in first_day}) == 3
+
+    history.unlink()  # the checkpoint holds what the history taught
+    restarted = ValuationService(settings, metrics=EngineMetrics())
+    restarted.run(max_idle_polls=3)
+    assert restarted.engine.assignments() == service.engine.assignments()
+
+
+def test_a_missing_history_file_fails_before_consuming(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    settings = small_engine(kafka_settings)
+    settings = settings.model_copy(
+        update={"consumer": settings.consumer.model_copy(update={"history": tmp_path / "no.csv"})}
+    )
+    with pytest.raises(DataError, match=r"no\.csv: no such file"):
+        ValuationService(settings, metrics=EngineMetrics()).run(max_idle_polls=1)
 
 
 def metric_value(metrics: EngineMetrics, name: str) -> float:

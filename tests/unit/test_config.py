@@ -104,3 +104,22 @@ def test_ward_needs_euclidean() -> None:
         environ={}, overrides={"engine.metric": "cosine", "engine.linkage": "average"}
     )
     assert (s.engine.linkage, s.engine.metric) == ("average", "cosine")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (
+            {"engine.n_clusters": 7},
+            r"n_clusters = 7 must be 'auto' or within 1\.\.max_clusters \(6\)",
+        ),
+        ({"engine.n_clusters": 0}, r"n_clusters = 0"),
+        ({"engine.n_clusters": 3, "engine.bootstrap_assets": 2}, r"bootstrap_assets >= 3"),
+    ],
+)
+def test_cluster_count_must_be_reachable(overrides: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(environ={}, overrides=overrides)
+    raised = {**overrides, "engine.max_clusters": 8, "engine.bootstrap_assets": 30}
+    if overrides.get("engine.n_clusters") == 7:
+        assert load_settings(environ={}, overrides=raised).engine.n_clusters == 7

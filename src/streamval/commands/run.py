@@ -24,6 +24,10 @@ snapshots plus drift alarms to topics.metrics, and commits offsets only after th
 acknowledged (at-least-once; --exactly-once uses Kafka transactions). Several processes with the
 same group id split the partitions; each holds its own copy of the cluster models.
 
+With --history FILE (a long table: asset_id, ts, value, then feature and attribute columns,
+CSV or Parquet) and no checkpoint to restore, the engine first learns from that history, so the
+first live events meet fitted clusters and trained models instead of the warming fallback.
+
 Prometheus metrics are served on http://monitoring.host:monitoring.port/metrics (default
 127.0.0.1:9108), with /healthz and /readyz. SIGTERM or Ctrl-C finishes the current batch,
 flushes, commits, checkpoints and exits 0.
@@ -45,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--checkpoint-dir",
         metavar="DIR",
         help="checkpoint engine state + offsets here (consumer.checkpoint_dir)",
+    )
+    parser.add_argument(
+        "--history",
+        metavar="FILE",
+        help="learn from this long table (CSV/Parquet) before consuming, unless a checkpoint "
+        "restores the engine (consumer.history)",
     )
     parser.add_argument(
         "--exactly-once",
@@ -70,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         **{
             "consumer.group_id": args.group,
             "consumer.checkpoint_dir": args.checkpoint_dir,
+            "consumer.history": args.history,
             "consumer.exactly_once": args.exactly_once,
             "monitoring.port": args.metrics_port,
         },
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from streamval.engine import set_torch_threads
 
     set_torch_threads(settings.engine)
-    service = ValuationService(settings)
+    service = ValuationService(settings, progress=sys.stderr.isatty())
     server = serve_metrics(service)
     if server is not None:
         print(json.dumps({"metrics": server.url}), flush=True)

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -39,11 +41,13 @@ from streamval.config import Settings
 from streamval.consumers.checkpoint import CheckpointStore
 from streamval.consumers.dlq import DeadLetterQueue
 from streamval.consumers.source import EventSource, Poll, SourcedEvent
+from streamval.consumers.warmup import warm_up
 from streamval.engine import Engine
 from streamval.monitoring.metrics import EngineMetrics
 from streamval.monitoring.server import MetricsServer
 from streamval.outputs import BatchResult
 from streamval.stream.clients import make_consumer, make_producer
+from streamval.stream.datasets.tables import read_long_table
 from streamval.stream.schema import Reason
 from streamval.stream.topics import ensure_topics
 
@@ -77,8 +81,10 @@ class ValuationService:
         *,
         engine: Engine | None = None,
         metrics: EngineMetrics | None = None,
+        progress: bool = False,
     ) -> None:
         self.settings = settings
+        self.progress = progress  # a progress bar on stderr while warming up from history
         self.engine = engine or Engine(settings.engine, accept_late=settings.consumer.accept_late)
         self.metrics = metrics or EngineMetrics()
         c = settings.consumer
@@ -125,8 +131,9 @@ class ValuationService:
         """Consume until `stop()`, or `max_idle_polls` empty polls in a row (scripts, tests)."""
         s = self.settings
         t = s.topics
+        if not self._restore() and s.consumer.history is not None:
+            self._warm_up(s.consumer.history)
         ensure_topics(s, [t.input, t.dlq, t.valuations, t.metrics])
-        self._restore()
         transactional = s.consumer.exactly_once
         producer_config: dict[str, Any] = {}
         if transactional:
@@ -297,12 +304,13 @@ class ValuationService:
             "checkpoint written", extra={"path": str(self.store.path), "partitions": len(offsets)}
         )
 
-    def _restore(self) -> None:
+    def _restore(self) -> bool:
+        """Load the checkpoint, if any; whether one was restored."""
         if self.store is None:
-            return
+            return False
         checkpoint = self.store.load()
         if checkpoint is None:
-            return
+            return False
         self.engine.load_state_dict(checkpoint.engine)
         self._checkpoint_offsets = dict(checkpoint.offsets)
         self._restore_offsets = dict(checkpoint.offsets)
@@ -313,6 +321,31 @@ class ValuationService:
                 "age_s": round(time.time() - checkpoint.created_at, 1),
             },
         )
+        return True
+
+    def _warm_up(self, path: Path) -> None:
+        from tqdm import tqdm
+
+        table = read_long_table(path)
+        bar = tqdm(
+            total=len(table), unit="ev", desc="history", file=sys.stderr, disable=not self.progress
+        )
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            bar.update(n - done)
+            done = n
+
+        try:
+            warm_up(
+                self.engine,
+                table.events(),
+                batch_size=self.settings.consumer.max_poll_records,
+                on_progress=advance,
+            )
+        finally:
+            bar.close()
 
     # -- rebalances ------------------------------------------------------------------------
 
