@@ -105,6 +105,11 @@ class ConsumerSettings(_Section):
     """The consumer service (`streamval run`)."""
 
     group_id: str = "streamval"
+    group_instance_id: str | None = Field(
+        None,
+        description="static group membership (KIP-345), unique per process: a member restarted "
+        "within the session timeout gets its partitions back without a rebalance",
+    )
     client_id: str = "streamval"
     max_poll_records: int = Field(500, ge=1)
     max_poll_interval_ms: int = Field(300_000, ge=1000)

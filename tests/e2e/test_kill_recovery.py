@@ -27,7 +27,9 @@ T0 = 1_600_000_000_000
 ENGINE = EngineSettings(hidden=[16, 8], seq_len=6, bootstrap_assets=12, min_history=8)
 
 
-def start_engine(settings: Settings, ckpt: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_engine(
+    settings: Settings, ckpt: Path, log: Path, instance_id: str | None
+) -> subprocess.Popen[bytes]:
     t = settings.topics
     sets: dict[str, object] = {
         "topics.input": t.input,
@@ -55,6 +57,8 @@ def start_engine(settings: Settings, ckpt: Path, log: Path) -> subprocess.Popen[
     ]
     for kv in args:
         cmd += ["--set", kv]
+    if instance_id is not None:
+        cmd += ["--instance-id", instance_id]
     with log.open("ab") as err:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
 
@@ -76,7 +80,12 @@ def valuation_keys(
     return seen
 
 
-def test_kill_9_then_restart(kafka_settings: Settings, tmp_path: Path) -> None:
+# Static membership (KIP-345): the restarted member takes over its old assignment at once
+# instead of waiting for the dead member's session to expire (45 s by default).
+@pytest.mark.parametrize("instance_id", [None, "engine-1"], ids=["dynamic", "static"])
+def test_kill_9_then_restart(
+    kafka_settings: Settings, tmp_path: Path, instance_id: str | None
+) -> None:
     settings = kafka_settings
     ensure_topics(settings)
     events = regime_change(60, t0_ms=T0, shift_step=1000)
@@ -91,7 +100,7 @@ def test_kill_9_then_restart(kafka_settings: Settings, tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     log = tmp_path / "engine.log"
     send(first)
-    engine = start_engine(settings, ckpt, log)
+    engine = start_engine(settings, ckpt, log, instance_id)
     try:
         assert len(valuation_keys(settings, len(first))) == len(first), log.read_text()[-2000:]
         deadline = time.monotonic() + 30
@@ -108,9 +117,12 @@ def test_kill_9_then_restart(kafka_settings: Settings, tmp_path: Path) -> None:
 
     send(second[100:])
     producer.close()
-    engine = start_engine(settings, ckpt, log)
+    engine = start_engine(settings, ckpt, log, instance_id)
+    restarted = time.monotonic()
     try:
         keys = valuation_keys(settings, len(events))
+        took = time.monotonic() - restarted
+        print(f"{instance_id or 'dynamic'} membership: all valued {took:.1f} s after the restart")
     finally:
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(timeout=60) == 0, log.read_text()[-2000:]

@@ -51,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="checkpoint engine state + offsets here (consumer.checkpoint_dir)",
     )
     parser.add_argument(
+        "--instance-id",
+        metavar="ID",
+        help="static group membership, unique per process: a restart within the session "
+        "timeout keeps its partitions without a rebalance (consumer.group_instance_id)",
+    )
+    parser.add_argument(
         "--history",
         metavar="FILE",
         help="learn from this long table (CSV/Parquet) before consuming, unless a checkpoint "
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             "consumer.group_id": args.group,
             "consumer.checkpoint_dir": args.checkpoint_dir,
             "consumer.history": args.history,
+            "consumer.group_instance_id": args.instance_id,
             "consumer.exactly_once": args.exactly_once,
             "monitoring.port": args.metrics_port,
         },

@@ -141,7 +141,10 @@ class ValuationService:
         producer = self._producer = make_producer(s, **producer_config)
         if transactional:
             producer.init_transactions()
-        consumer = self._consumer = make_consumer(s)
+        static = {"group_instance_id": s.consumer.group_instance_id}
+        consumer = self._consumer = make_consumer(
+            s, **(static if static["group_instance_id"] else {})
+        )
         consumer.subscribe([t.input], listener=_Rebalance(self))
         dlq = DeadLetterQueue(producer, t.dlq, on_dead_letter=self.metrics.dead_lettered)
         source = EventSource(
