@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 import pytest
 
 from streamval.cli import build_parser, main
 from streamval.commands import COMMANDS
+from streamval.stream.markers import Marker
 
 
 def test_top_level_help_explains_product_and_lists_commands(
@@ -53,3 +56,31 @@ def test_bad_setting_exits_2_naming_the_key(capsys: pytest.CaptureFixture[str]) 
     assert main(["config", "--set", "engine.seq_len=-3"]) == 2
     err = capsys.readouterr().err
     assert "engine.seq_len" in err and "Traceback" not in err
+
+
+def test_markers_from_a_data_folder_or_built_in_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamval.commands.replay import load_markers
+    from streamval.stream.markers import MARKET_SHOCKS
+
+    def markers(value: str | None, data_dir: Path | None = None) -> list[Marker]:
+        return load_markers(argparse.Namespace(markers=value, data_dir=data_dir))
+
+    assert markers(None) == []
+    assert markers("") == sorted(MARKET_SHOCKS)
+    policy = tmp_path / "data" / "policy"
+    policy.mkdir(parents=True)
+    (policy / "fed_target_changes.csv").write_text(
+        "announce_date,fred_effective_date,source_series,new_target,change_bp\n"
+        "2022-03-16,2022-03-17,DFEDTARU,0.5,25\n"
+    )
+    from_folder = markers(str(tmp_path / "data"))
+    assert len(from_folder) == len(MARKET_SHOCKS) + 1
+    assert from_folder == markers(str(policy / "fed_target_changes.csv"))
+    assert from_folder == markers("", data_dir=tmp_path / "data" / "sp500_2015_2020")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with caplog.at_level("WARNING"):
+        assert markers(str(empty)) == sorted(MARKET_SHOCKS)
+    assert "built-in market shocks only" in caplog.text

@@ -219,7 +219,12 @@ def test_replay_service(services: dict[str, Any], prometheus_config: dict[str, A
     assert command[0] == "replay"
     assert command[command.index("--dataset") + 1] == "credit"
     assert "--shock" not in command  # the credit book carries the month-18 tightening itself
-    assert "--markers" in command
+    # Fed rate changes from the data folder mounted read-only, by default the one beside the clone.
+    folder = command[command.index("--markers") + 1]
+    host, target, mode = replay["volumes"][0].rsplit(":", 2)
+    assert (target, mode) == (folder, "ro")
+    assert host == "${STREAMVAL_DATA_DIR:-../../shared/data}"
+    assert (DOCKER / "../../shared/data").resolve() == (REPO.parent / "shared" / "data").resolve()
     port = int(command[command.index("--metrics-port") + 1])
     settings = load_settings(environ=env(replay))
     assert settings.monitoring.host == "0.0.0.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,10 @@ from streamval.stream.markers import MARKET_SHOCKS, Marker, fed_changes
 from streamval.stream.replay import ReplayReport, replay
 from streamval.stream.scenarios import describe_library, load_scenario, parse_shock_arg
 from streamval.stream.schema import parse_timestamp
+
+log = logging.getLogger(__name__)
+
+FED_CSV = "fed_target_changes.csv"
 
 DESCRIPTION = """\
 Produce events into the input topic (asset-events; key = asset_id), in event-time order across
@@ -42,7 +47,9 @@ date, a step index (the month for the credit book) or a percentage of the period
 {library}
 
 --markers publishes real events (built-in market shocks; Fed rate changes from a CSV given as
-the option's value, or found beside --data-dir) on the metrics topic when the stream reaches them.
+the option's value, or in a data folder given as the value (DIR/policy/fed_target_changes.csv),
+or beside --data-dir) on the metrics topic when the stream reaches them. A data folder without
+the CSV is not an error: the built-in market shocks are published alone, with a warning.
 
 examples:
   streamval replay --dataset credit --customers 500 --speed 2592000
@@ -178,8 +185,16 @@ def load_markers(args: argparse.Namespace) -> list[Marker]:
         return []
     markers = list(MARKET_SHOCKS)
     fed: Path | None = Path(args.markers) if args.markers else None
+    if fed is not None and fed.is_dir():
+        fed = fed / "policy" / FED_CSV
+        if not fed.is_file():
+            log.warning(
+                "no Fed rate changes in the data folder: built-in market shocks only",
+                extra={"expected": str(fed)},
+            )
+            fed = None
     if fed is None and args.data_dir is not None:
-        beside = args.data_dir.parent / "policy" / "fed_target_changes.csv"
+        beside = args.data_dir.parent / "policy" / FED_CSV
         fed = beside if beside.is_file() else None
     if fed is not None:
         markers.extend(fed_changes(fed))
