@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 from streamval.cli import main
 from streamval.config import Settings, kafka_client_config
@@ -26,10 +27,11 @@ pytestmark = pytest.mark.kafka
 DAY = 86_400_000
 
 
-def read_all(
+def read_records(
     settings: Settings, topic: str, expected: int, timeout_s: float = 30.0
-) -> list[tuple[int, int, bytes, bytes]]:
-    """(partition, offset, key, value) of the first `expected` records of `topic`."""
+) -> list[ConsumerRecord]:
+    """The records of `topic` from the beginning: the first `expected`, plus any that follow
+    within half a second (nothing more than expected may arrive)."""
     consumer = KafkaConsumer(**kafka_client_config(settings, "consumer"), enable_auto_commit=False)
     try:
         partitions = [
@@ -37,20 +39,25 @@ def read_all(
         ]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        records: list[tuple[int, int, bytes, bytes]] = []
+        records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         while len(records) < expected and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
-                records.extend((r.partition, r.offset, r.key, r.value) for r in batch)
-        # Nothing more than expected may arrive.
-        records.extend(
-            (r.partition, r.offset, r.key, r.value)
-            for b in consumer.poll(timeout_ms=500).values()
-            for r in b
-        )
+                records.extend(batch)
+        records.extend(r for b in consumer.poll(timeout_ms=500).values() for r in b)
         return records
     finally:
         consumer.close()
+
+
+def read_all(
+    settings: Settings, topic: str, expected: int, timeout_s: float = 30.0
+) -> list[tuple[int, int, bytes, bytes]]:
+    """(partition, offset, key, value) of the records of `topic` (see `read_records`)."""
+    return [
+        (r.partition, r.offset, r.key, r.value)
+        for r in read_records(settings, topic, expected, timeout_s)
+    ]
 
 
 def events_of(records: list[tuple[int, int, bytes, bytes]]) -> list[AssetEvent]:
@@ -137,20 +144,7 @@ def test_scenario_changes_only_selected_assets_from_its_time(
 def send_span_s(settings: Settings, topic: str, expected: int) -> float:
     """Seconds between the first and the last record's producer timestamp (CreateTime, set at
     send), so topic creation and connecting do not count."""
-    consumer = KafkaConsumer(**kafka_client_config(settings, "consumer"), enable_auto_commit=False)
-    try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        stamps: list[int] = []
-        deadline = time.monotonic() + 30
-        while len(stamps) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                stamps.extend(r.timestamp for r in batch)
-    finally:
-        consumer.close()
+    stamps: list[int] = [r.timestamp for r in read_records(settings, topic, expected)]
     assert len(stamps) == expected
     return (max(stamps) - min(stamps)) / 1000
 
