@@ -141,10 +141,10 @@ class ValuationService:
         producer = self._producer = make_producer(s, **producer_config)
         if transactional:
             producer.init_transactions()
-        static = {"group_instance_id": s.consumer.group_instance_id}
-        consumer = self._consumer = make_consumer(
-            s, **(static if static["group_instance_id"] else {})
-        )
+        static: dict[str, Any] = {}
+        if s.consumer.group_instance_id:
+            static["group_instance_id"] = s.consumer.group_instance_id
+        consumer = self._consumer = make_consumer(s, **static)
         consumer.subscribe([t.input], listener=_Rebalance(self))
         dlq = DeadLetterQueue(producer, t.dlq, on_dead_letter=self.metrics.dead_lettered)
         source = EventSource(
@@ -333,19 +333,12 @@ class ValuationService:
         bar = tqdm(
             total=len(table), unit="ev", desc="history", file=sys.stderr, disable=not self.progress
         )
-        done = 0
-
-        def advance(n: int) -> None:
-            nonlocal done
-            bar.update(n - done)
-            done = n
-
         try:
             warm_up(
                 self.engine,
                 table.events(),
                 batch_size=self.settings.consumer.max_poll_records,
-                on_progress=advance,
+                on_progress=lambda n: bar.update(n - bar.n),
             )
         finally:
             bar.close()
