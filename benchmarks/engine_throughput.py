@@ -16,42 +16,20 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from streamval.config import EngineSettings
 from streamval.engine import Engine
-from streamval.stream.schema import AssetEvent
+from streamval.stream.contract.schema import AssetEvent
+from streamval.stream.datasets.synthetic import THREE_GROUPS, grouped_panel
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def stream(n_assets: int, steps: int, seed: int = 0) -> list[list[AssetEvent]]:
     """One list of events per time step (every asset once, in a shuffled order)."""
-    rng = np.random.default_rng(seed)
-    group = np.arange(n_assets) % 3
-    vol = np.array([0.005, 0.02, 0.01])[group]
-    drift = np.array([0.0, 0.002, 0.0])[group]
-    logv = np.log(rng.uniform(5, 3000, n_assets))
-    sectors = ["bank", "tech", "energy"]
-    ids = [f"asset-{i:05d}" for i in range(n_assets)]
-    out = []
-    for t in range(steps):
-        logv = logv + drift + rng.normal(0.0, vol)
-        volume = rng.normal(1.0 + group, 0.2)
-        out.append(
-            [
-                AssetEvent(
-                    ids[k],
-                    (t + 1) * 86_400_000,
-                    float(np.exp(logv[k])),
-                    {"volume": float(volume[k])},
-                    {"sector": sectors[group[k]], "tier": float(group[k])},
-                )
-                for k in rng.permutation(n_assets)
-            ]
-        )
-    return out
+    panel = grouped_panel(THREE_GROUPS, max(1, n_assets // len(THREE_GROUPS)), steps, seed=seed)
+    return list(panel.steps())
 
 
 def main() -> None:
@@ -101,7 +79,7 @@ def main() -> None:
         f"{os.cpu_count()} CPU cores (shared with other jobs), Python {platform.python_version()}, "
         f"torch {torch.__version__} with 1 thread.",
         "",
-        f"- stream: {args.assets:,} assets x {args.steps} steps = {n_events:,} events, "
+        f"- stream: {len(steps[0]):,} assets x {args.steps} steps = {n_events:,} events, "
         f"batches of {args.batch} events per `Engine.process` call",
         f"- model: {settings.cell.upper()} {settings.hidden}, seq_len {settings.seq_len}, "
         f"batch_size {settings.batch_size}, "

@@ -34,18 +34,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from kafka import KafkaConsumer, TopicPartition
 
 from benchmarks.engine_throughput import stream
 from streamval.config import BrokerSettings, EngineSettings, Settings, load_settings
 from streamval.consumers.service import ValuationService
 from streamval.engine import Engine
 from streamval.monitoring.metrics import EngineMetrics
-from streamval.stream.broker import LocalBroker
-from streamval.stream.datasets._frame import EventTable
-from streamval.stream.replay import replay
-from streamval.stream.schema import AssetEvent
-from streamval.stream.topics import ensure_topics
+from streamval.stream.contract.schema import AssetEvent
+from streamval.stream.datasets.event_table import EventTable
+from streamval.stream.kafka.broker import LocalBroker
+from streamval.stream.kafka.reader import read_topic
+from streamval.stream.kafka.topics import ensure_topics
+from streamval.stream.replay.producer import replay
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,20 +145,10 @@ class Serving:
 
 def timestamps(settings: Settings, topic: str, n: int) -> dict[tuple[str, int], float]:
     """(asset_id, ts) -> record timestamp in seconds, for the `n` records of `topic`."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
     out: dict[tuple[str, int], float] = {}
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        deadline = time.monotonic() + 120
-        while len(out) < n and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-                for r in records:
-                    body = json.loads(r.value)
-                    out[(body["asset_id"], body["ts"])] = r.timestamp / 1000
-    finally:
-        consumer.close()
+    for r in read_topic(settings, topic, expected=n, timeout_s=120):
+        body = json.loads(r.value)
+        out[(body["asset_id"], body["ts"])] = r.timestamp / 1000
     if len(out) != n:
         raise RuntimeError(f"{topic}: read {len(out)} records of {n}")
     return out

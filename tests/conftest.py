@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from streamval.config import BrokerSettings, Settings, load_settings
-from streamval.stream.broker import LocalBroker
+from streamval.stream.kafka.broker import LocalBroker
 
 # Two cores on CI: one torch thread per process leaves the other to the broker.
 torch.set_num_threads(1)

@@ -184,6 +184,12 @@ class EngineSettings(_Section):
         return self
 
     @model_validator(mode="after")
+    def _recurrent_cells_have_layers(self) -> EngineSettings:
+        if self.cell != "linear" and not self.hidden:
+            raise ValueError(f"hidden: the {self.cell!r} cell needs at least one layer")
+        return self
+
+    @model_validator(mode="after")
     def _clusters_within_bounds(self) -> EngineSettings:
         k = self.n_clusters
         if k != "auto" and not 1 <= k <= self.max_clusters:

@@ -42,7 +42,7 @@ normalisation, clustering, windows, metrics, order guard, RNG states) as plain n
 tensors and pickled river objects; `torch.save`/`torch.load` round-trip it.
 
 >>> from streamval.config import EngineSettings
->>> from streamval.stream.schema import AssetEvent
+>>> from streamval.stream.contract.schema import AssetEvent
 >>> engine = Engine(EngineSettings(hidden=[8], n_clusters=1))
 >>> events = [AssetEvent("a", 1, 10.0), AssetEvent("a", 2, 11.0), AssetEvent("a", 2, 11.0)]
 >>> result = engine.process(events)
@@ -64,14 +64,20 @@ from numpy.typing import NDArray
 from river import metrics, stats, utils
 
 from streamval.config import EngineSettings
-from streamval.errors import CheckpointError, ConfigError
+from streamval.errors import CheckpointError
 from streamval.models.clustering import AssetClustering
 from streamval.models.drift import AdaptiveLearningRate
 from streamval.models.learner import SequenceLearner
 from streamval.models.profiles import ProfileSpace, SeriesStats
-from streamval.outputs import BatchResult, ClusterSnapshot, DriftAlarm, ErrorStats, Valuation
-from streamval.stream.ordering import OrderGuard
-from streamval.stream.schema import AssetEvent, Attribute
+from streamval.stream.contract.ordering import OrderGuard
+from streamval.stream.contract.outputs import (
+    BatchResult,
+    ClusterSnapshot,
+    DriftAlarm,
+    ErrorStats,
+    Valuation,
+)
+from streamval.stream.contract.schema import AssetEvent, Attribute
 
 __all__ = ["Engine"]
 
@@ -187,12 +193,6 @@ class Engine:
     """Prequential per-cluster valuation engine; see the module docstring for the semantics."""
 
     def __init__(self, settings: EngineSettings, *, accept_late: bool = False) -> None:
-        if settings.n_clusters != "auto" and settings.n_clusters < 1:
-            raise ConfigError(
-                f"engine.n_clusters: must be >= 1 or 'auto', got {settings.n_clusters}"
-            )
-        if settings.cell != "linear" and not settings.hidden:
-            raise ConfigError("engine.hidden: a recurrent cell needs at least one layer")
         self.settings = settings
         self.accept_late = accept_late
         self._reset()
@@ -205,14 +205,7 @@ class Engine:
         self._rng = np.random.default_rng(s.seed)
         self._vocab: dict[str, int] = {}
         self._assets: dict[str, _Asset] = {}
-        self._clustering = AssetClustering(
-            s.n_clusters,
-            method=s.clustering,
-            max_clusters=s.max_clusters,
-            seed=s.seed,
-            linkage=s.linkage,
-            metric=s.metric,
-        )
+        self._clustering = AssetClustering.from_settings(s)
         self._space = ProfileSpace()
         self._clusters: dict[int, _Cluster] = {0: self._new_cluster(self._new_learner(0))}
         self._counts: dict[int, int] = {0: 0}
@@ -226,35 +219,11 @@ class Engine:
         return int(np.random.SeedSequence([self.settings.seed, cluster]).generate_state(1)[0])
 
     def _new_learner(self, cluster: int) -> SequenceLearner:
-        s = self.settings
-        return SequenceLearner(
-            n_features=s.max_features,
-            seq_len=s.seq_len,
-            cell=s.cell,
-            hidden=s.hidden,
-            lr=s.lr,
-            weight_decay=s.weight_decay,
-            ridge_alpha=s.ridge_alpha,
-            batch_size=s.batch_size,
-            buffer_size=s.buffer_size,
-            replay_fraction=s.replay_fraction,
-            seed=self._cluster_seed(cluster),
-        )
+        return SequenceLearner.from_settings(self.settings, seed=self._cluster_seed(cluster))
 
     def _new_cluster(self, learner: SequenceLearner) -> _Cluster:
-        s = self.settings
-        policy = AdaptiveLearningRate(
-            base_lr=s.lr,
-            boost=s.lr_boost,
-            half_life=s.lr_half_life,
-            detector=s.detector,
-            detector_params=s.detector_params,
-            base_replay_fraction=s.replay_fraction,
-            drift_replay_fraction=s.drift_replay_fraction,
-            reset_moments_on_drift=s.reset_moments_on_drift,
-            seed=learner.seed,
-        )
-        return _Cluster(learner=learner, policy=policy, window=s.metrics_window)
+        policy = AdaptiveLearningRate.from_settings(self.settings, seed=learner.seed)
+        return _Cluster(learner=learner, policy=policy, window=self.settings.metrics_window)
 
     # -- public surface -------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@
     ├── DataError                  an input file (history, price table, scenario) is unusable
     └── CheckpointError            a checkpoint cannot be read or does not fit the engine
 
-Bad *events* are not exceptions: they are dead-lettered (see `streamval.stream.schema`).
+Bad *events* are not exceptions: they are dead-lettered (see `streamval.stream.contract.schema`).
 """
 
 from __future__ import annotations

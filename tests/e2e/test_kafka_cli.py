@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamval.stream.broker import port_open
+from streamval.stream.kafka.broker import port_open
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

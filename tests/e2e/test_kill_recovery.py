@@ -18,8 +18,9 @@ from tests.integration.streams import regime_change
 from streamval.config import EngineSettings, Settings
 from streamval.consumers.checkpoint import CheckpointStore
 from streamval.engine import Engine
-from streamval.stream.clients import make_consumer, make_producer
-from streamval.stream.topics import ensure_topics
+from streamval.stream.kafka.clients import make_producer
+from streamval.stream.kafka.reader import read_topic
+from streamval.stream.kafka.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -66,18 +67,10 @@ def start_engine(
 def valuation_keys(
     settings: Settings, expected: int, timeout_s: float = 90
 ) -> set[tuple[str, int]]:
-    consumer = make_consumer(settings, settings.topics.valuations, group_id=None)
-    seen: set[tuple[str, int]] = set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(seen) < expected and time.monotonic() < deadline:
-            for messages in consumer.poll(timeout_ms=500).values():
-                for m in messages:
-                    body = json.loads(m.value)
-                    seen.add((body["asset_id"], body["ts"]))
-    finally:
-        consumer.close()
-    return seen
+    records = read_topic(
+        settings, settings.topics.valuations, expected=expected, timeout_s=timeout_s
+    )
+    return {(body["asset_id"], body["ts"]) for body in (json.loads(m.value) for m in records)}
 
 
 # Static membership (KIP-345): the restarted member takes over its old assignment at once

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
-from streamval.stream.schema import AssetEvent
+from streamval.stream.contract.schema import AssetEvent
+from streamval.stream.datasets.synthetic import Group, grouped_panel
 
-DAY_MS = 86_400_000
-GROUPS = {"A": 0.003, "B": 0.01, "C": 0.02}  # daily log-return volatility per group
+# Daily log-return volatility per group; group A's assets trend up 4% a day from `shift_step`.
+GROUPS = (
+    Group(vol=0.003, prefix="A", attributes={"group": "A"}),
+    Group(vol=0.01, prefix="B", attributes={"group": "B"}),
+    Group(vol=0.02, prefix="C", attributes={"group": "C"}),
+)
 
 
 def regime_change(
@@ -16,24 +20,17 @@ def regime_change(
 ) -> list[AssetEvent]:
     """Three groups of assets with different volatility; from `shift_step` group A trends up
     4% a day (a regime change the drift detector of A's cluster must see)."""
-    rng = np.random.default_rng(seed)
-    values = {f"{g}{i}": 50.0 * (i + 1) for g in GROUPS for i in range(assets_per_group)}
-    out = []
-    for step in range(steps):
-        for asset, value in values.items():
-            g = asset[0]
-            trend = 0.04 if g == "A" and step >= shift_step else 0.0
-            values[asset] = new = value * float(np.exp(trend + rng.normal(0.0, GROUPS[g])))
-            out.append(
-                AssetEvent(
-                    asset,
-                    t0_ms + step * DAY_MS,
-                    new,
-                    {"x": float(rng.normal())},
-                    {"group": g},
-                )
-            )
-    return out
+    return grouped_panel(
+        GROUPS,
+        assets_per_group,
+        steps,
+        seed=seed,
+        t0_ms=t0_ms,
+        shuffle=False,
+        shift_group=0,
+        shift_at=shift_step,
+        shift=0.04,
+    ).events
 
 
 def to_long_table(events: list[AssetEvent]) -> pd.DataFrame:

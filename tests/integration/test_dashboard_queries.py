@@ -17,7 +17,7 @@ import pytest
 from tests.integration.prom import PrometheusServer, Query, alert_queries, dashboard_queries
 
 from streamval.monitoring import EngineMetrics, MetricsServer, ReplayMetrics
-from streamval.outputs import ClusterSnapshot, DriftAlarm, ErrorStats
+from streamval.stream.contract.outputs import ClusterSnapshot, DriftAlarm, ErrorStats
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 

@@ -15,9 +15,11 @@ import pytest
 from streamval.config import Settings
 from streamval.consumers.dlq import DeadLetterQueue
 from streamval.consumers.source import EventSource
-from streamval.stream.broker import LocalBroker, find_java, resolve_classpath
-from streamval.stream.clients import make_consumer, make_producer
-from streamval.stream.topics import ensure_topics
+from streamval.stream.kafka.broker import LocalBroker
+from streamval.stream.kafka.clients import make_consumer, make_producer
+from streamval.stream.kafka.jars import find_java, resolve_classpath
+from streamval.stream.kafka.reader import read_topic
+from streamval.stream.kafka.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -82,19 +84,15 @@ def drain(source: EventSource, expected: int, timeout_s: float = 60.0) -> tuple[
 
 
 def read_all(settings: Settings, topic: str, expected: int, timeout_s: float = 30.0) -> list:
-    consumer = make_consumer(settings, topic, group_id=None, isolation_level="read_uncommitted")
-    out: list = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(out) < expected and time.monotonic() < deadline:
-            for messages in consumer.poll(timeout_ms=500).values():
-                out.extend(messages)
-        # One more short poll proves nothing beyond `expected` arrived.
-        for messages in consumer.poll(timeout_ms=1000).values():
-            out.extend(messages)
-    finally:
-        consumer.close()
-    return out
+    # One more poll of a second proves nothing beyond `expected` arrived.
+    return read_topic(
+        settings,
+        topic,
+        expected=expected,
+        timeout_s=timeout_s,
+        settle_s=1.0,
+        isolation_level="read_uncommitted",
+    )
 
 
 def test_kcat_events_valid_malformed_and_compressed(

@@ -28,8 +28,9 @@ from tests.integration.prom import (
 from tests.integration.streams import DAY_MS, regime_change, to_long_table
 
 from streamval.config import Settings
-from streamval.stream.clients import make_consumer, make_producer
-from streamval.stream.topics import ensure_topics
+from streamval.stream.kafka.clients import make_consumer, make_producer
+from streamval.stream.kafka.reader import end_offsets, read_topic
+from streamval.stream.kafka.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
 
@@ -154,7 +155,7 @@ def test_dashboard_and_alerts_against_the_real_engine(
                     "--long",
                     str(table),
                     "--features",
-                    "x",
+                    "volume",
                     "--attributes",
                     "group",
                     "--markers",
@@ -188,12 +189,7 @@ def test_dashboard_and_alerts_against_the_real_engine(
 
 def topic_records(settings: Settings, topic: str) -> int:
     """Records in `topic` (sum of its end offsets; no transactions, so one offset per record)."""
-    consumer = make_consumer(settings, group_id=None)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return sum(consumer.end_offsets(partitions).values())
-    finally:
-        consumer.close()
+    return sum(end_offsets(settings, topic).values())
 
 
 def group_offsets(settings: Settings) -> dict[int, tuple[int | None, int]]:
@@ -289,18 +285,9 @@ def check_everything(
 
 def shocked_clusters(settings: Settings) -> set[str]:
     """Clusters of group A's valuations after the shift, read back from the valuations topic."""
-    consumer = make_consumer(settings, settings.topics.valuations, group_id=None)
     out: set[str] = set()
-    deadline = time.monotonic() + 20
-    seen = 0
-    try:
-        while time.monotonic() < deadline and seen < STEPS * 18:
-            for messages in consumer.poll(timeout_ms=500).values():
-                for m in messages:
-                    seen += 1
-                    body = json.loads(m.value)
-                    if body["asset_id"].startswith("A") and body["ts"] >= T0 + SHIFT_STEP * DAY_MS:
-                        out.add(str(body["cluster"]))
-    finally:
-        consumer.close()
+    for m in read_topic(settings, settings.topics.valuations, timeout_s=20):
+        body = json.loads(m.value)
+        if body["asset_id"].startswith("A") and body["ts"] >= T0 + SHIFT_STEP * DAY_MS:
+            out.add(str(body["cluster"]))
     return out

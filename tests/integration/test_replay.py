@@ -8,46 +8,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
 
 from streamval.cli import main
-from streamval.config import Settings, kafka_client_config
+from streamval.config import Settings
 from streamval.errors import BrokerError
+from streamval.stream.contract.schema import AssetEvent, parse_event, parse_timestamp
 from streamval.stream.datasets import EventTable, generate
 from streamval.stream.datasets.sp500 import load_sp500
-from streamval.stream.markers import MARKET_SHOCKS, Marker
-from streamval.stream.replay import replay
-from streamval.stream.scenarios import load_scenario
-from streamval.stream.schema import AssetEvent, parse_event, parse_timestamp
-from streamval.stream.topics import ensure_topics
+from streamval.stream.kafka.reader import read_topic
+from streamval.stream.kafka.topics import ensure_topics
+from streamval.stream.replay.markers import MARKET_SHOCKS, Marker
+from streamval.stream.replay.producer import replay
+from streamval.stream.replay.scenarios import load_scenario
 
 pytestmark = pytest.mark.kafka
 
 DAY = 86_400_000
-
-
-def read_records(
-    settings: Settings, topic: str, expected: int, timeout_s: float = 30.0
-) -> list[ConsumerRecord]:
-    """The records of `topic` from the beginning: the first `expected`, plus any that follow
-    within half a second (nothing more than expected may arrive)."""
-    consumer = KafkaConsumer(**kafka_client_config(settings, "consumer"), enable_auto_commit=False)
-    try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        records.extend(r for b in consumer.poll(timeout_ms=500).values() for r in b)
-        return records
-    finally:
-        consumer.close()
 
 
 def read_all(
@@ -56,7 +32,7 @@ def read_all(
     """(partition, offset, key, value) of the records of `topic` (see `read_records`)."""
     return [
         (r.partition, r.offset, r.key, r.value)
-        for r in read_records(settings, topic, expected, timeout_s)
+        for r in read_topic(settings, topic, expected=expected, timeout_s=timeout_s)
     ]
 
 
@@ -144,7 +120,7 @@ def test_scenario_changes_only_selected_assets_from_its_time(
 def send_span_s(settings: Settings, topic: str, expected: int) -> float:
     """Seconds between the first and the last record's producer timestamp (CreateTime, set at
     send), so topic creation and connecting do not count."""
-    stamps: list[int] = [r.timestamp for r in read_records(settings, topic, expected)]
+    stamps: list[int] = [r.timestamp for r in read_topic(settings, topic, expected=expected)]
     assert len(stamps) == expected
     return (max(stamps) - min(stamps)) / 1000
 

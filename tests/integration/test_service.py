@@ -13,16 +13,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from tests.integration.streams import DAY_MS, regime_change, to_long_table
 
 from streamval.config import Settings
 from streamval.consumers.service import ValuationService
 from streamval.errors import DataError
 from streamval.monitoring.metrics import EngineMetrics
-from streamval.stream.clients import make_consumer, make_producer
-from streamval.stream.schema import AssetEvent
-from streamval.stream.topics import ensure_topics
+from streamval.stream.contract.schema import AssetEvent
+from streamval.stream.kafka.clients import make_consumer, make_producer
+from streamval.stream.kafka.reader import end_offsets, read_topic
+from streamval.stream.kafka.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -64,27 +65,11 @@ def produce(
 
 
 def read(settings: Settings, topic: str, timeout_s: float = 20.0) -> list[Any]:
-    consumer = make_consumer(settings, topic, group_id=None)
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    quiet = 0
-    try:
-        while time.monotonic() < deadline and quiet < 3:
-            batch = [m for ms in consumer.poll(timeout_ms=500).values() for m in ms]
-            out.extend(batch)
-            quiet = 0 if batch else quiet + 1
-    finally:
-        consumer.close()
-    return out
+    return read_topic(settings, topic, timeout_s=timeout_s)
 
 
 def end_offsets_sum(settings: Settings, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        return sum(consumer.end_offsets(parts).values())
-    finally:
-        consumer.close()
+    return sum(end_offsets(settings, topic).values())
 
 
 class CommitSpy(ValuationService):

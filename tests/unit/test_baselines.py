@@ -7,21 +7,18 @@ import math
 import numpy as np
 import pytest
 
+from streamval.backtest.fusion import LSTMKNNFusion, best_alpha, stack_weights
+from streamval.backtest.methods import EngineValuer, engine_variants
 from streamval.config import EngineSettings
 from streamval.models.baselines import (
-    EngineValuer,
     IncomeMethod,
     KNNAnalogues,
-    LSTMKNNFusion,
     MarketMethod,
     Persistence,
     Valuer,
-    annuity_factor,
-    best_alpha,
-    engine_variants,
-    stack_weights,
 )
-from streamval.stream.schema import AssetEvent
+from streamval.stream.contract.schema import AssetEvent
+from streamval.stream.datasets.credit import annuity_factor
 
 
 def test_persistence_is_the_last_value_and_refuses_like_the_engine() -> None:

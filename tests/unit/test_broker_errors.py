@@ -9,7 +9,8 @@ import pytest
 
 from streamval.config import BrokerSettings
 from streamval.errors import BrokerError, JavaNotFoundError
-from streamval.stream.broker import LocalBroker, find_java, resolve_classpath
+from streamval.stream.kafka.broker import LocalBroker
+from streamval.stream.kafka.jars import find_java, resolve_classpath
 
 
 def test_missing_java_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from streamval.cli import build_parser, main
 from streamval.commands import COMMANDS
-from streamval.stream.markers import Marker
+from streamval.stream.replay.markers import Marker
 
 
 def test_top_level_help_explains_product_and_lists_commands(
@@ -62,7 +62,7 @@ def test_markers_from_a_data_folder_or_built_in_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from streamval.commands.replay import load_markers
-    from streamval.stream.markers import MARKET_SHOCKS
+    from streamval.stream.replay.markers import MARKET_SHOCKS
 
     def markers(value: str | None, data_dir: Path | None = None) -> list[Marker]:
         return load_markers(argparse.Namespace(markers=value, data_dir=data_dir))

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from streamval.stream.contract.schema import parse_event
 from streamval.stream.datasets import CreditPortfolio, CreditPortfolioParams, generate
-from streamval.stream.schema import parse_event
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from sklearn.metrics import adjusted_rand_score
 from streamval.config import EngineSettings
 from streamval.engine import Engine
 from streamval.errors import CheckpointError
-from streamval.outputs import Valuation
-from streamval.stream.schema import AssetEvent
+from streamval.stream.contract.outputs import Valuation
+from streamval.stream.contract.schema import AssetEvent
+from streamval.stream.datasets.synthetic import THREE_GROUPS, grouped_panel
 
 DAY = 86_400_000
 SMALL = {"hidden": [16, 8], "batch_size": 16}
@@ -30,49 +31,20 @@ def three_groups(
     shift_at: int = 0,
     shift: float = 0.0,
 ) -> tuple[list[AssetEvent], dict[str, int]]:
-    """Three groups of assets with different dynamics, levels from 5 to 3,000.
-
-    group 0: quiet random walk (vol 0.4 %); group 1: trending and volatile (0.3 % drift, vol 2 %);
-    group 2: mean-reverting (half the log deviation from its start reverts each step). Optional
-    static attributes per group (sector, tier) and a `volume` feature whose mean differs by group.
-    `shift` is added to the log return of `shift_group` from step `shift_at` on (a level shift
-    of the group's return: a crash regime).
-    """
-    rng = np.random.default_rng(seed)
-    ids = [f"g{g}-{i}" for g in range(3) for i in range(n_per_group)]
-    groups = np.repeat(np.arange(3), n_per_group)
-    logv = np.log(rng.uniform(5, 3000, len(ids)))
-    start = logv.copy()
-    sectors = ["bank", "tech", "energy"]
-    events = []
-    for t in range(steps):
-        r = np.where(
-            groups == 0,
-            rng.normal(0.0, 0.004, len(ids)),
-            np.where(
-                groups == 1,
-                rng.normal(0.003, 0.02, len(ids)),
-                -0.5 * (logv - start) + rng.normal(0, 0.01, len(ids)),
-            ),
-        )
-        if shift_group is not None and t >= shift_at:
-            r = r + np.where(groups == shift_group, shift, 0.0)
-        logv = logv + r
-        for k in rng.permutation(len(ids)):
-            g = int(groups[k])
-            attrs: dict[str, float | str] = (
-                {"sector": sectors[g], "tier": float(g + rng.normal(0, 0.1))} if attributes else {}
-            )
-            events.append(
-                AssetEvent(
-                    ids[k],
-                    (t + 1) * DAY,
-                    float(np.exp(logv[k])),
-                    {"volume": float(rng.normal(1 + g, 0.2))},
-                    attrs,
-                )
-            )
-    return events, dict(zip(ids, groups.tolist(), strict=True))
+    """Three groups of assets with different dynamics (`THREE_GROUPS`), levels from 5 to 3,000;
+    a noisy numeric tier; `shift` is added to the log return of `shift_group` from `shift_at`."""
+    panel = grouped_panel(
+        THREE_GROUPS,
+        n_per_group,
+        steps,
+        seed=seed,
+        attributes=attributes,
+        attribute_noise=0.1,
+        shift_group=shift_group,
+        shift_at=shift_at,
+        shift=shift,
+    )
+    return panel.events, panel.truth
 
 
 def run(engine: Engine, events: list[AssetEvent], chunk: int = 60) -> list[Valuation]:

@@ -18,7 +18,7 @@ from streamval import __version__
 from streamval.config import MonitoringSettings
 from streamval.monitoring import EngineMetrics, MetricsServer, ReplayMetrics
 from streamval.monitoring.metrics import KNOWN_DETECTORS
-from streamval.outputs import ClusterSnapshot, DriftAlarm, ErrorStats
+from streamval.stream.contract.outputs import ClusterSnapshot, DriftAlarm, ErrorStats
 
 ALLOWED_LABELS = {"cluster", "partition", "reason", "detector", "window", "kind", "name", "version"}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamval.stream.ordering import Order, OrderGuard
+from streamval.stream.contract.ordering import Order, OrderGuard
 
 
 def test_assets_are_independent() -> None:
@@ -31,8 +31,8 @@ def test_state_round_trip() -> None:
 
 
 def test_admit_yields_in_order_and_records_the_rest() -> None:
-    from streamval.outputs import BatchResult
-    from streamval.stream.schema import AssetEvent
+    from streamval.stream.contract.outputs import BatchResult
+    from streamval.stream.contract.schema import AssetEvent
 
     events = [AssetEvent("a", t) for t in (1, 2, 2, 1, 3)]
     result = BatchResult()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamval.stream.replay import Pacer
+from streamval.stream.replay.pacing import Pacer
 
 
 class FakeClock:

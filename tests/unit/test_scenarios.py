@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from streamval.errors import DataError
+from streamval.stream.contract.schema import parse_timestamp
 from streamval.stream.datasets import CreditPortfolioParams, EventTable, generate
-from streamval.stream.scenarios import (
+from streamval.stream.replay.scenarios import (
     LIBRARY,
     Scenario,
     Selector,
@@ -18,7 +19,6 @@ from streamval.stream.scenarios import (
     load_scenario,
     parse_shock_arg,
 )
-from streamval.stream.schema import parse_timestamp
 
 DAY = 86_400_000
 T0 = parse_timestamp("2024-01-01")

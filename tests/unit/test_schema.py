@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamval.stream.schema import AssetEvent, Reason, Rejection, parse_event
+from streamval.stream.contract.schema import AssetEvent, Reason, Rejection, parse_event
 
 
 def ok(obj: object) -> AssetEvent:

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from streamval.errors import DataError
+from streamval.stream.contract.schema import AssetEvent, parse_timestamp
+from streamval.stream.datasets.readers import read_long_table, read_wide_prices
 from streamval.stream.datasets.sp500 import load_sp500
-from streamval.stream.datasets.tables import read_long_table, read_wide_prices
-from streamval.stream.markers import MARKET_SHOCKS, fed_changes, within
-from streamval.stream.schema import AssetEvent, parse_timestamp
+from streamval.stream.replay.markers import MARKET_SHOCKS, fed_changes, within
 
 LONG_CSV = """\
 asset_id,ts,value,score,tier,age

@@ -2,6 +2,8 @@
 
 * `protocols` - the paper protocol (train / validation / test customers) and the streaming
   (prequential) protocol; both only call `Valuer.process`, the same call the consumer makes.
+* `methods` - `EngineValuer` (the engine as a method), its ablations and the method suite.
+* `fusion` - the engine and KNN analogues combined by late fusion and by stacking.
 * `metrics` - errors, normalisation, shock statistics, Markdown tables.
 * `credit` - the four tables on the paper-design credit book.
 * `realdata` - streaming valuation of a real panel (S&P 500 or any table) against persistence.

@@ -30,19 +30,15 @@ import torch
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
+from streamval.backtest.methods import EngineValuer, method_suite
 from streamval.backtest.metrics import increase, recovery_events, scores
 from streamval.backtest.protocols import Run, paper_protocol, stream
 from streamval.config import EngineSettings
-from streamval.models.baselines import (
-    EngineValuer,
-    MarketMethod,
-    Valuer,
-    method_suite,
-)
+from streamval.models.baselines import MarketMethod, Valuer
 from streamval.models.clustering import Linkage, Metric
 from streamval.models.profiles import ProfileSpace, SeriesStats
+from streamval.stream.contract.schema import AssetEvent
 from streamval.stream.datasets.credit import CreditPortfolio, generate
-from streamval.stream.schema import AssetEvent
 
 ENGINE_METHODS = ("HC+LSTM", "single LSTM", "HC+linear", "KMeans+LSTM", "HC+LSTM fixed lr")
 
@@ -296,7 +292,7 @@ def _map(jobs: list[Any], workers: int, progress: bool, desc: str) -> list[dict[
         return list(tqdm(mapped, total=len(jobs), desc=desc, disable=not progress))
 
 
-def clustering_table(config: CreditConfig, book: CreditPortfolio) -> pd.DataFrame:
+def clustering_table(config: CreditConfig) -> pd.DataFrame:
     """Table 2: silhouette and ARI on the engine's profile space, downstream validation MSE."""
     jobs = [
         (
@@ -376,7 +372,7 @@ def run_credit(config: CreditConfig) -> CreditResults:
     runs, mean, std = run_methods(config, book)
     methods, tests = methods_table(runs, config, book, mean, std)
     shock = shock_table(runs, tests, config, book, mean=mean, std=std)
-    clustering = clustering_table(config, book)
+    clustering = clustering_table(config)
     lstm = lstm_table(config)
     return CreditResults(
         config=config,

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from streamval.stream.markers import Marker
+from streamval.stream.replay.markers import Marker
 
 KEY_METHODS = (
     "persistence",

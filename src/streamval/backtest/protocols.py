@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 from tqdm import tqdm
 
-from streamval.models.baselines import LSTMKNNFusion, Valuer
-from streamval.outputs import Valuation
-from streamval.stream.schema import AssetEvent
+from streamval.backtest.fusion import LSTMKNNFusion
+from streamval.models.baselines import Valuer
+from streamval.stream.contract.outputs import Valuation
+from streamval.stream.contract.schema import AssetEvent
 
 # Report names of the fusion's components (one run of the fusion values all four).
 FUSION_OUTPUTS = {

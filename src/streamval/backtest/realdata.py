@@ -22,19 +22,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from streamval.backtest.methods import method_suite
 from streamval.backtest.metrics import mase, previous_values
 from streamval.backtest.protocols import Run, streaming_protocol
 from streamval.config import EngineSettings
-from streamval.models.baselines import (
-    MarketMethod,
-    Valuer,
-    method_suite,
-)
+from streamval.models.baselines import MarketMethod, Valuer
+from streamval.stream.contract.schema import parse_timestamp
 from streamval.stream.datasets import EventTable, load_sp500
-from streamval.stream.markers import MARKET_SHOCKS, Marker, within
-from streamval.stream.schema import parse_timestamp
-
-DAY_MS = 86_400_000
+from streamval.stream.replay.markers import (
+    MARKET_SHOCKS,
+    Marker,
+    fed_changes,
+    fed_csv_in,
+    within,
+)
 
 
 @dataclass
@@ -103,15 +104,12 @@ def sp500_markers(data_dir: Path) -> list[Marker]:
     the 2020-03-16 COVID crash."""
     wanted = {"2015 market selloff", "COVID-19 crash"}
     markers = [m for m in MARKET_SHOCKS if m.name in wanted]
-    fed = data_dir.parent / "policy" / "fed_target_changes.csv"
-    if fed.is_file():
-        changes = pd.read_csv(fed)
-        hikes = changes[
-            (changes["change_bp"] > 0) & (changes["fred_effective_date"] >= "2015-01-01")
-        ]
-        if not hikes.empty:
-            day = str(hikes["fred_effective_date"].iloc[0])
-            markers.append(Marker(parse_timestamp(day), "first Fed hike since 2006", "policy"))
+    fed = fed_csv_in(data_dir.parent)
+    if fed is not None:
+        hikes = fed_changes(fed, tightening_only=True, date_column="fred_effective_date")
+        since_2015 = [m for m in hikes if m.ts_ms >= parse_timestamp("2015-01-01")]
+        if since_2015:
+            markers.append(Marker(since_2015[0].ts_ms, "first Fed hike since 2006", "policy"))
     return sorted(markers)
 
 

@@ -20,7 +20,7 @@ from streamval.backtest.credit import CreditConfig, CreditResults, run_credit
 from streamval.backtest.metrics import fmt, markdown_table, pct
 from streamval.backtest.realdata import PanelConfig, PanelResults, run_panel, run_sp500
 from streamval.errors import DataError
-from streamval.stream.datasets.tables import read_long_table, read_wide_prices
+from streamval.stream.datasets.readers import read_long_table, read_wide_prices
 
 # The paper's reported test results on its private credit data (DESIGN.md).
 PAPER_METHODS: dict[str, tuple[float, float, float, float | None]] = {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, TypeAlias
 
 from streamval.config import Settings, load_settings, parse_set_flags
 from streamval.logs import setup_logging
 
-Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+# The object `add_subparsers()` returns; argparse types it only in the stubs.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def add_command(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    sub: Subparsers,
     name: str,
     help: str,
     description: str,

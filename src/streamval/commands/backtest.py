@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamval.commands._common import add_command, settings_from_args
+from streamval.commands._common import Subparsers, add_command, settings_from_args
 
 DESCRIPTION = """\
 Run the engine and the baselines offline over a data set and write a Markdown report with PNG
@@ -30,7 +30,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     parser = add_command(
         sub,
         "backtest",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from streamval.commands._common import add_command, settings_from_args
+from streamval.commands._common import Subparsers, add_command, settings_from_args
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     parser = add_command(
         sub,
         "config",

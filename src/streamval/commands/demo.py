@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from streamval.commands._common import add_command, settings_from_args
+from streamval.commands._common import Subparsers, add_command, settings_from_args
 
 # The exit status of a run ended by Ctrl-C or SIGTERM (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
@@ -36,8 +36,8 @@ SIGTERM stops the replay, the service and the broker, and exits with 130.
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from streamval.demo import DEFAULT_CUSTOMERS, QUICK_CUSTOMERS
+def register(sub: Subparsers) -> None:
+    from streamval.demo.options import DEFAULT_CUSTOMERS, QUICK_CUSTOMERS
 
     parser = add_command(
         sub,

@@ -6,9 +6,7 @@ import argparse
 import sys
 import time
 
-from streamval.commands._common import add_command, settings_from_args
-from streamval.stream.broker import LocalBroker, resolve_bootstrap
-from streamval.stream.topics import describe, ensure_topics, topic_names
+from streamval.commands._common import Subparsers, add_command, settings_from_args
 
 DESCRIPTION = """\
 Manage a local single-node Apache Kafka broker (KRaft mode, broker and controller in one JVM).
@@ -27,7 +25,7 @@ actions:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     parser = add_command(
         sub, "kafka", help="start/stop/inspect a local Kafka broker", description=DESCRIPTION
     )
@@ -43,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from streamval.stream.kafka.broker import LocalBroker, resolve_bootstrap
+    from streamval.stream.kafka.topics import describe, ensure_topics, topic_names
+
     settings = settings_from_args(args, **{"broker.port": args.port})
     external = settings.kafka.bootstrap_servers
     if external and args.action in {"up", "down"}:

@@ -9,23 +9,27 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from streamval.commands._common import add_command, settings_from_args
+from streamval.commands._common import Subparsers, add_command, settings_from_args
 from streamval.errors import ConfigError, DataError
-from streamval.monitoring.metrics import ReplayMetrics
-from streamval.monitoring.server import MetricsServer
-from streamval.stream.broker import resolve_bootstrap
-from streamval.stream.datasets import EventTable, generate
-from streamval.stream.datasets.sp500 import load_sp500
-from streamval.stream.datasets.tables import read_long_table, read_wide_prices
-from streamval.stream.markers import MARKET_SHOCKS, Marker, fed_changes
-from streamval.stream.replay import ReplayReport, replay
-from streamval.stream.scenarios import describe_library, load_scenario, parse_shock_arg
-from streamval.stream.schema import parse_timestamp
+from streamval.stream.contract.schema import parse_timestamp
+from streamval.stream.replay.markers import (
+    FED_CSV,
+    MARKET_SHOCKS,
+    Marker,
+    fed_changes,
+    fed_csv_in,
+)
+from streamval.stream.replay.scenarios import describe_library, load_scenario, parse_shock_arg
+
+# The data readers (pandas) and the Kafka client load when the command runs, not for --help.
+if TYPE_CHECKING:
+    from streamval.monitoring.server import MetricsServer
+    from streamval.stream.datasets import EventTable
+    from streamval.stream.replay.producer import ReplayReport
 
 log = logging.getLogger(__name__)
-
-FED_CSV = "fed_target_changes.csv"
 
 DESCRIPTION = """\
 Produce events into the input topic (asset-events; key = asset_id), in event-time order across
@@ -59,7 +63,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     library = "\n".join(f"  {line}" for line in describe_library())
     parser = add_command(
         sub,
@@ -143,10 +147,16 @@ def _day_bound(text: str, *, end: bool) -> int:
 
 def load_source(args: argparse.Namespace) -> EventTable:
     """The table the arguments name, before period selection and shocks."""
+    from streamval.stream.datasets import (
+        CreditPortfolioParams,
+        generate,
+        load_sp500,
+        read_long_table,
+        read_wide_prices,
+    )
+
     assets = _names(args.assets)
     if args.dataset == "credit":
-        from streamval.stream.datasets.credit import CreditPortfolioParams
-
         params = (
             CreditPortfolioParams() if args.seed is None else CreditPortfolioParams(seed=args.seed)
         )
@@ -186,16 +196,14 @@ def load_markers(args: argparse.Namespace) -> list[Marker]:
     markers = list(MARKET_SHOCKS)
     fed: Path | None = Path(args.markers) if args.markers else None
     if fed is not None and fed.is_dir():
-        fed = fed / "policy" / FED_CSV
-        if not fed.is_file():
+        folder, fed = fed, fed_csv_in(fed)
+        if fed is None:
             log.warning(
                 "no Fed rate changes in the data folder: built-in market shocks only",
-                extra={"expected": str(fed)},
+                extra={"expected": str(folder / "policy" / FED_CSV)},
             )
-            fed = None
     if fed is None and args.data_dir is not None:
-        beside = args.data_dir.parent / "policy" / FED_CSV
-        fed = beside if beside.is_file() else None
+        fed = fed_csv_in(args.data_dir.parent)
     if fed is not None:
         markers.extend(fed_changes(fed))
     return sorted(markers)
@@ -217,6 +225,11 @@ def summary(report: ReplayReport, topic: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from streamval.monitoring.metrics import ReplayMetrics
+    from streamval.monitoring.server import MetricsServer
+    from streamval.stream.kafka.broker import resolve_bootstrap
+    from streamval.stream.replay.producer import replay
+
     settings = settings_from_args(args)
     table = load_source(args)
     start = _day_bound(args.start, end=False) if args.start else None

@@ -9,8 +9,7 @@ import signal
 import sys
 from types import FrameType
 
-from streamval.commands._common import add_command, settings_from_args
-from streamval.stream.broker import resolve_bootstrap
+from streamval.commands._common import Subparsers, add_command, settings_from_args
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ without one, a local broker started with `streamval kafka up` is used.
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     parser = add_command(
         sub,
         "run",
@@ -81,6 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from streamval.stream.kafka.broker import resolve_bootstrap
+
     settings = settings_from_args(
         args,
         **{

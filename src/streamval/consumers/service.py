@@ -7,9 +7,11 @@ One iteration ("a batch"):
    `engine.max_updates_per_batch` optimizer steps per cluster;
 3. late events go to the DLQ, valuations to `valuations`, drift alarms (and periodic snapshots)
    to `valuation-metrics`;
-4. the producer is flushed and every send checked; only then are the offsets committed
-   (at-least-once), or, with `consumer.exactly_once`, all of it is one Kafka transaction with the
-   offsets sent via `send_offsets_to_transaction`;
+4. the producer is flushed, then the offsets are committed (at-least-once), or, with
+   `consumer.exactly_once`, all of it is one Kafka transaction with the offsets sent via
+   `send_offsets_to_transaction`. The send futures are not inspected: `flush()` raises nothing
+   for a failed send, so a valuation the broker refused is lost while its offset is committed;
+
 5. every `consumer.checkpoint_interval_s` the engine state is checkpointed with those offsets.
 
 Work per batch is bounded, so the loop returns to `poll()` long before `max.poll.interval.ms`:
@@ -45,11 +47,11 @@ from streamval.consumers.warmup import warm_up
 from streamval.engine import Engine
 from streamval.monitoring.metrics import EngineMetrics
 from streamval.monitoring.server import MetricsServer
-from streamval.outputs import BatchResult
-from streamval.stream.clients import make_consumer, make_producer
-from streamval.stream.datasets.tables import read_long_table
-from streamval.stream.schema import Reason
-from streamval.stream.topics import ensure_topics
+from streamval.stream.contract.outputs import BatchResult
+from streamval.stream.contract.schema import Reason
+from streamval.stream.datasets.readers import read_long_table
+from streamval.stream.kafka.clients import make_consumer, make_producer
+from streamval.stream.kafka.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from streamval.consumers.dlq import DeadLetterQueue
-from streamval.stream.schema import AssetEvent, Rejection, parse_event
+from streamval.stream.contract.schema import AssetEvent, Rejection, parse_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +26,6 @@ class SourcedEvent:
     message: Any  # kafka-python ConsumerRecord, kept for dead-lettering late events
     received: float  # time.monotonic() at receipt, for processing latency
 
-    @property
-    def partition(self) -> int:
-        return int(self.message.partition)
-
 
 @dataclass(slots=True)
 class Poll:
@@ -39,9 +35,6 @@ class Poll:
     rejected: int = 0
     consumed: dict[int, int] = field(default_factory=dict)  # partition -> messages
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read
-
-    def __len__(self) -> int:
-        return len(self.events)
 
 
 class EventSource:
@@ -55,7 +48,6 @@ class EventSource:
         max_message_bytes: int,
         poll_timeout_ms: int = 500,
         max_records: int | None = None,
-        on_rejected: Callable[[Rejection], None] | None = None,
         already_dead_lettered: Callable[[Any], bool] | None = None,
     ) -> None:
         self.consumer = consumer
@@ -63,7 +55,6 @@ class EventSource:
         self.max_message_bytes = max_message_bytes
         self.poll_timeout_ms = poll_timeout_ms
         self.max_records = max_records
-        self._on_rejected = on_rejected
         self._already_dead_lettered = already_dead_lettered
 
     def poll(self) -> Poll:
@@ -79,8 +70,6 @@ class EventSource:
                     # Re-read after a restore: it went to the DLQ before the crash.
                     if not (self._already_dead_lettered and self._already_dead_lettered(message)):
                         self.dlq.send(message, parsed.reason.value, parsed.detail)
-                    if self._on_rejected is not None:
-                        self._on_rejected(parsed)
                 else:
                     out.events.append(SourcedEvent(parsed, message, now))
             if messages:

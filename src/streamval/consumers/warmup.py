@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from streamval.engine import Engine
-from streamval.stream.schema import AssetEvent
+from streamval.stream.contract.schema import AssetEvent
 
 log = logging.getLogger(__name__)
 

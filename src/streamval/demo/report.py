@@ -1,6 +1,6 @@
 """The demo report, built from what the engine published: the valuations and metrics topics.
 
-After the service has stopped, `read_topic` consumes both topics back from the beginning (no
+After the service has stopped, `read_json` consumes both topics back from the beginning (no
 consumer group, so nothing is committed). `analyse` turns them into a `Summary`:
 
 * every valuation (one per replayed event) with its cluster, lr and error at valuation time;
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -29,18 +28,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kafka import TopicPartition
 
 from streamval.config import EngineSettings, Settings
-from streamval.errors import BrokerError
-from streamval.stream.clients import make_consumer
+from streamval.stream.kafka.reader import read_topic
 
 __all__ = [
     "ALARM_DELAY_BOUND_MONTHS",
     "DemoFacts",
     "Summary",
     "analyse",
-    "read_topic",
+    "read_json",
     "write_report",
 ]
 
@@ -135,25 +132,9 @@ class Summary:
         return out
 
 
-def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
+def read_json(settings: Settings, topic: str) -> list[dict[str, Any]]:
     """Every JSON message of `topic`, from the beginning to the current end, in offset order."""
-    consumer = make_consumer(settings, group_id=None, enable_auto_commit=False)
-    try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {topic!r} back did not reach its end in time")
-            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-                out.extend(json.loads(r.value) for r in records)
-        return out
-    finally:
-        consumer.close(autocommit=False)
+    return [json.loads(r.value) for r in read_topic(settings, topic, timeout_s=READ_TIMEOUT_S)]
 
 
 def analyse(

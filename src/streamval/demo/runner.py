@@ -39,24 +39,19 @@ from rich.live import Live
 
 from streamval.config import Settings
 from streamval.demo.live import Progress, cluster_rows, plain_table, rich_table
-from streamval.demo.report import DemoFacts, Summary, analyse, read_topic, write_report
+from streamval.demo.options import DEFAULT_CUSTOMERS, QUICK_CUSTOMERS, DemoOptions
+from streamval.demo.report import DemoFacts, Summary, analyse, read_json, write_report
 from streamval.errors import BrokerError, StreamvalError
-from streamval.stream.broker import LocalBroker, find_java
 from streamval.stream.datasets.credit import CreditPortfolio, generate
-from streamval.stream.markers import Marker
-from streamval.stream.topics import ensure_topics, topic_names
+from streamval.stream.kafka.broker import LocalBroker
+from streamval.stream.kafka.jars import find_java
+from streamval.stream.kafka.topics import ensure_topics, topic_names
+from streamval.stream.replay.markers import Marker
 
 __all__ = ["DEFAULT_CUSTOMERS", "QUICK_CUSTOMERS", "DemoOptions", "DemoResult", "run_demo"]
 
 log = logging.getLogger(__name__)
 
-# The paper's book: 5,000 customers x 24 months = 120,000 events, about 1.5 minutes of valuing
-# on 2 cores with the paper's engine settings.
-DEFAULT_CUSTOMERS = 5000
-# Quick mode: 24,000 events, about 20 s of valuing. Below ~1,000 customers the shocked cluster
-# holds too few high-risk customers (about 50 at 300 customers) for ADWIN to be sure of the
-# change within the six post-shock months, and no alarm fires.
-QUICK_CUSTOMERS = 1000
 # Snapshots (and so the live table's MAE, lr and assets columns) refresh this often.
 SNAPSHOT_INTERVAL_S = 1.0
 # The live table redraws this often in a terminal; the plain table prints this often elsewhere.
@@ -68,18 +63,6 @@ STALL_TIMEOUT_S = 180.0
 # A service thread finishes its batch, flushes and closes within seconds of stop(); the final
 # flush is bounded by the service's own 60 s flush timeout.
 JOIN_TIMEOUT_S = 90.0
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """What the user chose: book size, report folder, metrics port, pacing, display."""
-
-    customers: int = DEFAULT_CUSTOMERS
-    out: Path = Path("demo-report")
-    quick: bool = False
-    metrics_port: int = 0
-    rate: float | None = None
-    live: bool | None = None  # None: a live table when the console is a terminal
 
 
 @dataclass(frozen=True)
@@ -202,7 +185,7 @@ def _run(
     """Service + replay + live view, then read the topics back and analyse them."""
     # Heavy imports (torch) only once Kafka is up.
     from streamval.consumers.service import ValuationService, serve_metrics
-    from streamval.stream.replay import replay
+    from streamval.stream.replay.producer import replay
 
     service = ValuationService(settings)
     metrics = service.metrics
@@ -262,8 +245,8 @@ def _run(
     if service_thread.error is not None:
         raise service_thread.error
     t1 = time.monotonic()
-    valuations = read_topic(settings, settings.topics.valuations)
-    metric_messages = read_topic(settings, settings.topics.metrics)
+    valuations = read_json(settings, settings.topics.valuations)
+    metric_messages = read_json(settings, settings.topics.metrics)
     seconds["read back"] = time.monotonic() - t1
     facts = DemoFacts(
         customers=options.customers,

@@ -38,6 +38,8 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import silhouette_score
 
+from streamval.models.base import Estimator
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 Method = Literal["hierarchical", "kmeans"]
@@ -54,8 +56,10 @@ class FitResult:
     removed: list[int] = field(default_factory=list)  # old ids that no longer exist
 
 
-class AssetClustering:
+class AssetClustering(Estimator):
     """Fit, re-fit with stable ids, and nearest-centroid assignment."""
+
+    settings_names = {"method": "clustering"}
 
     def __init__(
         self,
@@ -93,10 +97,6 @@ class AssetClustering:
     def ids(self) -> list[int]:
         """The current cluster ids."""
         return list(self._ids)
-
-    @property
-    def centroids(self) -> FloatArray:
-        return self._centroids.copy()
 
     def _labels(self, x: FloatArray) -> IntArray:
         """Unstable labels 0..k-1 of a fresh fit."""

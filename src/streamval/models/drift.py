@@ -38,6 +38,8 @@ from typing import Any, Literal
 from river import drift
 from river.base import DriftDetector
 
+from streamval.models.base import Estimator
+
 DetectorName = Literal["adwin", "page_hinkley", "kswin"]
 
 # Errors kept for the before/after levels of an alarm: the newest _LEVEL_WINDOW are "after",
@@ -68,12 +70,19 @@ def make_detector(
     raise ValueError(f"unknown drift detector {name!r}")
 
 
-class AdaptiveLearningRate:
+class AdaptiveLearningRate(Estimator):
     """A cluster's learning-rate schedule: base lr, boosted on error-increase alarms, decaying back.
 
     Settings are the constructor arguments; learned state (detector, counters, recent errors) is
     created by `_reset()` and round-trips through `state_dict()` / `load_state_dict()`.
     """
+
+    settings_names = {
+        "base_lr": "lr",
+        "boost": "lr_boost",
+        "half_life": "lr_half_life",
+        "base_replay_fraction": "replay_fraction",
+    }
 
     def __init__(
         self,
@@ -199,17 +208,3 @@ class AdaptiveLearningRate:
         self._alarms = int(state["alarms"])
         self._excess = float(state["excess"])
         self._updates_since_alarm = int(state["updates_since_alarm"])
-
-    def clone(self) -> AdaptiveLearningRate:
-        """Same settings, fresh state."""
-        return AdaptiveLearningRate(
-            self.base_lr,
-            boost=self.boost,
-            half_life=self.half_life,
-            detector=self.detector,
-            detector_params=self.detector_params,
-            base_replay_fraction=self.base_replay_fraction,
-            drift_replay_fraction=self.drift_replay_fraction,
-            reset_moments_on_drift=self.reset_moments_on_drift,
-            seed=self.seed,
-        )

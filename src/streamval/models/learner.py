@@ -44,6 +44,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from streamval.models.base import Estimator
+
 FloatArray = NDArray[np.float64]
 Cell = Literal["lstm", "gru", "linear"]
 
@@ -108,12 +110,14 @@ class _LinearNet(nn.Module):
         return out
 
 
-class SequenceLearner:
+class SequenceLearner(Estimator):
     """One cluster's model: predicts the scale-free change of an asset from its window.
 
     Settings are the constructor arguments; learned state (network, optimizer, statistics,
     buffers, RNG) is created by `_reset()` and round-trips through `state_dict()`.
     """
+
+    settings_names = {"n_features": "max_features"}
 
     def __init__(
         self,
@@ -388,30 +392,12 @@ class SequenceLearner:
         self._updates = int(state["updates"])
         self._own_updates = int(state["own_updates"])
 
-    def clone(self) -> SequenceLearner:
-        """Same settings, fresh (untrained) state."""
-        return SequenceLearner(
-            self.n_features,
-            seq_len=self.seq_len,
-            cell=self.cell,
-            hidden=self.hidden,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            ridge_alpha=self.ridge_alpha,
-            batch_size=self.batch_size,
-            buffer_size=self.buffer_size,
-            replay_fraction=self.replay_fraction,
-            seed=self.seed,
-        )
-
     def fork(self, seed: int) -> SequenceLearner:
         """A deep copy of the model, optimizer and statistics, with empty buffers and its own RNG.
 
         Used to start a new cluster from its nearest existing cluster (transfer).
         """
-        child = self.clone()
-        child.seed = seed
-        child._rng = np.random.default_rng(seed)
+        child = self.clone(seed=seed)
         child._net.load_state_dict(
             {k: v.detach().clone() for k, v in self._net.state_dict().items()}
         )

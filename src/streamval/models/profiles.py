@@ -29,11 +29,10 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from streamval.stream.schema import Attribute
+from streamval.stream.contract.schema import Attribute
 
 FloatArray = NDArray[np.float64]
 
-SERIES_STATS = ("change_mean", "change_std", "change_autocorr")
 # Raw profile numbers are saturated here (their squares must not overflow while scaling), and
 # standardised coordinates at _Z_LIMIT: one absurd attribute must not swamp the distances.
 _RAW_LIMIT = 1e100
@@ -135,10 +134,6 @@ class ProfileSpace:
         self.n_stats = 0
         self.mean = np.zeros(0)
         self.scale = np.ones(0)
-
-    @property
-    def dim(self) -> int:
-        return len(self.mean) + sum(len(c) for c in self.categories)
 
     def fit(
         self, attributes: Sequence[Mapping[str, Attribute]], stats: Sequence[FloatArray]

@@ -65,7 +65,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from streamval import __version__
 from streamval.config import EngineSettings
-from streamval.outputs import ClusterSnapshot, DriftAlarm, ErrorStats
+from streamval.stream.contract.outputs import ClusterSnapshot, DriftAlarm, ErrorStats
 
 __all__ = ["EngineMetrics", "ReplayMetrics"]
 

@@ -46,13 +46,28 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from streamval.stream.datasets._frame import ASSET_ID, TS, VALUE, EventTable
-from streamval.stream.schema import AssetEvent, parse_timestamp
+from streamval.stream.contract.schema import ASSET_ID, TS, VALUE, AssetEvent, parse_timestamp
+from streamval.stream.datasets.event_table import EventTable
 
 FEATURES = ("repayment_ratio", "credit_score")
 ATTRIBUTES = ("age", "income", "tier")
 SPLITS = ("train", "validation", "test")
-TIERS = ("low", "mid", "high")
+
+
+def annuity_factor(annual_rate: float, months: int, monthly_growth: float = 0.0) -> float:
+    """Present value of 1 a month for `months` months (first payment in one month), growing.
+
+    The discount rate is monthly, d = (1 + annual_rate)^(1/12) - 1. The book's labels and the
+    DCF baseline (`streamval.models.baselines.income`) both use this one formula.
+
+    >>> round(annuity_factor(0.0, 36), 6)
+    36.0
+    >>> round(annuity_factor(0.08, 12), 4)  # 12 payments at (1.08)^(1/12) - 1 a month
+    11.5129
+    """
+    d = (1.0 + annual_rate) ** (1.0 / 12.0) - 1.0
+    ratio = (1.0 + monthly_growth) / (1.0 + d)
+    return float(np.sum(ratio ** np.arange(1, months + 1)))
 
 
 @dataclass(frozen=True)
@@ -175,9 +190,9 @@ class CreditPortfolioParams:
 
     def annuity_factor(self, group: int) -> float:
         """A_g: present value of 1 a month for `horizon_months`, growing at the group's rate."""
-        ratio = (1 + self.income_growth[group]) / (1 + self.monthly_discount_rate)
-        k = np.arange(1, self.horizon_months + 1)
-        return float(np.sum(ratio**k))
+        return annuity_factor(
+            self.annual_discount_rate, self.horizon_months, self.income_growth[group]
+        )
 
     def split_sizes(self) -> dict[str, int]:
         """Customers per split; the test split takes the rounding remainder."""

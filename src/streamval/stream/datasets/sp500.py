@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from streamval.errors import DataError
-from streamval.stream.datasets._frame import EventTable
-from streamval.stream.datasets.tables import read_wide_prices
+from streamval.stream.datasets.event_table import EventTable
+from streamval.stream.datasets.readers import read_wide_prices
 
 
 def load_sp500(data_dir: str | Path, *, tickers: Sequence[str] | None = None) -> EventTable:

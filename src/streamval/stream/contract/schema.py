@@ -14,6 +14,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+# The contract's field names, also the column names of long tables.
+ASSET_ID = "asset_id"
+TS = "ts"
+VALUE = "value"
 MAX_ASSET_ID_LEN = 128
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 
@@ -123,7 +127,7 @@ def parse_timestamp(ts: Any, where: str = "ts") -> int:
                 Reason.WRONG_TYPE, f"{where} is not an RFC 3339 timestamp: {ts[:40]!r}"
             )
         try:
-            # fromisoformat accepts 'Z' only from 3.11; normalise for 3.10.
+            # RFC 3339 also allows a lowercase 'z', which fromisoformat rejects.
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise _InvalidError(

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Any
 
-from streamval.outputs import BatchResult
-from streamval.stream.schema import AssetEvent
+from streamval.stream.contract.outputs import BatchResult
+from streamval.stream.contract.schema import AssetEvent
 
 
 class Order(StrEnum):

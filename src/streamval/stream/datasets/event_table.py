@@ -12,16 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from streamval.errors import DataError
-from streamval.stream.schema import AssetEvent, Attribute
+from streamval.stream.contract.schema import ASSET_ID, TS, VALUE, AssetEvent, Attribute
 
-ASSET_ID = "asset_id"
-TS = "ts"
-VALUE = "value"
+if TYPE_CHECKING:  # pandas loads with the first table, not with the package
+    import pandas as pd
+
 RESERVED = (ASSET_ID, TS, VALUE)
 
 
@@ -142,4 +142,6 @@ def _attribute(raw: object) -> Attribute | None:
     if isinstance(raw, int | float | np.integer | np.floating):
         number = float(raw)
         return None if not math.isfinite(number) else number
+    import pandas as pd
+
     return None if pd.isna(raw) else str(raw)

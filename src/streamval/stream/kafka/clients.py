@@ -1,13 +1,18 @@
-"""Kafka clients built from settings: one place for serialisation and client defaults."""
+"""Kafka clients built from settings: one place for client defaults; a fast reachability check."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import socket
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
 from streamval.config import Settings, kafka_client_config
+from streamval.errors import BrokerError, ConfigError
+
+# A TCP connect to a live broker takes milliseconds; 5 s covers a slow remote network while an
+# unreachable cluster fails in seconds instead of kafka-python's 30 s bootstrap timeout.
+CONNECT_TIMEOUT_S = 5.0
 
 
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
@@ -43,6 +48,19 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaCo
     return consumer
 
 
-def headers_dict(headers: Any) -> Mapping[str, bytes]:
-    """kafka-python record headers (a list of (key, bytes)) as a dict; the last value wins."""
-    return dict(headers or [])
+def check_reachable(settings: Settings, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast with `BrokerError` unless some bootstrap server accepts a TCP connection."""
+    servers = settings.kafka.bootstrap_servers
+    if not servers:
+        raise ConfigError("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)")
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise BrokerError(
+        f"cannot reach the Kafka cluster at {servers}: no bootstrap server accepted a connection "
+        "(is the broker running? check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS)"
+    )

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from streamval.errors import DataError
-from streamval.stream.datasets.tables import parse_numbers, parse_times, read_frame
-from streamval.stream.schema import parse_timestamp
+from streamval.stream.contract.schema import parse_timestamp
+
+FED_CSV = "fed_target_changes.csv"
 
 
 @dataclass(frozen=True, order=True)
@@ -64,14 +65,25 @@ MARKET_SHOCKS: tuple[Marker, ...] = (
 )
 
 
-def fed_changes(path: str | Path, *, tightening_only: bool = False) -> list[Marker]:
-    """Fed funds target changes from `fed_target_changes.csv`, oldest first."""
+def fed_csv_in(data_folder: Path) -> Path | None:
+    """`data_folder/policy/fed_target_changes.csv` if that file exists (the shared data layout)."""
+    path = data_folder / "policy" / FED_CSV
+    return path if path.is_file() else None
+
+
+def fed_changes(
+    path: str | Path, *, tightening_only: bool = False, date_column: str = "announce_date"
+) -> list[Marker]:
+    """Fed funds target changes from `fed_target_changes.csv`, oldest first, dated by
+    `date_column` (the announcement, or `fred_effective_date`)."""
+    from streamval.stream.datasets.readers import parse_numbers, parse_times, read_frame
+
     path = Path(path)
     raw = read_frame(path)
-    for column in ("announce_date", "change_bp"):
+    for column in (date_column, "change_bp"):
         if column not in raw.columns:
             raise DataError(f"{path}: missing column {column!r}; the file has {list(raw.columns)}")
-    ts = parse_times(raw["announce_date"], "announce_date", path)
+    ts = parse_times(raw[date_column], date_column, path)
     change = parse_numbers(raw["change_bp"], "change_bp", path, allow_missing=False)
     target = (
         parse_numbers(raw["new_target"], "new_target", path)

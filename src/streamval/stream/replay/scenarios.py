@@ -28,14 +28,17 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from streamval.errors import DataError
-from streamval.stream.datasets._frame import ASSET_ID, TS, VALUE, EventTable
-from streamval.stream.schema import Attribute, parse_timestamp
+from streamval.stream.contract.schema import ASSET_ID, TS, VALUE, Attribute, parse_timestamp
+
+if TYPE_CHECKING:  # pandas loads when a scenario is applied, not for the CLI's help
+    import pandas as pd
+
+    from streamval.stream.datasets.event_table import EventTable
 
 Op = Literal["shift", "scale", "volatility"]
 Shape = Literal["step", "ramp"]
@@ -91,6 +94,8 @@ class Selector:
     def select(self, table: EventTable) -> list[str]:
         """The selected asset ids, sorted."""
         frame = table.frame
+        import pandas as pd
+
         candidates = pd.Series(True, index=pd.Index(table.assets, name=ASSET_ID))
         for name, wanted in self.where.items():
             if name not in frame.columns:

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from streamval.errors import DataError
-from streamval.stream.datasets._frame import ASSET_ID, TS, VALUE, EventTable
+from streamval.stream.contract.schema import ASSET_ID, TS, VALUE
+from streamval.stream.datasets.event_table import EventTable
 
 DEFAULT_VOLATILITY_WINDOW = 20
 
