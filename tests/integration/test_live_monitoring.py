@@ -25,9 +25,10 @@ from tests.integration.prom import (
     free_port,
     promtool,
 )
-from tests.integration.streams import DAY_MS, regime_change, to_long_table
+from tests.integration.streams import regime_change, to_long_table
 
 from streamval.config import Settings
+from streamval.stream.datasets.synthetic import DAY_MS
 from streamval.stream.kafka.clients import make_consumer, make_producer
 from streamval.stream.kafka.reader import end_offsets, read_topic
 from streamval.stream.kafka.topics import ensure_topics

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 from kafka import TopicPartition
-from tests.integration.streams import DAY_MS, regime_change, to_long_table
+from tests.integration.streams import regime_change, to_long_table
 
 from streamval.config import Settings
 from streamval.consumers.service import ValuationService
 from streamval.errors import DataError
 from streamval.monitoring.metrics import EngineMetrics
 from streamval.stream.contract.schema import AssetEvent
+from streamval.stream.datasets.synthetic import DAY_MS
 from streamval.stream.kafka.clients import make_consumer, make_producer
 from streamval.stream.kafka.reader import end_offsets, read_topic
 from streamval.stream.kafka.topics import ensure_topics
