@@ -157,10 +157,27 @@ class EngineSettings(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     ridge_alpha: float = Field(1e-3, ge=0, description="L2 penalty of the linear cell")
-    batch_size: int = Field(64, ge=1)
-    buffer_size: int = Field(2048, ge=1)
-    replay_fraction: float = Field(0.5, ge=0, le=1)
-    max_updates_per_batch: int = Field(4, ge=0)
+    batch_size: int = Field(
+        32, ge=1, description="fresh samples per optimizer step of a cluster (each trained once)"
+    )
+    buffer_size: int = Field(2048, ge=1, description="replay reservoir per cluster")
+    replay_fraction: float = Field(
+        0.5, ge=0, lt=1, description="share of replayed old samples in a training step"
+    )
+    training: Literal["background", "sync"] = Field(
+        "background",
+        description="background: a trainer thread learns while the engine values (the "
+        "service); sync: steps run inline at deterministic points (backtests, tests)",
+    )
+    max_backlog: int = Field(
+        4096,
+        ge=1,
+        description="queued samples per cluster beyond which a lagging background trainer "
+        "subsamples (counted); bounds how stale a serving model can be",
+    )
+    asset_ttl: int = Field(
+        0, ge=0, description="event-time ms after which an idle asset is forgotten; 0 = never"
+    )
     detector: Literal["adwin", "page_hinkley", "kswin"] = "adwin"
     detector_params: dict[str, float] = Field(
         default_factory=dict, description="keyword arguments of the river detector, e.g. delta"
@@ -168,7 +185,7 @@ class EngineSettings(_Section):
     lr_boost: float = Field(5.0, ge=1)
     lr_half_life: float = Field(50.0, gt=0, description="optimizer updates for the boost to halve")
     reset_moments_on_drift: bool = True
-    drift_replay_fraction: float = Field(0.1, ge=0, le=1)
+    drift_replay_fraction: float = Field(0.1, ge=0, lt=1)
     metrics_window: int = Field(500, ge=1)
     torch_threads: int = Field(
         1,

@@ -2,34 +2,48 @@
 
 `Engine.process(events)` is prequential (test, then train). For each event, in order:
 
-    0. order       OrderGuard: late -> `result.late`, duplicate -> `result.duplicates`; nothing
-                   else happens for them (a duplicate is never learned from twice)
+    0. order       late -> `result.late`, duplicate -> `result.duplicates`; nothing else happens
+                   for them (a duplicate is never learned from twice); an asset idle for longer
+                   than `asset_ttl` (event time) is forgotten and starts afresh
     1. window      the asset's last `seq_len` steps; a step holds the *lagged* value (the last
                    value known before this event: the model sees v(t-1), never v(t)) and the
                    dynamic features of the event (carried forward when an event omits one)
-    2. cluster     nearest centroid of the current clustering in the standardised profile space
+    2. cluster     nearest centroid of the current clustering in the standardised profile space,
+                   re-checked when the asset's profile may have moved (its event count grew by
+                   an eighth since the last check, or its attributes changed) and at every fit
     3. valuation   the cluster model's scale-free change, v_last + scale * change; `warming`
                    assets (window not yet full of known values) get the fallback instead
     4. record      a `Valuation` (cluster, model_version, warming, adapting, lr)
-    5. if value    error; the cluster's river metrics (rolling `metrics_window` and since start);
-                   its drift detector on the scale-free absolute error (an alarm boosts the
-                   cluster's lr at once); the (window, target) sample is queued for the cluster
-    6. learn       after the whole batch (`learn()`): each cluster takes at most
-                   `max_updates_per_batch` optimizer steps; then clustering (re-)fits that are
-                   due (bootstrap, every `refit_every` events, after a drift alarm)
+    5. if value    error; the cluster's error metrics (rolling `metrics_window` and since start);
+                   its drift monitor on the scale-free absolute error (an alarm boosts the
+                   cluster's lr); the (window, target) sample is handed to the cluster's trainer
+    6. learn       every sample is trained exactly once as a fresh sample, in steps of
+                   `batch_size` per cluster (`streamval.models.trainer`); clustering (re-)fits
+                   run when due (bootstrap, every `refit_every` events, after a drift alarm)
 
-Steps 0-5 are exact per event, so a batch gives the same valuations as the same events sent one
-by one, except that learning (step 6, which includes the normalisation statistics and the
-clustering fits) happens once after the batch's predictions. Within a batch the model does not
-change, which lets the engine run each cluster's forward pass once for the whole batch.
+Learning is tied to event time, not to batches. With `training="sync"` a due training step
+(its cluster has `batch_size` queued samples) and a due fit run before the first later event
+whose event time differs from that of the event that made them due: events sharing an event time
+are valued by one model, a stream whose time starts over (a backtest's next split) keeps
+learning, and any cut of the input into batches gives the same valuations as the events one by
+one (tested). With `training="background"` (the service) a trainer thread runs the steps and
+valuations use the latest published model; each carries its version.
+
+A batch is processed in segments that end where an action (a step, a fit) is due. A segment is
+computed first (pure: a copy of the touched assets' rows is changed in waves, the k-th event of
+an asset in wave k, each wave vectorised; then one forward pass per cluster) and committed
+after (array assignments). If computing raises, the rest of the batch is processed event by
+event and each event that still raises is reported in `result.failed`; the others are
+processed normally.
 
 Warming fallback: the last known value (persistence). An asset with no value yet is valued at
-the running median of the values observed in its cluster (river `stats.Quantile(0.5)`; of all
-values if its cluster has none yet; 0.0 before any value). Valuations are always finite.
+the median of its cluster's last `metrics_window` values (all clusters' if its cluster has
+none; 0.0 before any value). Valuations are always finite.
 
 Scale-free target: per asset, `scale` = running mean of |value| (exponential, span `seq_len`);
 the model predicts (v_t - v_last) / scale, the residual over persistence, with a zero-initialised
-output layer: an untrained model is exactly persistence.
+output layer: an untrained model is exactly persistence. Ratios are formed as v/scale - w/scale
+and clipped, so no input (1e308 then -1e308) can overflow.
 
 Before the first clustering fit every asset is in the provisional cluster 0, whose single shared
 model already learns from all assets. The bootstrap fit runs once `bootstrap_assets` assets have
@@ -37,13 +51,11 @@ at least `min_history` values; it is a re-fit against cluster 0, so one new clus
 every other cluster starts as a copy of that shared model. With `n_clusters=1` there is no fit.
 
 `model_version` = optimizer updates of the cluster's model, including those of the model it was
-copied from. State: `state_dict()` holds everything learned (models, optimizers, detectors,
-normalisation, clustering, windows, metrics, order guard, RNG states) as plain numbers, lists,
-tensors and pickled river objects; `torch.save`/`torch.load` round-trip it.
+copied from. `state_dict()` is a tree of numbers, strings, lists, dicts and arrays (no pickles).
 
 >>> from streamval.config import EngineSettings
 >>> from streamval.stream.contract.schema import AssetEvent
->>> engine = Engine(EngineSettings(hidden=[8], n_clusters=1))
+>>> engine = Engine(EngineSettings(hidden=[8], n_clusters=1, training="sync"))
 >>> events = [AssetEvent("a", 1, 10.0), AssetEvent("a", 2, 11.0), AssetEvent("a", 2, 11.0)]
 >>> result = engine.process(events)
 >>> [(v.valuation, v.warming) for v in result.valuations], result.duplicates
@@ -52,8 +64,8 @@ tensors and pickled river objects; `torch.save`/`torch.load` round-trip it.
 
 from __future__ import annotations
 
+import logging
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,33 +73,40 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from river import metrics, stats, utils
 
 from streamval.config import EngineSettings
 from streamval.errors import CheckpointError
+from streamval.models.assets import FEATURE_LIMIT, MAX_RATIO, AssetTable, Rows
 from streamval.models.clustering import AssetClustering
-from streamval.models.drift import AdaptiveLearningRate
-from streamval.models.learner import SequenceLearner
-from streamval.models.profiles import ProfileSpace, SeriesStats
-from streamval.stream.contract.ordering import OrderGuard
+from streamval.models.drift import AdaptiveLearningRate, DriftMonitor
+from streamval.models.error_metrics import ErrorMetrics
+from streamval.models.learner import Predictor, SequenceLearner
+from streamval.models.profiles import ProfileInputs, ProfileSpace, series_vector
+from streamval.models.state import rng_state, set_rng_state
+from streamval.models.trainer import Trainer
 from streamval.stream.contract.outputs import (
     BatchResult,
     ClusterSnapshot,
     DriftAlarm,
-    ErrorStats,
     Valuation,
 )
-from streamval.stream.contract.schema import AssetEvent, Attribute
+from streamval.stream.contract.schema import AssetEvent
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "set_torch_threads"]
 
-STATE_VERSION = 1
-# Scale-free quantities (changes, targets, errors) are clipped to +-_MAX_RATIO: a value jumping by
-# a factor of a million is an upstream error, and unclipped it would overflow statistics.
-_MAX_RATIO = 1e6
-# River squares errors in Python floats: contract-valid values near 1e308 would overflow, so the
-# metrics see values clipped to +-_METRIC_LIMIT (valuations themselves are not clipped).
-_METRIC_LIMIT = 1e150
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 2
+# An asset's cluster is re-checked once its event count has grown by this share since the last
+# check (and at least by one): early on every event, later rarely, as its profile settles.
+_RECHECK_GROWTH = 8
+# Settings a state must have been taken with (they shape the arrays and the networks).
+_SHAPING = ("seq_len", "max_features", "cell", "hidden", "buffer_size", "metrics_window")
+
+FloatArray = NDArray[np.float64]
+Float32Array = NDArray[np.float32]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
 
 
 def set_torch_threads(settings: EngineSettings) -> None:
@@ -96,97 +115,54 @@ def set_torch_threads(settings: EngineSettings) -> None:
         torch.set_num_threads(settings.torch_threads)
 
 
-def _clip(x: float, limit: float) -> float:
-    return max(-limit, min(limit, x))
-
-
-class _Asset:
-    """Everything the engine remembers about one asset."""
-
-    __slots__ = (
-        "attributes",
-        "cluster",
-        "feats",
-        "filled",
-        "lags",
-        "last_features",
-        "last_value",
-        "n_values",
-        "scale",
-        "stats",
-    )
-
-    def __init__(self, seq_len: int, n_features: int) -> None:
-        self.cluster = 0
-        self.attributes: dict[str, Attribute] = {}
-        self.last_value: float | None = None
-        self.scale = 0.0
-        self.n_values = 0
-        self.filled = 0
-        self.lags = np.full(seq_len, np.nan)
-        self.feats = np.full((seq_len, n_features), np.nan)
-        self.last_features = np.full(n_features, np.nan)
-        self.stats = SeriesStats(n_features)
-
-    @property
-    def unit(self) -> float:
-        """The asset's scale, usable as a divisor."""
-        return self.scale if self.scale > 0.0 and math.isfinite(self.scale) else 1.0
-
-
 @dataclass
 class _Cluster:
-    """One cluster: its model, its lr policy, its error metrics."""
+    """The valuing side of one cluster: its error metrics and its serving model."""
 
-    learner: SequenceLearner
-    policy: AdaptiveLearningRate
-    window: int
-    metrics: dict[str, Any] = field(default_factory=dict)
-    median: Any = field(default_factory=lambda: stats.Quantile(0.5))
-    n: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.metrics:
-            self.metrics = {
-                "mae": metrics.MAE(),  # type: ignore[no-untyped-call]
-                "rmse": metrics.RMSE(),  # type: ignore[no-untyped-call]
-                "r2": metrics.R2(),  # type: ignore[no-untyped-call]
-                "rolling_mae": utils.Rolling(metrics.MAE, window_size=self.window),
-                "rolling_rmse": utils.Rolling(metrics.RMSE, window_size=self.window),
-                "rolling_r2": utils.Rolling(metrics.R2, window_size=self.window),
-            }
-
-    def observe(self, value: float, valuation: float) -> None:
-        self.n += 1
-        y, y_hat = _clip(value, _METRIC_LIMIT), _clip(valuation, _METRIC_LIMIT)
-        for metric in self.metrics.values():
-            metric.update(y, y_hat)
-
-    def stats(self, rolling: bool) -> ErrorStats:
-        prefix = "rolling_" if rolling else ""
-        n = min(self.n, self.window) if rolling else self.n
-        if n == 0:
-            return ErrorStats(0, None, None, None)
-        r2 = float(self.metrics[prefix + "r2"].get()) if n >= 2 else None
-        return ErrorStats(
-            n,
-            float(self.metrics[prefix + "mae"].get()),
-            float(self.metrics[prefix + "rmse"].get()),
-            r2,
-        )
+    errors: ErrorMetrics
+    predictor: Predictor
+    expired: int = 0  # assets of this cluster forgotten after asset_ttl
 
 
 @dataclass
-class _Queued:
-    """An accepted event between the per-event pass and the batched forward pass."""
+class _Plan:
+    """One segment of a batch, computed but not yet committed (see `Engine._plan`)."""
 
-    event: AssetEvent
-    cluster: int
-    warming: bool
-    v_last: float
-    unit: float
-    valuation: float
-    window: NDArray[np.float64] | None
+    start: int  # input indices [start, stop)
+    stop: int
+    late: list[int]
+    duplicates: list[int]
+    index: IntArray  # per accepted event: its input index
+    ts: IntArray
+    values: FloatArray  # NaN: no value
+    local: IntArray  # its row in `rows`
+    rows: Rows
+    slots: IntArray  # per row: its slot, -1 for a new asset
+    names: list[str]  # per row: the asset id
+    restarts: list[tuple[int, bool]]  # (cluster, had min_history) of assets forgotten
+    last_ts: IntArray  # per row: the event time the order guard remembers after the segment
+    features: list[str]  # feature names first seen in this segment
+    vocabulary: dict[str, list[str]]  # attribute strings first seen in this segment
+    watermark: int | None  # latest accepted event time after the segment
+    cluster: IntArray
+    warming: BoolArray
+    v_last: FloatArray
+    unit: FloatArray
+    windows: Float32Array  # (k, seq_len, 1 + max_features), NaN rows where warming
+    targets: FloatArray  # NaN: no training sample
+    ready: BoolArray  # the event gave its asset its `min_history`-th value
+    valuations: FloatArray = field(default_factory=lambda: np.zeros(0))
+    versions: dict[int, int] = field(default_factory=dict)
+    alarms: list[tuple[int, tuple[float, float]]] = field(default_factory=list)
+    monitors: dict[int, DriftMonitor] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return len(self.index)
+
+    @property
+    def samples(self) -> BoolArray:
+        return ~np.isnan(self.targets)
 
 
 class Engine:
@@ -195,25 +171,37 @@ class Engine:
     def __init__(self, settings: EngineSettings, *, accept_late: bool = False) -> None:
         self.settings = settings
         self.accept_late = accept_late
+        self._trainer: Trainer | None = None
         self._reset()
 
     # -- construction ---------------------------------------------------------------------------
 
     def _reset(self) -> None:
         s = self.settings
-        self._guard = OrderGuard(accept_late=self.accept_late)
+        if self._trainer is not None:
+            self._trainer.close()
+        self._trainer = Trainer(
+            batch_size=s.batch_size,
+            max_backlog=s.max_backlog,
+            background=s.training == "background",
+        )
         self._rng = np.random.default_rng(s.seed)
-        self._vocab: dict[str, int] = {}
-        self._assets: dict[str, _Asset] = {}
+        self._assets = AssetTable(s.seq_len)
+        self._features: dict[str, int] = {}
         self._clustering = AssetClustering.from_settings(s)
         self._space = ProfileSpace()
-        self._clusters: dict[int, _Cluster] = {0: self._new_cluster(self._new_learner(0))}
-        self._counts: dict[int, int] = {0: 0}
-        self._median = stats.Quantile(0.5)
-        self._ready = 0  # assets with at least min_history values
+        self._clusters: dict[int, _Cluster] = {}
+        self._add_cluster(0, self._new_learner(0))
+        self._ready = 0  # live assets with at least min_history values
         self._events_since_fit = 0
-        self._drifted = False  # an alarm since the last learning step (re-fit due)
-        self._last_ts = 0
+        self._fit_due: int | None = None  # event time of the event that made a fit due
+        self._watermark: int | None = None
+        self.expired_assets = 0
+
+    @property
+    def trainer(self) -> Trainer:
+        assert self._trainer is not None
+        return self._trainer
 
     def _cluster_seed(self, cluster: int) -> int:
         return int(np.random.SeedSequence([self.settings.seed, cluster]).generate_state(1)[0])
@@ -221,9 +209,16 @@ class Engine:
     def _new_learner(self, cluster: int) -> SequenceLearner:
         return SequenceLearner.from_settings(self.settings, seed=self._cluster_seed(cluster))
 
-    def _new_cluster(self, learner: SequenceLearner) -> _Cluster:
-        policy = AdaptiveLearningRate.from_settings(self.settings, seed=learner.seed)
-        return _Cluster(learner=learner, policy=policy, window=self.settings.metrics_window)
+    def _add_cluster(self, cluster: int, learner: SequenceLearner) -> None:
+        s = self.settings
+        policy = AdaptiveLearningRate.from_settings(s, seed=learner.seed)
+        self.trainer.add(cluster, learner, policy)
+        predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden)
+        self._clusters[cluster] = _Cluster(ErrorMetrics(s.metrics_window), predictor)
+
+    def close(self) -> None:
+        """Stop the background trainer (the step in flight finishes). Idempotent."""
+        self.trainer.close()
 
     # -- public surface -------------------------------------------------------------------------
 
@@ -237,365 +232,723 @@ class Engine:
         """Whether the clustering has been bootstrapped (always False with `n_clusters=1`)."""
         return self._clustering.fitted
 
+    @property
+    def n_assets(self) -> int:
+        """Assets currently remembered."""
+        return self._assets.n_live
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the per-asset arrays (the asset id map comes on top)."""
+        return self._assets.nbytes
+
     def cluster_of(self, asset_id: str) -> int | None:
         """The asset's current cluster, or None for an unknown asset."""
-        asset = self._assets.get(asset_id)
-        return None if asset is None else asset.cluster
+        slot = self._assets.ids.get(asset_id)
+        return None if slot is None else int(self._assets["cluster"][slot])
 
     def assignments(self) -> dict[str, int]:
         """Current cluster of every known asset."""
-        return {asset_id: asset.cluster for asset_id, asset in self._assets.items()}
+        clusters = self._assets["cluster"]
+        return {name: int(clusters[slot]) for name, slot in self._assets.ids.items()}
 
     def lr(self, cluster: int) -> float:
         """Current learning rate of a cluster."""
-        return self._clusters[cluster].policy.lr
+        return self.trainer.policy(cluster).lr
+
+    def profile_inputs(self) -> tuple[list[str], ProfileInputs]:
+        """Every known asset's id and profile material (attributes, series statistics)."""
+        slots = self._assets.live_slots()
+        return [str(self._assets.names[s]) for s in slots.tolist()], self._inputs_of_slots(slots)
 
     def process(self, events: Sequence[AssetEvent], *, learn: bool = True) -> BatchResult:
-        """Value a batch of events in order, then (unless `learn=False`) run the learning step.
+        """Value a batch of events in order; unless `learn=False`, learn from them.
 
-        With `learn=False` the labelled samples stay queued until the next `learn()` (or
-        `process()`) call: `process([e1], learn=False); process([e2], learn=False); learn()`
-        is exactly `process([e1, e2])`.
+        With `learn=False` the events are valued and scored but give no training samples, and
+        no training step or fit runs (a frozen model).
         """
         result = BatchResult()
-        queued: list[_Queued] = []
-        for event in self._guard.admit(events, result):
-            queued.append(self._observe(event))
-        self._forward(queued)
-        self._record(queued, result)
-        if learn:
-            result.updates = self.learn()
+        before = {c: self.trainer.learner(c).own_updates for c in self._clusters}
+        pos, n = 0, len(events)
+        one_by_one = False
+        plan: _Plan | None = None
+        while pos < n:
+            stop = pos + 1 if one_by_one else n
+            try:
+                if plan is None:
+                    plan = self._plan(events, pos, stop)
+                cut, fit_due = self._find_cut(plan, learn)
+                if cut == 0 and plan.k:
+                    # Something is due before this segment's first event: do it, then go on.
+                    if self._act(int(plan.ts[0]), learn):
+                        plan = None  # a fit moved assets between clusters
+                    continue
+                if cut < plan.k:
+                    plan = self._plan(events, pos, int(plan.index[cut]))
+                    cut, fit_due = self._find_cut(plan, learn)
+                self._value(plan)
+                alarm_cut = self._drift_cut(plan, learn)
+                if alarm_cut is not None:
+                    plan = self._plan(events, pos, int(plan.index[alarm_cut]))
+                    cut, fit_due = self._find_cut(plan, learn)
+                    self._value(plan)
+                    self._drift_cut(plan, learn)
+            except Exception as exc:
+                if one_by_one:
+                    result.failed.append((pos, f"{type(exc).__name__}: {exc}"))
+                    log.warning("event could not be processed", extra={"index": pos})
+                    pos, plan = pos + 1, None
+                else:
+                    log.warning("batch failed, processing its events one by one", exc_info=True)
+                    one_by_one, plan = True, None
+                continue
+            self._commit(plan, result, learn, fit_due)
+            pos, plan = plan.stop, None
+        for c in self._clusters:
+            done = self.trainer.learner(c).own_updates - before.get(c, 0)
+            if done > 0:
+                result.updates[c] = done
+        self._expire()
         return result
 
-    def learn(self) -> dict[int, int]:
-        """The learning step: bounded optimizer steps per cluster, then due clustering fits.
-
-        Returns the optimizer steps taken per cluster (clusters that took none are left out).
-        """
-        updates: dict[int, int] = {}
-        for cid in self.clusters:
-            c = self._clusters[cid]
-            steps = c.learner.learn(self.settings.max_updates_per_batch, c.policy)
-            if steps:
-                updates[cid] = steps
-        drifted, self._drifted = self._drifted, False
-        self._maybe_fit(drifted)
-        return updates
+    def flush(self) -> None:
+        """Learn what is due now rather than before the next event: every full training step
+        (in background mode: wait for the trainer to finish them) and a due fit."""
+        self.trainer.drain()
+        if self._fit_due is not None:
+            self._fit()
 
     def snapshot(self, ts_ms: int | None = None) -> list[ClusterSnapshot]:
         """Per-cluster health for the metrics topic (at `ts_ms`, default: the latest event time)."""
-        ts = self._last_ts if ts_ms is None else ts_ms
+        ts = (self._watermark or 0) if ts_ms is None else ts_ms
+        live = self._assets["live"]
+        clusters = self._assets["cluster"][live]
+        counts = np.bincount(clusters, minlength=max(self._clusters) + 1)
         out = []
         for cid in self.clusters:
             c = self._clusters[cid]
+            policy = self.trainer.policy(cid)
+            queued, trained, skipped = self.trainer.counts(cid)
             out.append(
                 ClusterSnapshot(
                     cluster=cid,
                     ts_ms=ts,
-                    assets=self._counts.get(cid, 0),
-                    rolling=c.stats(rolling=True),
-                    total=c.stats(rolling=False),
-                    drift_alarms=c.policy.alarms,
-                    lr=c.policy.lr,
-                    updates=c.learner.own_updates,
-                    model_version=c.learner.updates,
+                    assets=int(counts[cid]),
+                    rolling=c.errors.stats(rolling=True),
+                    total=c.errors.stats(rolling=False),
+                    drift_alarms=policy.alarms,
+                    lr=policy.lr,
+                    updates=self.trainer.learner(cid).own_updates,
+                    model_version=self.trainer.snapshot(cid).version,
+                    queued_samples=queued,
+                    trained_samples=trained,
+                    skipped_samples=skipped,
+                    expired_assets=c.expired,
                 )
             )
         return out
 
-    # -- steps 1-3: per event -------------------------------------------------------------------
+    # -- steps 0-2: the segment's assets, computed on a copy (pure) -----------------------------
 
-    def _slot(self, name: str) -> int | None:
-        slot = self._vocab.get(name)
-        if slot is None and len(self._vocab) < self.settings.max_features:
-            slot = self._vocab[name] = len(self._vocab)
-        return slot
-
-    def _observe(self, event: AssetEvent) -> _Queued:
+    def _plan(self, events: Sequence[AssetEvent], start: int, stop: int) -> _Plan:
+        """Order, windows, clusters, warming and samples of events[start:stop], computed on a
+        copy of the touched rows; nothing of the engine changes."""
         s = self.settings
-        self._last_ts = max(self._last_ts, event.ts_ms)
-        self._events_since_fit += 1
-        asset = self._assets.get(event.asset_id)
-        if asset is None:
-            asset = self._assets[event.asset_id] = _Asset(s.seq_len, s.max_features)
-            self._counts[asset.cluster] = self._counts.get(asset.cluster, 0) + 1
-        # 1. window: the lagged value and this event's features.
-        if event.attributes:
-            asset.attributes.update(event.attributes)
-        for name, x in event.features.items():
-            slot = self._slot(name)
-            if slot is not None:
-                asset.last_features[slot] = x
-        if event.features:
-            asset.stats.add_features(asset.last_features)
-        asset.lags[:-1] = asset.lags[1:]
-        asset.lags[-1] = math.nan if asset.last_value is None else asset.last_value
-        asset.feats[:-1] = asset.feats[1:]
-        asset.feats[-1] = asset.last_features
-        asset.filled = min(asset.filled + 1, s.seq_len)
-        # 2. cluster.
-        cluster = self._assign(asset)
-        if cluster != asset.cluster:
-            self._counts[asset.cluster] -= 1
-            self._counts[cluster] = self._counts.get(cluster, 0) + 1
-            asset.cluster = cluster
-        # 3. valuation (model outputs are filled in by _forward).
-        v_last = asset.last_value
-        unit = asset.unit
-        window: NDArray[np.float64] | None = None
-        if v_last is None:
-            warming, valuation = True, self._median_value(cluster)
-        elif asset.filled < s.seq_len or math.isnan(asset.lags[0]):
-            warming, valuation = True, v_last
-        else:
-            warming, valuation = False, v_last
-            window = np.empty((s.seq_len, 1 + s.max_features))
-            window[:, 0] = (asset.lags - v_last) / unit
-            window[:, 1:] = asset.feats
-        # The event's own value becomes known only after its valuation.
-        if event.value is not None:
-            value = event.value
-            if v_last is not None:
-                asset.stats.add_change(_clip((value - v_last) / unit, _MAX_RATIO))
-            if asset.n_values == 0:
-                asset.scale = abs(value)
-            else:
-                asset.scale += (abs(value) - asset.scale) * 2.0 / (s.seq_len + 1)
-            asset.last_value = value
-            asset.n_values += 1
-            if asset.n_values == s.min_history:
-                self._ready += 1
-            self._clusters[cluster].median.update(value)
-            self._median.update(value)
-        return _Queued(
-            event, cluster, warming, 0.0 if v_last is None else v_last, unit, valuation, window
-        )
-
-    def _assign(self, asset: _Asset) -> int:
-        if not self._clustering.fitted:
-            return 0
-        return self._clustering.assign(
-            self._space.transform(asset.attributes, asset.stats.vector())
-        )
-
-    def _median_value(self, cluster: int) -> float:
-        for estimator in (self._clusters[cluster].median, self._median):
-            median = estimator.get()
-            if median is not None and math.isfinite(median):
-                return float(median)
-        return 0.0
-
-    def _forward(self, queued: list[_Queued]) -> None:
-        """One forward pass per cluster for the batch's non-warming events."""
-        by_cluster: dict[int, list[_Queued]] = {}
-        for q in queued:
-            if q.window is not None:
-                by_cluster.setdefault(q.cluster, []).append(q)
-        for cid, items in by_cluster.items():
-            changes = self._clusters[cid].learner.predict(
-                np.stack([q.window for q in items if q.window is not None])
+        table = self._assets
+        ttl = s.asset_ttl
+        last_ts_table = table["last_ts"]
+        row_of: dict[str, int] = {}
+        slots: list[int] = []
+        names: list[str] = []
+        row_last: list[int | None] = []
+        row_waves: list[int] = []
+        late: list[int] = []
+        duplicates: list[int] = []
+        index: list[int] = []
+        local: list[int] = []
+        waves: list[int] = []
+        restart: list[bool] = []
+        ts_list: list[int] = []
+        values: list[float] = []
+        feature_at: list[tuple[int, int, float]] = []
+        has_features: list[bool] = []
+        attributes_at: list[tuple[int, str, Any]] = []
+        new_features: list[str] = []
+        watermark = self._watermark
+        for i in range(start, stop):
+            event = events[i]
+            ts = event.ts_ms
+            row = row_of.get(event.asset_id)
+            if row is None:
+                row = row_of[event.asset_id] = len(slots)
+                slot = table.ids.get(event.asset_id, -1)
+                slots.append(slot)
+                names.append(event.asset_id)
+                row_last.append(int(last_ts_table[slot]) if slot >= 0 else None)
+                row_waves.append(0)
+            last = row_last[row]
+            expired = (
+                bool(ttl) and last is not None and watermark is not None and last < watermark - ttl
             )
-            for q, change in zip(items, changes, strict=True):
-                valuation = q.v_last + q.unit * float(change)
-                q.valuation = valuation if math.isfinite(valuation) else q.v_last
+            if expired:
+                last = None
+            if last is not None:
+                if ts == last:
+                    duplicates.append(i)
+                    continue
+                if ts < last and not self.accept_late:
+                    late.append(i)
+                    continue
+            if last is None or ts > last:
+                row_last[row] = ts
+            value = event.value
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"event {i}: non-finite value {value!r}")
+            position = len(index)
+            index.append(i)
+            local.append(row)
+            waves.append(row_waves[row])
+            row_waves[row] += 1
+            restart.append(expired)
+            ts_list.append(ts)
+            values.append(math.nan if value is None else float(value))
+            has_features.append(bool(event.features))
+            for name, x in event.features.items():
+                column = self._features.get(name)
+                if column is None:
+                    if name in new_features:
+                        column = len(self._features) + new_features.index(name)
+                    elif len(self._features) + len(new_features) < s.max_features:
+                        new_features.append(name)
+                        column = len(self._features) + len(new_features) - 1
+                    else:
+                        continue  # beyond max_features
+                feature_at.append((position, column, float(x)))
+            if event.attributes:
+                for name, a in event.attributes.items():
+                    attributes_at.append((position, name, a))
+            watermark = ts if watermark is None else max(watermark, ts)
+        k = len(index)
+        n_features = len(self._features) + len(new_features)
+        feats = np.full((k, n_features), np.nan, dtype=np.float32)
+        if feature_at:
+            pos_, col_, x_ = zip(*feature_at, strict=True)
+            feats[list(pos_), list(col_)] = np.clip(x_, -FEATURE_LIMIT, FEATURE_LIMIT)
+        plan_slots = np.asarray(slots, dtype=np.int64)
+        rows = self._rows(plan_slots, n_features)
+        arrays = _PlanArrays.empty(k, s.seq_len, s.max_features)
+        vocabulary: dict[str, list[str]] = {}
+        restarts: list[tuple[int, bool]] = []
+        local_a = np.asarray(local, dtype=np.int64)
+        waves_a = np.asarray(waves, dtype=np.int64)
+        values_a = np.asarray(values, dtype=np.float64)
+        has_features_a = np.asarray(has_features, dtype=bool)
+        restart_a = np.asarray(restart, dtype=bool)
+        attributes_by_position: dict[int, list[tuple[str, Any]]] = {}
+        for position, name, a in attributes_at:
+            attributes_by_position.setdefault(position, []).append((name, a))
+        for wave in range(int(waves_a.max()) + 1 if k else 0):
+            sel = np.flatnonzero(waves_a == wave)
+            r = local_a[sel]
+            for position in sel[restart_a[sel]].tolist():
+                row = int(local_a[position])
+                had = bool(rows["n_values"][row] >= s.min_history)
+                restarts.append((int(rows["cluster"][row]), had))
+                rows.reset(np.array([row]))
+            changed = np.zeros(len(sel), dtype=bool)
+            for j, position in enumerate(sel.tolist()):
+                for name, a in attributes_by_position.get(position, ()):
+                    row = int(local_a[position])
+                    if isinstance(a, str):
+                        code = table.code(name, a, vocabulary)
+                        rows.set_attribute(row, name, None, code)
+                    else:
+                        rows.set_attribute(row, name, float(a), -1)
+                    changed[j] = True
+            step = rows.shift(r, feats[sel], has_features_a[sel])
+            self._assign(rows, r, changed, vocabulary)
+            targets, _ = rows.absorb(r, values_a[sel], step)
+            arrays.fill(sel, rows["cluster"][r], step, targets)
+            arrays.ready[sel] = ~np.isnan(values_a[sel]) & (rows["n_values"][r] == s.min_history)
+        return _Plan(
+            start=start,
+            stop=stop,
+            late=late,
+            duplicates=duplicates,
+            index=np.asarray(index, dtype=np.int64),
+            ts=np.asarray(ts_list, dtype=np.int64),
+            values=values_a,
+            local=local_a,
+            rows=rows,
+            slots=plan_slots,
+            names=names,
+            restarts=restarts,
+            last_ts=np.array(
+                [np.iinfo(np.int64).min if t is None else t for t in row_last], dtype=np.int64
+            ),
+            features=new_features,
+            vocabulary=vocabulary,
+            watermark=watermark,
+            cluster=arrays.cluster,
+            warming=arrays.warming,
+            v_last=arrays.v_last,
+            unit=arrays.unit,
+            windows=arrays.windows,
+            targets=arrays.targets,
+            ready=arrays.ready,
+        )
 
-    # -- steps 4-5: record, score, detect -------------------------------------------------------
+    def _rows(self, slots: IntArray, n_features: int) -> Rows:
+        """A copy of the rows of these slots (blank rows where the slot is -1)."""
+        table = self._assets
+        known = slots >= 0
+        if known.all() and len(slots):
+            rows = table.gather(slots)
+        else:
+            rows = (
+                table.gather(np.where(known, slots, 0))
+                if table.capacity
+                else table.blank(len(slots))
+            )
+            rows.reset(np.flatnonzero(~known))
+        rows.widen(n_features)
+        return rows
 
-    def _record(self, queued: list[_Queued], result: BatchResult) -> None:
-        for q in queued:
-            c = self._clusters[q.cluster]
-            value = q.event.value
-            result.valuations.append(
+    def _assign(
+        self, rows: Rows, r: IntArray, changed: BoolArray, vocabulary: dict[str, list[str]]
+    ) -> None:
+        """Step 2 for one wave: re-check the clusters of the assets that are due for it."""
+        if not self._clustering.fitted:
+            return  # provisional cluster 0 (rows start there)
+        seen = rows["seen"][r]
+        due = changed | (seen >= rows["next_check"][r])
+        if not due.any():
+            return
+        rd = r[due]
+        inputs = self._inputs_of_rows(rows, rd, vocabulary)
+        rows["cluster"][rd] = self._clustering.assign_many(self._space.transform(inputs))
+        rows["next_check"][rd] = seen[due] + np.maximum(1, seen[due] // _RECHECK_GROWTH)
+
+    def _inputs_of_rows(
+        self, rows: Rows, r: IntArray, vocabulary: dict[str, list[str]] | None = None
+    ) -> ProfileInputs:
+        a = rows.arrays
+        vocabularies: dict[str, Sequence[str]] = dict(self._assets.vocabularies)
+        for name, extra in (vocabulary or {}).items():
+            vocabularies[name] = [*self._assets.vocabularies.get(name, []), *extra]
+        return ProfileInputs(
+            stats=series_vector(
+                n=a["st_n"][r],
+                mean=a["st_mean"][r],
+                m2=a["st_m2"][r],
+                n_pairs=a["st_pairs"][r],
+                sum_xy=a["st_sxy"][r],
+                feat_sum=a["st_fsum"][r],
+                feat_count=a["st_fcount"][r],
+            ),
+            numeric={name: column[r] for name, column in rows.numeric.items()},
+            categorical={
+                name: codes[r].astype(np.int64) for name, codes in rows.categorical.items()
+            },
+            vocabularies=vocabularies,
+        )
+
+    def _inputs_of_slots(self, slots: IntArray) -> ProfileInputs:
+        rows = self._assets.gather(slots)
+        return self._inputs_of_rows(rows, np.arange(len(slots)))
+
+    # -- where the segment ends -----------------------------------------------------------------
+
+    def _find_cut(self, plan: _Plan, learn: bool) -> tuple[int, int | None]:
+        """The first accepted event before which a training step or a fit is due (plan.k if
+        none), and the event time at which a fit became due within the segment (or None).
+
+        An action that became due at event time T runs before the first later event whose
+        event time is not T: events sharing an event time are valued by the same model, and
+        a stream whose time restarts (a backtest's next split) still learns.
+        """
+        if not learn:
+            return plan.k, self._fit_due
+        s = self.settings
+        trainer = self.trainer
+        sync = not trainer.background
+        batch = s.batch_size
+        pending: set[int] = set()
+        count: dict[int, int] = {}
+        latest: dict[int, int] = {}
+        if sync:
+            for c in self._clusters:
+                pending.update(trainer.due_times(c))
+                count[c] = trainer.queued(c) % batch
+                partial = trainer.partial_latest(c)
+                if partial is not None:
+                    latest[c] = partial
+        fit_due = self._fit_due
+        if fit_due is not None:
+            pending.add(fit_due)
+        ready = self._ready
+        since_fit = self._events_since_fit
+        fitted = self._clustering.fitted
+        multi = s.n_clusters != 1
+        samples = plan.samples
+        for p in range(plan.k):
+            ts = int(plan.ts[p])
+            if pending and (len(pending) > 1 or ts not in pending):
+                return p, fit_due
+            since_fit += 1
+            if sync and samples[p]:
+                c = int(plan.cluster[p])
+                count[c] = count.get(c, 0) + 1
+                latest[c] = max(latest.get(c, ts), ts)
+                if count[c] == batch:
+                    pending.add(latest.pop(c))
+                    count[c] = 0
+            ready += int(plan.ready[p])
+            if fit_due is None and multi:
+                bootstrap = not fitted and ready >= s.bootstrap_assets
+                scheduled = fitted and bool(s.refit_every) and since_fit >= s.refit_every
+                if bootstrap or scheduled:
+                    fit_due = ts
+                    pending.add(ts)
+        return plan.k, fit_due
+
+    # -- steps 3-5 before the commit: valuations and the drift monitors (pure) ------------------
+
+    def _value(self, plan: _Plan) -> None:
+        """Valuations of the segment's events, one forward pass per cluster."""
+        valuations = np.where(np.isnan(plan.v_last), 0.0, plan.v_last)
+        model = ~plan.warming
+        plan.versions = {}
+        for c in np.unique(plan.cluster).tolist():
+            cluster = self._clusters[c]
+            cluster.predictor.load(self.trainer.snapshot(c))
+            plan.versions[c] = cluster.predictor.version
+            idx = np.flatnonzero(model & (plan.cluster == c))
+            if len(idx):
+                change = cluster.predictor.predict(plan.windows[idx])
+                with np.errstate(over="ignore", invalid="ignore"):
+                    made = plan.v_last[idx] + plan.unit[idx] * change
+                valuations[idx] = np.where(np.isfinite(made), made, plan.v_last[idx])
+        for p in np.flatnonzero(np.isnan(plan.v_last)).tolist():
+            valuations[p] = self._median_before(plan, p)
+        plan.valuations = valuations
+
+    def _median_before(self, plan: _Plan, p: int) -> float:
+        """The median of the recent values of event p's cluster (of all clusters if it has
+        none), including the values of the segment's earlier events."""
+        window = self.settings.metrics_window
+        earlier = np.arange(p)
+        has = ~np.isnan(plan.values[:p])
+        c = int(plan.cluster[p])
+        own = np.concatenate(
+            [
+                self._clusters[c].errors.recent_values(),
+                plan.values[earlier[has & (plan.cluster[:p] == c)]],
+            ]
+        )[-window:]
+        if len(own):
+            return float(np.median(own))
+        every = [self._clusters[x].errors.recent_values() for x in self.clusters]
+        pooled = np.concatenate([*every, plan.values[earlier[has]]])
+        return float(np.median(pooled)) if len(pooled) else 0.0
+
+    def _drift_cut(self, plan: _Plan, learn: bool) -> int | None:
+        """Feed the segment's model errors to copies of the drift monitors, in order. If an
+        alarm makes a re-fit due inside the segment, the accepted event before which it must
+        run (the segment is then shortened to end there)."""
+        monitors: dict[int, DriftMonitor] = {}
+        plan.alarms = []
+        labelled = ~np.isnan(plan.values) & ~plan.warming
+        with np.errstate(over="ignore", invalid="ignore"):
+            errors = np.abs(plan.values / plan.unit - plan.valuations / plan.unit)
+        errors = np.minimum(np.nan_to_num(errors, nan=MAX_RATIO), MAX_RATIO)
+        for p in np.flatnonzero(labelled).tolist():
+            c = int(plan.cluster[p])
+            monitor = monitors.get(c)
+            if monitor is None:
+                monitor = monitors[c] = self.trainer.policy(c).monitor.copy()
+            levels = monitor.update(float(errors[p]))
+            if levels is not None:
+                plan.alarms.append((p, levels))
+        plan.monitors = monitors
+        s = self.settings
+        if not (learn and s.refit_on_drift and self._clustering.fitted and plan.alarms):
+            return None
+        if self._fit_due is not None:
+            return None  # a fit is already due: the cut before it is in the plan
+        first = plan.alarms[0][0]
+        later = np.flatnonzero(plan.ts[first + 1 :] != plan.ts[first])
+        return first + 1 + int(later[0]) if len(later) else None
+
+    # -- commit ---------------------------------------------------------------------------------
+
+    def _commit(self, plan: _Plan, result: BatchResult, learn: bool, fit_due: int | None) -> None:
+        """Make the segment happen: plain assignments, in order."""
+        s = self.settings
+        table = self._assets
+        trainer = self.trainer
+        result.late.extend(plan.late)
+        result.duplicates.extend(plan.duplicates)
+        for cluster, had in plan.restarts:
+            self._forget(cluster, had)
+        # Assets.
+        for name in plan.features:
+            self._features[name] = len(self._features)
+        table.widen(len(self._features))
+        table.add_vocabulary(plan.vocabulary)
+        new = np.flatnonzero(plan.slots < 0)
+        slots = plan.slots.copy()
+        if len(new):
+            slots[new] = table.allocate([plan.names[i] for i in new.tolist()])
+        table.scatter(slots, plan.rows)
+        table["last_ts"][slots] = plan.last_ts
+        self._watermark = plan.watermark
+        self._events_since_fit += plan.k
+        self._ready += int(plan.ready.sum())
+        if learn:
+            self._fit_due = fit_due
+        # Error metrics, drift monitors, valuations.
+        labelled = ~np.isnan(plan.values)
+        for c in np.unique(plan.cluster[labelled]).tolist():
+            idx = np.flatnonzero(labelled & (plan.cluster == c))
+            self._clusters[c].errors.observe(plan.values[idx], plan.valuations[idx])
+        for c, monitor in plan.monitors.items():
+            trainer.policy(c).monitor = monitor
+        alarms = dict(plan.alarms)
+        policies = {c: trainer.policy(c) for c in np.unique(plan.cluster).tolist()}
+        out = result.valuations
+        for p in range(plan.k):
+            c = int(plan.cluster[p])
+            policy = policies[c]
+            value = plan.values[p]
+            out.append(
                 Valuation(
-                    asset_id=q.event.asset_id,
-                    ts_ms=q.event.ts_ms,
-                    valuation=q.valuation,
-                    cluster=q.cluster,
-                    model_version=c.learner.updates,
-                    warming=q.warming,
-                    adapting=c.policy.adapting,
-                    lr=c.policy.lr,
-                    value=value,
+                    asset_id=plan.names[int(plan.local[p])],
+                    ts_ms=int(plan.ts[p]),
+                    valuation=float(plan.valuations[p]),
+                    cluster=c,
+                    model_version=plan.versions[c],
+                    warming=bool(plan.warming[p]),
+                    adapting=policy.adapting,
+                    lr=policy.lr,
+                    value=None if math.isnan(value) else float(value),
                 )
             )
-            if value is None:
-                continue
-            c.observe(value, q.valuation)
-            # Only the model's own errors feed the detector: a warming fallback (an asset's first
-            # value, or a short window) says nothing about drift of the cluster's model.
-            levels = (
-                None
-                if q.warming
-                else c.policy.update(min(abs(value - q.valuation) / q.unit, _MAX_RATIO))
-            )
+            levels = alarms.get(p)
             if levels is not None:
-                self._drifted = True
-                if c.policy.reset_moments_on_drift and c.policy.boost > 1.0:
-                    c.learner.reset_moments()
+                trainer.boost(c)
+                if s.refit_on_drift and learn and self._clustering.fitted and self._fit_due is None:
+                    self._fit_due = int(plan.ts[p])
                 result.drift.append(
                     DriftAlarm(
-                        cluster=q.cluster,
-                        detector=self.settings.detector,
-                        ts_ms=q.event.ts_ms,
+                        cluster=c,
+                        detector=s.detector,
+                        ts_ms=int(plan.ts[p]),
                         error_before=levels[0],
                         error_after=levels[1],
-                        lr=c.policy.lr,
+                        lr=policy.lr,
                     )
                 )
-            if q.window is not None:
-                c.learner.add(q.window, _clip((value - q.v_last) / q.unit, _MAX_RATIO))
+        # Training samples.
+        if learn:
+            samples = plan.samples
+            for c in np.unique(plan.cluster[samples]).tolist():
+                idx = np.flatnonzero(samples & (plan.cluster == c))
+                trainer.submit(c, plan.windows[idx], plan.targets[idx], plan.ts[idx])
 
-    # -- step 6: learn, then (re-)fit the clustering --------------------------------------------
+    # -- actions: training steps and fits -------------------------------------------------------
 
-    def _maybe_fit(self, drifted: bool) -> None:
-        s = self.settings
-        if s.n_clusters == 1:
-            return
-        if not self._clustering.fitted:
-            if self._ready >= s.bootstrap_assets:
-                self.refit()
-            return
-        due = bool(s.refit_every) and self._events_since_fit >= s.refit_every
-        if due or (drifted and s.refit_on_drift):
-            self.refit()
+    def _act(self, ts: int, learn: bool) -> bool:
+        """Run what is due before an event at time `ts` (see `_find_cut`); whether a fit ran."""
+        if not learn:
+            return False
+        if not self.trainer.background:
+            self.trainer.run_due(ts)
+        if self._fit_due is not None and self._fit_due != ts:
+            self._fit()
+            return True
+        return False
 
     def refit(self) -> None:
         """(Re-)fit the clustering now on the assets with `min_history` values; ids stay stable."""
+        self._fit()
+
+    def _fit(self) -> None:
         s = self.settings
         self._events_since_fit = 0
-        ready = [aid for aid, a in self._assets.items() if a.n_values >= s.min_history]
+        self._fit_due = None
+        table = self._assets
+        live = table.live_slots()
+        ready = live[table["n_values"][live] >= s.min_history]
         if len(ready) < 2 or s.n_clusters == 1:
             return
         if len(ready) > s.fit_max_assets:
             pick = np.sort(self._rng.choice(len(ready), size=s.fit_max_assets, replace=False))
-            ready = [ready[i] for i in pick]
-        assets = [self._assets[aid] for aid in ready]
+            ready = ready[pick]
         space = ProfileSpace()
-        x = space.fit([a.attributes for a in assets], [a.stats.vector() for a in assets])
-        fit = self._clustering.fit(x, np.array([a.cluster for a in assets], dtype=np.int64))
+        x = space.fit(self._inputs_of_slots(ready))
+        fit = self._clustering.fit(x, table["cluster"][ready].astype(np.int64))
+        with self.trainer.paused():
+            for new_id, parent in sorted(fit.parents.items()):
+                self._add_cluster(
+                    new_id, self.trainer.learner(parent).fork(self._cluster_seed(new_id))
+                )
+            for cid in fit.removed:
+                self.trainer.remove(cid, fit.successors.get(cid))
+                del self._clusters[cid]
         self._space = space
-        for new_id, parent in sorted(fit.parents.items()):
-            learner = self._clusters[parent].learner.fork(self._cluster_seed(new_id))
-            self._clusters[new_id] = self._new_cluster(learner)
-        for cid in [c for c in self._clusters if c not in set(self._clustering.ids)]:
-            del self._clusters[cid]
-        labels = dict(zip(ready, fit.labels.tolist(), strict=True))
-        others = [aid for aid in self._assets if aid not in labels]
-        if others:
-            profiles = np.stack(
-                [
-                    space.transform(self._assets[a].attributes, self._assets[a].stats.vector())
-                    for a in others
-                ]
-            )
-            labels.update(zip(others, self._clustering.assign_many(profiles).tolist(), strict=True))
-        self._counts = dict.fromkeys(self._clusters, 0)
-        for aid, a in self._assets.items():
-            a.cluster = int(labels[aid])
-            self._counts[a.cluster] += 1
+        labels = self._clustering.assign_many(space.transform(self._inputs_of_slots(live)))
+        fitted = np.searchsorted(live, ready)
+        labels[fitted] = fit.labels
+        table["cluster"][live] = labels
+        seen = table["seen"][live]
+        table["next_check"][live] = seen + np.maximum(1, seen // _RECHECK_GROWTH)
+
+    # -- idle assets ----------------------------------------------------------------------------
+
+    def _forget(self, cluster: int, had_history: bool) -> None:
+        self.expired_assets += 1
+        if cluster in self._clusters:
+            self._clusters[cluster].expired += 1
+        self._ready -= int(had_history)
+
+    def _expire(self) -> None:
+        """Release the slots of assets idle for longer than `asset_ttl` (event time)."""
+        ttl = self.settings.asset_ttl
+        if not ttl or self._watermark is None:
+            return
+        table = self._assets
+        idle = np.flatnonzero(table["live"] & (table["last_ts"] < self._watermark - ttl))
+        if not len(idle):
+            return
+        had = table["n_values"][idle] >= self.settings.min_history
+        for cluster, history in zip(table["cluster"][idle].tolist(), had.tolist(), strict=True):
+            self._forget(cluster, history)
+        table.release(idle.tolist())
 
     # -- state ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything learned, as plain numbers, lists, tensors and pickled river objects."""
-        ids = list(self._assets)
-        assets = [self._assets[a] for a in ids]
+        """Everything learned, as a tree of numbers, strings and arrays (no pickles).
+
+        Consistent with the events processed so far: a background step in flight finishes
+        first, and none starts while the state is copied.
+        """
         s = self.settings
-        return {
-            "version": STATE_VERSION,
-            "seq_len": s.seq_len,
-            "max_features": s.max_features,
-            "guard": self._guard.state_dict(),
-            "rng": self._rng.bit_generator.state,
-            "vocab": list(self._vocab),
-            "assets": {
-                "ids": ids,
-                "cluster": [a.cluster for a in assets],
-                "attributes": [dict(a.attributes) for a in assets],
-                "last_value": [a.last_value for a in assets],
-                "scale": [a.scale for a in assets],
-                "n_values": [a.n_values for a in assets],
-                "filled": [a.filled for a in assets],
-                "lags": torch.tensor(np.stack([a.lags for a in assets]))
-                if assets
-                else torch.zeros(0, s.seq_len, dtype=torch.float64),
-                "feats": torch.tensor(np.stack([a.feats for a in assets]))
-                if assets
-                else torch.zeros(0, s.seq_len, s.max_features, dtype=torch.float64),
-                "last_features": torch.tensor(np.stack([a.last_features for a in assets]))
-                if assets
-                else torch.zeros(0, s.max_features, dtype=torch.float64),
-                "stats": [a.stats.state() for a in assets],
-            },
-            "clustering": self._clustering.state_dict(),
-            "space": self._space.state_dict(),
-            "clusters": {
-                cid: {
-                    "learner": c.learner.state_dict(),
-                    "policy": c.policy.state_dict(),
-                    "metrics": pickle.dumps((c.metrics, c.median)),
-                    "n": c.n,
-                }
-                for cid, c in self._clusters.items()
-            },
-            "counts": dict(self._counts),
-            "median": pickle.dumps(self._median),
-            "events_since_fit": self._events_since_fit,
-            "drifted": self._drifted,
-            "last_ts": self._last_ts,
-        }
+        with self.trainer.paused():
+            return {
+                "version": STATE_VERSION,
+                "settings": {name: _plain(getattr(s, name)) for name in _SHAPING},
+                "rng": rng_state(self._rng),
+                "features": list(self._features),
+                "assets": self._assets.state_dict(),
+                "clustering": self._clustering.state_dict(),
+                "space": self._space.state_dict(),
+                "clusters": {
+                    str(cid): {"errors": c.errors.state_dict(), "expired": c.expired}
+                    for cid, c in self._clusters.items()
+                },
+                "trainer": self.trainer.state_dict(),
+                "counters": {
+                    "ready": self._ready,
+                    "events_since_fit": self._events_since_fit,
+                    "fit_due": self._fit_due,
+                    "watermark": self._watermark,
+                    "expired_assets": self.expired_assets,
+                },
+            }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict()`; the settings must match the ones it was taken with."""
+        """Restore a `state_dict()`; `CheckpointError` on anything it does not expect."""
         s = self.settings
-        if state.get("version") != STATE_VERSION:
+        try:
+            version = state.get("version") if isinstance(state, dict) else None
+            if version != STATE_VERSION:
+                raise CheckpointError(f"engine state version {version!r}, expected {STATE_VERSION}")
+            stored = state["settings"]
+            wrong = [
+                f"{name}={stored.get(name)!r} (settings: {_plain(getattr(s, name))!r})"
+                for name in _SHAPING
+                if stored.get(name) != _plain(getattr(s, name))
+            ]
+            if wrong:
+                raise CheckpointError(
+                    "engine state was taken with other settings: " + ", ".join(wrong)
+                )
+            self._reset()
+            set_rng_state(self._rng, state["rng"])
+            self._features = {str(name): i for i, name in enumerate(state["features"])}
+            self._assets.load_state_dict(state["assets"])
+            if self._assets.n_features != len(self._features):
+                raise ValueError("assets: feature slots do not match the feature names")
+            self._clustering.load_state_dict(state["clustering"])
+            self._space.load_state_dict(state["space"])
+            clusters = sorted(int(c) for c in state["clusters"])
+            if clusters != sorted(int(c) for c in state["trainer"]) or not clusters:
+                raise ValueError("clusters: the valuing and training sides disagree")
+            with self.trainer.paused():
+                self.trainer.remove(0, None)
+                self._clusters = {}
+                for cid in clusters:
+                    self._add_cluster(cid, self._new_learner(cid))
+                    cs = state["clusters"][str(cid)]
+                    self._clusters[cid].errors.load_state_dict(cs["errors"])
+                    self._clusters[cid].expired = int(cs["expired"])
+                    self.trainer.load_slot(cid, state["trainer"][str(cid)])
+            counters = state["counters"]
+            self._ready = int(counters["ready"])
+            self._events_since_fit = int(counters["events_since_fit"])
+            self._fit_due = None if counters["fit_due"] is None else int(counters["fit_due"])
+            self._watermark = None if counters["watermark"] is None else int(counters["watermark"])
+            self.expired_assets = int(counters["expired_assets"])
+        except CheckpointError:
+            self._reset()
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+            self._reset()
             raise CheckpointError(
-                f"engine state version {state.get('version')!r}, expected {STATE_VERSION}"
-            )
-        if state["seq_len"] != s.seq_len or state["max_features"] != s.max_features:
-            raise CheckpointError(
-                f"engine state has seq_len={state['seq_len']}, "
-                f"max_features={state['max_features']}; "
-                f"settings have {s.seq_len}, {s.max_features}"
-            )
-        self._reset()
-        self._guard.load_state_dict(state["guard"])
-        self._rng.bit_generator.state = state["rng"]
-        self._vocab = {str(name): i for i, name in enumerate(state["vocab"])}
-        a = state["assets"]
-        lags, feats, last_features = (
-            a["lags"].numpy(),
-            a["feats"].numpy(),
-            a["last_features"].numpy(),
+                f"engine state is not usable: {type(exc).__name__}: {exc}"
+            ) from exc
+        self.trainer.wake()
+
+
+@dataclass
+class _PlanArrays:
+    """Per accepted event of a segment: what the waves computed."""
+
+    cluster: IntArray
+    warming: BoolArray
+    v_last: FloatArray
+    unit: FloatArray
+    windows: Float32Array
+    targets: FloatArray
+    ready: BoolArray
+
+    @classmethod
+    def empty(cls, k: int, seq_len: int, max_features: int) -> _PlanArrays:
+        return cls(
+            cluster=np.zeros(k, dtype=np.int64),
+            warming=np.ones(k, dtype=bool),
+            v_last=np.full(k, np.nan),
+            unit=np.ones(k),
+            windows=np.full((k, seq_len, 1 + max_features), np.nan, dtype=np.float32),
+            targets=np.full(k, np.nan),
+            ready=np.zeros(k, dtype=bool),
         )
-        for i, aid in enumerate(a["ids"]):
-            asset = _Asset(s.seq_len, s.max_features)
-            asset.cluster = int(a["cluster"][i])
-            asset.attributes = dict(a["attributes"][i])
-            last_value = a["last_value"][i]
-            asset.last_value = None if last_value is None else float(last_value)
-            asset.scale = float(a["scale"][i])
-            asset.n_values = int(a["n_values"][i])
-            asset.filled = int(a["filled"][i])
-            asset.lags = lags[i].astype(np.float64).copy()
-            asset.feats = feats[i].astype(np.float64).copy()
-            asset.last_features = last_features[i].astype(np.float64).copy()
-            asset.stats = SeriesStats.from_state(a["stats"][i])
-            self._assets[str(aid)] = asset
-            self._ready += asset.n_values >= s.min_history
-        self._clustering.load_state_dict(state["clustering"])
-        self._space.load_state_dict(state["space"])
-        self._clusters = {}
-        for cid, cs in state["clusters"].items():
-            learner = self._new_learner(int(cid))
-            learner.load_state_dict(cs["learner"])
-            cluster = self._new_cluster(learner)
-            cluster.policy.load_state_dict(cs["policy"])
-            cluster.metrics, cluster.median = pickle.loads(cs["metrics"])
-            cluster.n = int(cs["n"])
-            self._clusters[int(cid)] = cluster
-        self._counts = {int(k): int(v) for k, v in state["counts"].items()}
-        self._median = pickle.loads(state["median"])
-        self._events_since_fit = int(state["events_since_fit"])
-        self._drifted = bool(state["drifted"])
-        self._last_ts = int(state["last_ts"])
+
+    def fill(self, sel: IntArray, cluster: NDArray[Any], step: Any, targets: FloatArray) -> None:
+        self.cluster[sel] = cluster
+        self.warming[sel] = step.warming
+        self.v_last[sel] = step.v_last
+        self.unit[sel] = step.unit
+        model = np.flatnonzero(~step.warming)
+        if len(model):
+            dest = sel[model]
+            self.windows[dest, :, 0] = step.window_values[model]
+            f = step.window_feats.shape[2]
+            self.windows[dest, :, 1 : 1 + f] = step.window_feats[model]
+            self.targets[dest] = targets[model]
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from streamval.models.assets import AssetTable
 from streamval.models.clustering import AssetClustering
-from streamval.models.profiles import ProfileSpace, SeriesStats
+from streamval.models.profiles import ProfileInputs, ProfileSpace, series_vector
 
 
 def _blobs(centres: list[float], n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -70,31 +71,51 @@ def test_profile_space_one_hot_standardises_and_imputes() -> None:
         {"sector": "tech", "tier": 3.0},
         {"sector": "bank"},
     ]
-    stats = [np.array([0.01, 0.02]), np.array([0.03, np.nan]), np.array([0.02, 0.04])]
+    stats = np.array([[0.01, 0.02], [0.03, np.nan], [0.02, 0.04]])
     space = ProfileSpace()
-    x = space.fit(attrs, stats)
+    x = space.fit(ProfileInputs.from_records(attrs, stats))
     assert space.numeric == ["tier"] and space.categorical == ["sector"]
     assert x.shape == (3, 3 + 2)
     assert np.allclose(x[:, :3].mean(axis=0), 0.0)
     assert x[2, 0] == 0.0  # missing tier -> the mean
     assert list(x[:, 3]) == [1.0, 0.0, 1.0]  # bank
-    unseen = space.transform({"sector": "energy", "tier": 2.0}, np.array([0.02, 0.03]))
-    assert list(unseen[3:]) == [0.0, 0.0]
+    unseen = space.transform(
+        ProfileInputs.from_records([{"sector": "energy", "tier": 2.0}], np.array([[0.02, 0.03]]))
+    )
+    assert list(unseen[0, 3:]) == [0.0, 0.0]
 
 
-def test_series_stats_see_mean_reversion_and_trend() -> None:
+def test_an_attribute_that_is_sometimes_a_string_is_categorical() -> None:
+    attrs: list[dict[str, float | str]] = [{"grade": "A"}, {"grade": 2.0}, {}]
+    space = ProfileSpace()
+    x = space.fit(ProfileInputs.from_records(attrs, np.zeros((3, 1))))
+    assert space.categorical == ["grade"] and space.categories == [["", "2.0", "A"]]
+    assert x[:, 1:].tolist() == [[0, 0, 1], [0, 1, 0], [1, 0, 0]]
+
+
+def test_series_statistics_see_mean_reversion_and_trend() -> None:
     rng = np.random.default_rng(0)
-    reverting, trending = SeriesStats(0), SeriesStats(0)
-    level = 0.0
+    table = AssetTable(seq_len=4)
+    rows = table.blank(2)
+    both = np.array([0, 1])
+    level, trend = 0.0, 0.0
     for _ in range(300):
-        step = -0.5 * level + rng.normal(0, 0.01)
-        level += step
-        reverting.add_change(step)
-        trending.add_change(0.01 + rng.normal(0, 0.001))
-    assert reverting.autocorr() < -0.15
-    assert trending.vector()[0] == pytest.approx(0.01, abs=0.001)
-    restored = SeriesStats.from_state(reverting.state())
-    assert np.array_equal(restored.vector(), reverting.vector(), equal_nan=True)
+        level += -0.5 * level + rng.normal(0, 0.01)
+        trend += 0.01 + rng.normal(0, 0.001)
+        step = rows.shift(both, np.zeros((2, 0), dtype=np.float32), np.zeros(2, dtype=bool))
+        rows.absorb(both, np.array([100.0 + level, 100.0 + trend]), step)
+    a = rows.arrays
+    stats = series_vector(
+        n=a["st_n"],
+        mean=a["st_mean"],
+        m2=a["st_m2"],
+        n_pairs=a["st_pairs"],
+        sum_xy=a["st_sxy"],
+        feat_sum=a["st_fsum"],
+        feat_count=a["st_fcount"],
+    )
+    assert stats[0, 2] < -0.15  # the reverting series' changes are negatively autocorrelated
+    assert stats[1, 0] == pytest.approx(0.01 / 101.5, rel=0.05)  # the trend, scale-free
 
 
 def test_other_linkages_fit_and_ward_needs_euclidean() -> None:

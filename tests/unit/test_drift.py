@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamval.models.drift import AdaptiveLearningRate, make_detector
+from streamval.models.drift import AdaptiveLearningRate, DriftMonitor
 
 
 def _feed(policy: AdaptiveLearningRate, errors: np.ndarray) -> list[int]:
@@ -83,6 +83,11 @@ def test_state_dict_round_trip_continues_identically() -> None:
     assert (a.alarms, a.lr) == (b.alarms, b.lr)
 
 
-def test_unknown_detector_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown"):
-        make_detector("cusum")  # type: ignore[arg-type]
+def test_a_monitor_copy_is_independent() -> None:
+    monitor = DriftMonitor()
+    for e in _errors(0, 300, 0.01):
+        monitor.update(float(e))
+    copy = monitor.copy()
+    alarms = [copy.update(float(e)) for e in _errors(1, 300, 0.05)]
+    assert any(a is not None for a in alarms)
+    assert monitor.state_dict()["errors"].tolist() != copy.state_dict()["errors"].tolist()

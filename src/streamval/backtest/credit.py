@@ -36,7 +36,7 @@ from streamval.backtest.protocols import Run, paper_protocol, stream
 from streamval.config import EngineSettings
 from streamval.models.baselines import MarketMethod, Valuer
 from streamval.models.clustering import Linkage, Metric
-from streamval.models.profiles import ProfileSpace, SeriesStats
+from streamval.models.profiles import ProfileSpace
 from streamval.stream.contract.schema import AssetEvent
 from streamval.stream.datasets.credit import CreditPortfolio, generate
 
@@ -274,8 +274,7 @@ def _grid_run(job: tuple[EngineSettings, str, str, int, int, int]) -> dict[str, 
             "mse"
         ]
         if phase == "train":
-            state = valuer.engine.state_dict()["assets"]
-            out["profiles"] = (state["ids"], state["attributes"], state["stats"])
+            out["profiles"] = valuer.engine.profile_inputs()
             scored = frame[_months(frame, months) >= score_from]
             out["model_share"] = float(1.0 - scored["warming"].mean())
     out["seconds"] = time.perf_counter() - t0
@@ -306,8 +305,8 @@ def clustering_table(config: CreditConfig) -> pd.DataFrame:
         for k, metric, linkage in config.cluster_grid
     ]
     results = _map(jobs, config.jobs, config.progress, "clustering grid")
-    ids, attributes, stats = results[0]["profiles"]
-    x = ProfileSpace().fit(list(attributes), [SeriesStats.from_state(s).vector() for s in stats])
+    ids, inputs = results[0]["profiles"]
+    x = ProfileSpace().fit(inputs)
     grid_book = generate(n_customers=config.grid_customers)
     groups = grid_book.customers.loc[list(ids), "group"].to_numpy()
     rows = []

@@ -25,15 +25,15 @@ from streamval.stream.contract.schema import AssetEvent
 class EngineValuer:
     """The `Engine` under a name: the adapter that makes it a `Valuer`.
 
-    `process(events, learn=False)` values without learning; the engine keeps the labelled
-    samples queued (see `Engine.process`), and they are dropped from learning for good when the
-    backtest scores a frozen model (it never calls `learn()` afterwards).
+    Backtests train synchronously (`training="sync"`): learning happens at points fixed by event
+    time, so a run is reproducible and does not depend on the backtest's batch size.
+    `process(events, learn=False)` values without learning (a frozen model).
     """
 
     def __init__(self, name: str, settings: EngineSettings) -> None:
         self.name = name
-        self.settings = settings
-        self.engine = Engine(settings)
+        self.settings = settings.model_copy(update={"training": "sync"})
+        self.engine = Engine(self.settings)
 
     def process(self, events: Sequence[AssetEvent], *, learn: bool = True) -> BatchResult:
         return self.engine.process(events, learn=learn)

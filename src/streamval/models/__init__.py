@@ -1,32 +1,46 @@
-"""Models: asset clustering, per-cluster online learners, drift-adaptive learning rate, baselines.
+"""Models: asset state, clustering, per-cluster online learners, drift-adaptive learning rate.
 
-    base.py         `Estimator`: settings vs learned state, generic `clone`, `from_settings`
-    profiles.py     asset profile vectors (static attributes + series statistics), standardised
-    clustering.py   Agglomerative Ward / KMeans fits, stable ids across re-fits, nearest centroid
-    learner.py      per-cluster torch LSTM / GRU / linear model on scale-free windows
-    drift.py        river drift detector on a cluster's error -> boosted, decaying learning rate
-    baselines/      persistence, DCF, comparables, KNN analogues (the backtest's other methods)
+    base.py           `Estimator`: settings vs learned state, generic `clone`, `from_settings`
+    assets.py         per-asset state as struct-of-arrays (slots, windows, series statistics)
+    profiles.py       asset profile vectors (static attributes + series statistics), standardised
+    clustering.py     Agglomerative Ward / KMeans fits, stable ids across re-fits, nearest centroid
+    learner.py        per-cluster torch LSTM / GRU / linear model: training copy, snapshots,
+                      serving copy
+    trainer.py        learning off the valuing path: sample queues, steps, published snapshots
+    detectors.py      drift detectors with exportable state (ADWIN, Page-Hinkley, KSWIN)
+    drift.py          drift monitor on a cluster's error -> boosted, decaying learning rate
+    error_metrics.py  a cluster's MAE / RMSE / R2 as numpy sums and a ring
+    state.py          helpers for state trees (arrays or tensors, RNG states as numbers)
+    baselines/        persistence, DCF, comparables, KNN analogues (the backtest's other methods)
 
 `streamval.engine.Engine` wires them into the prequential pipeline.
 """
 
 from __future__ import annotations
 
+from streamval.models.assets import AssetTable
 from streamval.models.clustering import AssetClustering, FitResult, Linkage, Metric
-from streamval.models.drift import AdaptiveLearningRate, make_detector
-from streamval.models.learner import ConstantSchedule, LearningSchedule, SequenceLearner
-from streamval.models.profiles import ProfileSpace, SeriesStats
+from streamval.models.detectors import make_detector
+from streamval.models.drift import AdaptiveLearningRate, DriftMonitor
+from streamval.models.error_metrics import ErrorMetrics
+from streamval.models.learner import ModelSnapshot, Predictor, SequenceLearner
+from streamval.models.profiles import ProfileInputs, ProfileSpace
+from streamval.models.trainer import Trainer
 
 __all__ = [
     "AdaptiveLearningRate",
     "AssetClustering",
-    "ConstantSchedule",
+    "AssetTable",
+    "DriftMonitor",
+    "ErrorMetrics",
     "FitResult",
-    "LearningSchedule",
     "Linkage",
     "Metric",
+    "ModelSnapshot",
+    "Predictor",
+    "ProfileInputs",
     "ProfileSpace",
     "SequenceLearner",
-    "SeriesStats",
+    "Trainer",
     "make_detector",
 ]

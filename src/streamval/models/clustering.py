@@ -54,6 +54,8 @@ class FitResult:
     labels: IntArray
     parents: dict[int, int] = field(default_factory=dict)  # new cluster id -> nearest old cluster
     removed: list[int] = field(default_factory=list)  # old ids that no longer exist
+    # removed old id -> the new cluster nearest to its centroid (where its pending work goes)
+    successors: dict[int, int] = field(default_factory=dict)
 
 
 class AssetClustering(Estimator):
@@ -150,7 +152,12 @@ class AssetClustering(Estimator):
         self._fitted = True
         labels = np.array([new_to_id[int(j)] for j in raw], dtype=np.int64)
         removed = [i for i in old_ids if i not in self._ids]
-        return FitResult(labels=labels, parents=parents, removed=removed)
+        successors = {
+            old_ids[r]: new_to_id[int(np.argmin(cost[r]))]
+            for r in range(len(old_ids))
+            if old_ids[r] in removed
+        }
+        return FitResult(labels=labels, parents=parents, removed=removed, successors=successors)
 
     def assign(self, profile: FloatArray) -> int:
         """Id of the nearest centroid (cluster 0 before the first fit)."""
@@ -170,7 +177,7 @@ class AssetClustering(Estimator):
     def state_dict(self) -> dict[str, Any]:
         return {
             "ids": list(self._ids),
-            "centroids": self._centroids.tolist(),
+            "centroids": self._centroids.copy(),
             "dim": int(self._centroids.shape[1]),
             "next_id": self._next_id,
             "fitted": self._fitted,
@@ -180,6 +187,6 @@ class AssetClustering(Estimator):
         self._ids = [int(i) for i in state["ids"]]
         self._centroids = np.asarray(state["centroids"], dtype=np.float64).reshape(
             len(self._ids), int(state["dim"])
-        )
+        )  # raises on a wrong size
         self._next_id = int(state["next_id"])
         self._fitted = bool(state["fitted"])

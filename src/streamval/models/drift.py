@@ -1,20 +1,27 @@
-"""Drift-adaptive learning rate: a river detector on a cluster's error drives its lr schedule.
+"""Drift-adaptive learning rate: a detector on a cluster's error drives its lr schedule.
 
-One `AdaptiveLearningRate` per cluster watches the cluster's prequential *scale-free* absolute
-error (|value - valuation| / asset scale, so big-priced assets do not dominate). The detector sees
-it divided by the cluster's mean error over its first `_CALIBRATION` errors (then frozen), so its
-input is of order 1 whatever the cluster's volatility: river's default thresholds (ADWIN's bound,
-Page-Hinkley's `threshold`) are made for such numbers. When the detector fires and the error rose:
+Two parts, because they live on two threads in the engine:
+
+    DriftMonitor             (valuing side) watches the cluster's prequential *scale-free*
+                             absolute error (|value - valuation| / asset scale, so big-priced
+                             assets do not dominate) and says when it rose
+    AdaptiveLearningRate     (training side) the lr and replay share the trainer uses: boosted on
+                             an alarm, decaying back with every optimizer update
+
+The monitor's detector sees the error divided by the cluster's mean error over its first
+`_CALIBRATION` errors (then frozen), so its input is of order 1 whatever the cluster's volatility:
+the detectors' default thresholds (ADWIN's bound, Page-Hinkley's `threshold`) are made for such
+numbers. A detector change in which the error *fell* (the model improved) is not an alarm. On an
+alarm the schedule restarts the boost:
 
     lr = base_lr * boost                      the boost restarts at full strength on every alarm
     lr decays back: base_lr * (1 + (boost - 1) * 0.5 ** (updates_since_alarm / half_life))
     adapting = lr above base_lr               snapped back to base once the excess is below 1 %
 
-The engine reads `reset_moments` (clear Adam's moments on an alarm) and `replay_fraction`
-(shrunk while adapting so the learner trains on the new regime). River detectors reset
-themselves after firing, so alarms are counted here. A detector change in which the error
-*fell* (the model improved) is not an alarm. `boost == 1` turns adaptation off (alarms are still
-counted and reported).
+The trainer reads `reset_moments_on_drift` (clear Adam's first moments on an alarm) and
+`replay_fraction` (shrunk while adapting so the learner trains on the new regime). `boost == 1`
+turns adaptation off (alarms are still counted and reported). Both parts export their state as
+numbers (`state_dict`), never as pickles.
 
 >>> policy = AdaptiveLearningRate(base_lr=1e-3, boost=5.0, half_life=10.0)
 >>> policy.lr, policy.adapting
@@ -31,16 +38,15 @@ counted and reported).
 from __future__ import annotations
 
 import math
-import pickle
 from collections import deque
-from typing import Any, Literal
+from typing import Any
 
-from river import drift
-from river.base import DriftDetector
+import numpy as np
 
 from streamval.models.base import Estimator
+from streamval.models.detectors import DetectorName, make_detector
 
-DetectorName = Literal["adwin", "page_hinkley", "kswin"]
+__all__ = ["AdaptiveLearningRate", "DetectorName", "DriftMonitor", "make_detector"]
 
 # Errors kept for the before/after levels of an alarm: the newest _LEVEL_WINDOW are "after",
 # the 3 * _LEVEL_WINDOW before them are "before" (ADWIN typically fires within a few dozen events).
@@ -51,30 +57,89 @@ _ADAPTING_EPS = 0.01
 _CALIBRATION = 100
 
 
-def make_detector(
-    name: DetectorName, params: dict[str, float] | None = None, seed: int = 0
-) -> DriftDetector:
-    """A fresh river drift detector by name, with optional constructor keyword arguments.
+class DriftMonitor(Estimator):
+    """A detector on a cluster's scale-free absolute error that reports error *increases*.
 
-    >>> type(make_detector("adwin", {"delta": 0.01})).__name__
-    'ADWIN'
+    Settings are the constructor arguments; learned state (detector, calibration, recent errors)
+    is created by `_reset()` and round-trips through `state_dict()` / `load_state_dict()`.
     """
-    kwargs: dict[str, Any] = dict(params or {})
-    if name == "adwin":
-        return drift.ADWIN(**kwargs)  # type: ignore[no-untyped-call]
-    if name == "page_hinkley":
-        return drift.PageHinkley(**kwargs)
-    if name == "kswin":
-        kwargs.setdefault("seed", seed)
-        return drift.KSWIN(**kwargs)
-    raise ValueError(f"unknown drift detector {name!r}")
+
+    def __init__(
+        self,
+        detector: DetectorName = "adwin",
+        detector_params: dict[str, float] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.detector = detector
+        self.detector_params = dict(detector_params or {})
+        self.seed = seed
+        self._reset()
+
+    def _reset(self) -> None:
+        self._detector = make_detector(self.detector, self.detector_params, self.seed)
+        self._errors: deque[float] = deque(maxlen=4 * _LEVEL_WINDOW)
+        self._calibration: list[float] = []
+        self._unit = 0.0  # 0 = still calibrating
+
+    def levels(self) -> tuple[float, float]:
+        """Mean error before and after the newest `_LEVEL_WINDOW` errors (short rolling means)."""
+        errors = list(self._errors)
+        after = errors[-_LEVEL_WINDOW:]
+        before = errors[:-_LEVEL_WINDOW] or after
+        return (
+            math.fsum(before) / len(before) if before else 0.0,
+            math.fsum(after) / len(after) if after else 0.0,
+        )
+
+    def update(self, error: float) -> tuple[float, float] | None:
+        """Feed one scale-free absolute error; on an error increase return (before, after)."""
+        self._errors.append(error)
+        if self._unit == 0.0:
+            self._calibration.append(error)
+            if len(self._calibration) >= _CALIBRATION:
+                mean = math.fsum(self._calibration) / len(self._calibration)
+                self._unit = mean if mean > 0.0 and math.isfinite(mean) else 1.0
+                self._calibration = []
+            return None
+        self._detector.update(error / self._unit)
+        if not self._detector.drift_detected:
+            return None
+        before, after = self.levels()
+        return (before, after) if after > before else None
+
+    def copy(self) -> DriftMonitor:
+        """An independent copy (the engine feeds a copy while it computes a batch)."""
+        out = DriftMonitor.__new__(DriftMonitor)
+        out.__dict__.update(self.__dict__)
+        out.detector_params = dict(self.detector_params)
+        out._detector = self._detector.copy()
+        out._errors = self._errors.copy()
+        out._calibration = list(self._calibration)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self._detector.state_dict(),
+            "errors": np.asarray(self._errors, dtype=np.float64),
+            "calibration": np.asarray(self._calibration, dtype=np.float64),
+            "unit": self._unit,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._reset()
+        self._detector.load_state_dict(state["detector"])
+        errors = np.asarray(state["errors"], dtype=np.float64).reshape(-1)
+        self._errors = deque(errors.tolist(), maxlen=4 * _LEVEL_WINDOW)
+        self._calibration = np.asarray(state["calibration"], dtype=np.float64).ravel().tolist()
+        self._unit = float(state["unit"])
 
 
 class AdaptiveLearningRate(Estimator):
-    """A cluster's learning-rate schedule: base lr, boosted on error-increase alarms, decaying back.
+    """A cluster's learning-rate schedule: base lr, boosted on alarms, decaying back.
 
-    Settings are the constructor arguments; learned state (detector, counters, recent errors) is
-    created by `_reset()` and round-trips through `state_dict()` / `load_state_dict()`.
+    `update(error)` is a convenience for one-thread use: it feeds an own `DriftMonitor` and
+    triggers the boost on an alarm. The engine keeps the monitor on the valuing side instead and
+    calls `trigger()` itself.
     """
 
     settings_names = {
@@ -109,10 +174,7 @@ class AdaptiveLearningRate(Estimator):
         self._reset()
 
     def _reset(self) -> None:
-        self._detector = make_detector(self.detector, self.detector_params, self.seed)
-        self._errors: deque[float] = deque(maxlen=4 * _LEVEL_WINDOW)
-        self._calibration: list[float] = []
-        self._unit = 0.0  # 0 = still calibrating
+        self.monitor = DriftMonitor(self.detector, self.detector_params, self.seed)
         self._alarms = 0
         self._excess = 0.0  # (multiplier - 1) right after the last alarm; 0 = not adapting
         self._updates_since_alarm = 0
@@ -144,34 +206,12 @@ class AdaptiveLearningRate(Estimator):
         """Share of replayed old samples in a training batch: smaller while adapting."""
         return self.drift_replay_fraction if self.adapting else self.base_replay_fraction
 
-    def levels(self) -> tuple[float, float]:
-        """Mean error before and after the newest `_LEVEL_WINDOW` errors (short rolling means)."""
-        errors = list(self._errors)
-        after = errors[-_LEVEL_WINDOW:]
-        before = errors[:-_LEVEL_WINDOW] or after
-        return (
-            math.fsum(before) / len(before) if before else 0.0,
-            math.fsum(after) / len(after) if after else 0.0,
-        )
-
     def update(self, error: float) -> tuple[float, float] | None:
-        """Feed one scale-free absolute error; on an alarm return (level before, level after)."""
-        self._errors.append(error)
-        if self._unit == 0.0:
-            self._calibration.append(error)
-            if len(self._calibration) >= _CALIBRATION:
-                mean = math.fsum(self._calibration) / len(self._calibration)
-                self._unit = mean if mean > 0.0 and math.isfinite(mean) else 1.0
-                self._calibration = []
-            return None
-        self._detector.update(error / self._unit)
-        if not self._detector.drift_detected:
-            return None
-        before, after = self.levels()
-        if after <= before:
-            return None
-        self.trigger()
-        return before, after
+        """Feed one scale-free absolute error; on an alarm trigger and return (before, after)."""
+        levels = self.monitor.update(error)
+        if levels is not None:
+            self.trigger()
+        return levels
 
     def trigger(self) -> None:
         """Register an alarm: count it and restart the boost at full strength."""
@@ -191,20 +231,14 @@ class AdaptiveLearningRate(Estimator):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "detector": pickle.dumps(self._detector),
-            "errors": list(self._errors),
-            "calibration": list(self._calibration),
-            "unit": self._unit,
+            "monitor": self.monitor.state_dict(),
             "alarms": self._alarms,
             "excess": self._excess,
             "updates_since_alarm": self._updates_since_alarm,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._detector = pickle.loads(state["detector"])
-        self._errors = deque((float(e) for e in state["errors"]), maxlen=4 * _LEVEL_WINDOW)
-        self._calibration = [float(e) for e in state["calibration"]]
-        self._unit = float(state["unit"])
+        self.monitor.load_state_dict(state["monitor"])
         self._alarms = int(state["alarms"])
         self._excess = float(state["excess"])
         self._updates_since_alarm = int(state["updates_since_alarm"])

@@ -1,4 +1,4 @@
-"""Per-cluster online learner: a small torch sequence model on scale-free windows.
+"""Per-cluster model: a small torch sequence model on scale-free windows, trained and served.
 
 Inputs and target are scale-free, so a 10 USD and a 3,000 USD asset share one model:
 
@@ -6,38 +6,47 @@ Inputs and target are scale-free, so a 10 USD and a 3,000 USD asset share one mo
     window feature slots   dynamic features, standardised with running per-feature statistics
     target                 (v_t - v_last) / scale_asset              the residual over persistence
 
-`scale_asset` is the asset's running mean absolute value (the engine keeps it). Inside the learner
-the value channel and the target are further divided by the cluster's running RMS of the target,
-so the network works with numbers of order 1. The output layer starts at zero: an untrained
-model predicts a change of exactly 0, i.e. persistence.
+`scale_asset` is the asset's running mean absolute value (the engine keeps it). Inside the model
+the value channel and the target are further divided by the cluster's running RMS of the target
+(`Normaliser`), so the network works with numbers of order 1. The output layer starts at zero:
+an untrained model predicts a change of exactly 0, i.e. persistence.
 
-Learning happens in `learn()` only, in micro-batches: the newest not-yet-trained ("fresh")
-samples plus a uniform replay sample of older ones from a reservoir (algorithm R over every sample
-seen). One update consumes `batch_size * (1 - replay_fraction)` fresh samples, with replayed ones
-making up the rest of `batch_size`; while a drift boost lasts the schedule's smaller replay share
-shrinks the replay part (the update rate stays the same). `learn()` takes at most `max_updates`
-steps, so the work per call is bounded; under overload the oldest fresh samples fall out of the
-fresh queue (`buffer_size`) and are learned only via replay.
-Normalisation statistics also update in `learn()`, so predictions between two `learn()` calls
-use one fixed model.
+Two copies of each cluster's model, as a learner and a valuer would hold them:
+
+    SequenceLearner    the training copy: network, Adam, normaliser, replay reservoir, RNG.
+                       `step(fresh windows, targets, lr, replay share)` is one optimizer update
+                       on `batch_size` fresh samples plus replayed ones (a uniform sample of
+                       older samples from a reservoir, algorithm R over every trained sample);
+                       the normaliser absorbs the fresh samples first. `snapshot()` publishes.
+    ModelSnapshot      what a learner publishes: a version (optimizer updates so far) and the
+                       network and normaliser as numbers. Immutable: a serving copy loads it.
+    Predictor          the serving copy: loads snapshots, predicts; owned by the valuing side.
+
+A snapshot is the unit a future scale-out would move between processes, and a cluster model
+made of several networks (a stable and a fast learner, shared trunk and per-cluster heads)
+would publish them side by side under `ModelSnapshot.networks`.
 
 Cells: ``"lstm"`` / ``"gru"`` (stacked layers of sizes `hidden`, paper: [100, 50]) and
 ``"linear"`` (a linear model on the flattened window with an L2 penalty, ridge-like).
 
 >>> import numpy as np
 >>> learner = SequenceLearner(n_features=0, seq_len=4, hidden=[8], batch_size=8, seed=1)
->>> windows = np.zeros((2, 4, 1))
->>> learner.predict(windows).tolist()  # untrained: persistence
+>>> serving = Predictor.for_learner(learner)
+>>> serving.predict(np.zeros((2, 4, 1), dtype=np.float32)).tolist()  # untrained: persistence
 [0.0, 0.0]
+>>> learner.step(np.ones((8, 4, 1), dtype=np.float32), np.full(8, 0.1), lr=1e-2)
+>>> serving.load(learner.snapshot())
+>>> serving.version
+1
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections import deque
-from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,8 +54,10 @@ from numpy.typing import NDArray
 from torch import nn
 
 from streamval.models.base import Estimator
+from streamval.models.state import as_array, as_tensor, rng_state, set_rng_state
 
 FloatArray = NDArray[np.float64]
+Float32Array = NDArray[np.float32]
 Cell = Literal["lstm", "gru", "linear"]
 
 # Normalised inputs and targets are clipped to this many cluster RMS units: one wild tick (a
@@ -56,30 +67,7 @@ _CLIP = 10.0
 _SCALE_HORIZON = 2000
 _GRAD_CLIP = 1.0
 # Samples are stored as float32; raw feature values beyond this magnitude are saturated.
-_STORE_LIMIT = 1e30
-
-
-class LearningSchedule(Protocol):
-    """What the learner needs from a learning-rate policy (see `streamval.models.drift`)."""
-
-    @property
-    def lr(self) -> float: ...
-
-    @property
-    def replay_fraction(self) -> float: ...
-
-    def on_update(self) -> None: ...
-
-
-class ConstantSchedule:
-    """Fixed lr and replay share (no drift adaptation)."""
-
-    def __init__(self, lr: float, replay_fraction: float = 0.5) -> None:
-        self.lr = lr
-        self.replay_fraction = replay_fraction
-
-    def on_update(self) -> None:
-        """Nothing decays."""
+STORE_LIMIT = 1e30
 
 
 class _RecurrentNet(nn.Module):
@@ -110,11 +98,141 @@ class _LinearNet(nn.Module):
         return out
 
 
-class SequenceLearner(Estimator):
-    """One cluster's model: predicts the scale-free change of an asset from its window.
+def build_network(cell: Cell, n_inputs: int, seq_len: int, hidden: Sequence[int]) -> nn.Module:
+    """The untrained network of a cell type (its weights are set by the caller)."""
+    # Module constructors draw from torch's global RNG: fork it so it is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        if cell == "linear":
+            return _LinearNet(n_inputs, seq_len)
+        return _RecurrentNet(cell, n_inputs, hidden)
 
-    Settings are the constructor arguments; learned state (network, optimizer, statistics,
-    buffers, RNG) is created by `_reset()` and round-trips through `state_dict()`.
+
+class Normaliser:
+    """Running statistics that scale a cluster model's inputs and target (part of the model)."""
+
+    def __init__(self, n_features: int) -> None:
+        self.n_features = n_features
+        self.n_target = 0
+        self.target_ms = 0.0
+        self.feat_n = np.zeros(n_features)
+        self.feat_mean = np.zeros(n_features)
+        self.feat_m2 = np.zeros(n_features)
+
+    @property
+    def target_scale(self) -> float:
+        """Running RMS of the scale-free target (1 before any sample)."""
+        return math.sqrt(self.target_ms) if self.n_target and self.target_ms > 0 else 1.0
+
+    def observe(self, windows: Float32Array, targets: FloatArray) -> None:
+        """Absorb fresh samples (the features of each window's last step, merged at once)."""
+        for target in np.asarray(targets, dtype=np.float64).tolist():
+            self.n_target += 1
+            alpha = max(1.0 / self.n_target, 1.0 / _SCALE_HORIZON)
+            self.target_ms += alpha * (target * target - self.target_ms)
+        if not self.n_features or not len(windows):
+            return
+        last = windows[:, -1, 1:].astype(np.float64)
+        seen = ~np.isnan(last)
+        n_b = seen.sum(axis=0).astype(np.float64)
+        filled = np.where(seen, last, 0.0)
+        mean_b = filled.sum(axis=0) / np.maximum(n_b, 1.0)
+        m2_b = (np.where(seen, last - mean_b, 0.0) ** 2).sum(axis=0)
+        n = self.feat_n + n_b
+        delta = mean_b - self.feat_mean
+        safe_n = np.maximum(n, 1.0)
+        # Chan et al.'s merge of two (count, mean, M2) summaries.
+        self.feat_mean = self.feat_mean + delta * n_b / safe_n
+        self.feat_m2 = self.feat_m2 + m2_b + delta**2 * self.feat_n * n_b / safe_n
+        self.feat_n = n
+
+    def apply(self, windows: NDArray[np.floating[Any]]) -> torch.Tensor:
+        """Normalised, clipped float32 network inputs (NaN = unknown -> 0, the mean)."""
+        x = np.array(windows, dtype=np.float32)
+        x[..., 0] /= np.float32(self.target_scale)
+        if self.n_features:
+            std = np.sqrt(self.feat_m2 / np.maximum(self.feat_n - 1, 1))
+            std = np.where(std > 0, std, 1.0)
+            x[..., 1:] = (x[..., 1:] - self.feat_mean.astype(np.float32)) / std.astype(np.float32)
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=_CLIP, neginf=-_CLIP)
+        np.clip(x, -_CLIP, _CLIP, out=x)
+        return torch.from_numpy(x)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "n_target": self.n_target,
+            "target_ms": self.target_ms,
+            "feat_n": self.feat_n.copy(),
+            "feat_mean": self.feat_mean.copy(),
+            "feat_m2": self.feat_m2.copy(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        feats = [
+            as_array(state[k], np.float64).reshape(-1) for k in ("feat_n", "feat_mean", "feat_m2")
+        ]
+        if any(len(f) != self.n_features for f in feats):
+            raise ValueError(f"normaliser: feature statistics are not of size {self.n_features}")
+        self.n_target = int(state["n_target"])
+        self.target_ms = float(state["target_ms"])
+        self.feat_n, self.feat_mean, self.feat_m2 = (f.copy() for f in feats)
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """A published cluster model: its version and its networks and normaliser as numbers."""
+
+    version: int
+    networks: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    normaliser: dict[str, Any] = field(default_factory=dict)
+
+
+class Predictor:
+    """The serving copy of a cluster model: loads snapshots, predicts scale-free changes."""
+
+    def __init__(self, n_features: int, seq_len: int, cell: Cell, hidden: Sequence[int]) -> None:
+        self.n_features = n_features
+        self._net = build_network(cell, 1 + n_features, seq_len, hidden)
+        self._net.eval()
+        self._normaliser = Normaliser(n_features)
+        self.snapshot: ModelSnapshot | None = None
+
+    @classmethod
+    def for_learner(cls, learner: SequenceLearner) -> Predictor:
+        """A serving copy shaped like `learner`, loaded with its current snapshot."""
+        out = cls(learner.n_features, learner.seq_len, learner.cell, learner.hidden)
+        out.load(learner.snapshot())
+        return out
+
+    @property
+    def version(self) -> int:
+        return 0 if self.snapshot is None else self.snapshot.version
+
+    def load(self, snapshot: ModelSnapshot) -> None:
+        """Serve `snapshot` from now on (copies its numbers; the snapshot stays untouched)."""
+        if snapshot is self.snapshot:
+            return
+        with torch.no_grad():
+            for name, tensor in self._net.state_dict().items():
+                tensor.copy_(snapshot.networks["main"][name])
+        self._normaliser.load_state_dict(snapshot.normaliser)
+        self.snapshot = snapshot
+
+    def predict(self, windows: NDArray[np.floating[Any]]) -> FloatArray:
+        """Predicted scale-free changes for windows of shape (n, seq_len, 1 + n_features)."""
+        if len(windows) == 0:
+            return np.zeros(0)
+        x = self._normaliser.apply(windows)
+        with torch.inference_mode():
+            out = self._net(x).double().numpy()
+        out = np.clip(np.nan_to_num(out, nan=0.0), -_CLIP, _CLIP)
+        return np.asarray(out * self._normaliser.target_scale, dtype=np.float64)
+
+
+class SequenceLearner(Estimator):
+    """One cluster's training copy: predicts the scale-free change of an asset from its window.
+
+    Settings are the constructor arguments; learned state (network, optimizer, normaliser,
+    reservoir, RNG) is created by `_reset()` and round-trips through `state_dict()`.
     """
 
     settings_names = {"n_features": "max_features"}
@@ -129,7 +247,7 @@ class SequenceLearner(Estimator):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         ridge_alpha: float = 1e-3,
-        batch_size: int = 64,
+        batch_size: int = 32,
         buffer_size: int = 2048,
         replay_fraction: float = 0.5,
         seed: int = 0,
@@ -155,14 +273,7 @@ class SequenceLearner(Estimator):
 
     def _reset(self) -> None:
         generator = torch.Generator().manual_seed(self.seed)
-        self._net: nn.Module
-        # Module constructors draw from torch's global RNG: fork it so the engine leaves it as it
-        # was, then initialise from our own generator (PyTorch's default ranges).
-        with torch.random.fork_rng(devices=[]):
-            if self.cell == "linear":
-                self._net = _LinearNet(self.n_inputs, self.seq_len)
-            else:
-                self._net = _RecurrentNet(self.cell, self.n_inputs, self.hidden)
+        self._net = build_network(self.cell, self.n_inputs, self.seq_len, self.hidden)
         with torch.no_grad():
             gates = 4 if self.cell == "lstm" else 3
             for name, param in self._net.named_parameters():
@@ -171,19 +282,12 @@ class SequenceLearner(Estimator):
                 else:
                     bound = 1.0 / math.sqrt(param.shape[0] // gates)
                     nn.init.uniform_(param, -bound, bound, generator=generator)
+        self._net.eval()
         self._opt = torch.optim.Adam(
             self._net.parameters(), lr=self.lr, weight_decay=self.weight_decay
         )
         self._rng = np.random.default_rng(self.seed)
-        # Normalisation statistics.
-        self._n_target = 0
-        self._target_ms = 0.0
-        self._feat_n = np.zeros(self.n_features)
-        self._feat_mean = np.zeros(self.n_features)
-        self._feat_m2 = np.zeros(self.n_features)
-        # Samples: queued since the last learn(), fresh (not yet trained on), reservoir (replay).
-        self._pending: list[tuple[NDArray[np.float32], float]] = []
-        self._fresh: deque[tuple[NDArray[np.float32], float]] = deque(maxlen=self.buffer_size)
+        self.normaliser = Normaliser(self.n_features)
         self._res_x = np.zeros((self.buffer_size, self.seq_len, self.n_inputs), dtype=np.float32)
         self._res_y = np.zeros(self.buffer_size, dtype=np.float32)
         self._res_size = 0
@@ -191,110 +295,41 @@ class SequenceLearner(Estimator):
         self._updates = 0
         self._own_updates = 0
 
-    # -- normalisation ------------------------------------------------------------------------
+    # -- learning -----------------------------------------------------------------------------
 
-    @property
-    def target_scale(self) -> float:
-        """Running RMS of the scale-free target (1 before any sample)."""
-        return math.sqrt(self._target_ms) if self._n_target and self._target_ms > 0 else 1.0
+    def replay_size(self, replay_fraction: float) -> int:
+        """Replayed samples added to `batch_size` fresh ones at a replay share."""
+        share = min(max(replay_fraction, 0.0), 0.95)
+        return min(round(self.batch_size * share / (1.0 - share)), self._res_size)
 
-    def _normalise(self, windows: NDArray[np.floating[Any]]) -> torch.Tensor:
-        x = np.array(windows, dtype=np.float64)
-        x[..., 0] /= self.target_scale
-        if self.n_features:
-            std = np.sqrt(self._feat_m2 / np.maximum(self._feat_n - 1, 1))
-            std = np.where(std > 0, std, 1.0)
-            x[..., 1:] = (x[..., 1:] - self._feat_mean) / std
-        x = np.nan_to_num(x, nan=0.0, posinf=_CLIP, neginf=-_CLIP)
-        np.clip(x, -_CLIP, _CLIP, out=x)
-        return torch.from_numpy(x.astype(np.float32))
-
-    def _observe(self, windows: NDArray[np.float32], targets: list[float]) -> None:
-        """Update the normalisation statistics with new samples (features merged at once)."""
-        for target in targets:
-            self._n_target += 1
-            alpha = max(1.0 / self._n_target, 1.0 / _SCALE_HORIZON)
-            self._target_ms += alpha * (target * target - self._target_ms)
-        if not self.n_features or not len(windows):
-            return
-        last = windows[:, -1, 1:].astype(np.float64)
-        seen = ~np.isnan(last)
-        n_b = seen.sum(axis=0).astype(np.float64)
-        filled = np.where(seen, last, 0.0)
-        mean_b = filled.sum(axis=0) / np.maximum(n_b, 1.0)
-        m2_b = (np.where(seen, last - mean_b, 0.0) ** 2).sum(axis=0)
-        n = self._feat_n + n_b
-        delta = mean_b - self._feat_mean
-        safe_n = np.maximum(n, 1.0)
-        # Chan et al.'s merge of two (count, mean, M2) summaries.
-        self._feat_mean = self._feat_mean + delta * n_b / safe_n
-        self._feat_m2 = self._feat_m2 + m2_b + delta**2 * self._feat_n * n_b / safe_n
-        self._feat_n = n
-
-    # -- prediction and learning --------------------------------------------------------------
-
-    def predict(self, windows: NDArray[np.floating[Any]]) -> FloatArray:
-        """Predicted scale-free changes for windows of shape (n, seq_len, 1 + n_features)."""
-        if len(windows) == 0:
-            return np.zeros(0)
-        x = self._normalise(windows)
-        with torch.inference_mode():
-            out = self._net(x).double().numpy()
-        out = np.clip(np.nan_to_num(out, nan=0.0), -_CLIP, _CLIP)
-        return np.asarray(out * self.target_scale, dtype=np.float64)
-
-    def add(self, window: NDArray[np.floating[Any]], target: float) -> None:
-        """Queue one labelled sample; it is used from the next `learn()` on."""
-        stored = np.clip(np.asarray(window, dtype=np.float64), -_STORE_LIMIT, _STORE_LIMIT).astype(
-            np.float32
-        )
-        self._pending.append((stored, float(target)))
-
-    def _reservoir_add(self, window: NDArray[np.float32], target: float) -> None:
-        if self._res_size < self.buffer_size:
-            slot = self._res_size
-            self._res_size += 1
-        else:
-            slot = int(self._rng.integers(0, self._seen + 1))
-        if slot < self.buffer_size:
-            self._res_x[slot] = window
-            self._res_y[slot] = target
-        self._seen += 1
-
-    def learn(self, max_updates: int, schedule: LearningSchedule | None = None) -> int:
-        """Absorb queued samples, take at most `max_updates` optimizer steps; return how many."""
-        schedule = schedule or ConstantSchedule(self.lr, self.replay_fraction)
-        if self._pending:
-            self._observe(np.stack([w for w, _ in self._pending]), [t for _, t in self._pending])
-        for window, target in self._pending:
+    def step(
+        self,
+        windows: Float32Array,
+        targets: FloatArray,
+        *,
+        lr: float | None = None,
+        replay_fraction: float | None = None,
+    ) -> None:
+        """One optimizer update on these fresh samples plus replayed ones; then they join the
+        reservoir. The normaliser absorbs the fresh samples first."""
+        windows = np.asarray(windows, dtype=np.float32)
+        targets = np.asarray(targets, dtype=np.float64)
+        self.normaliser.observe(windows, targets)
+        share = self.replay_fraction if replay_fraction is None else replay_fraction
+        n_replay = self.replay_size(share)
+        xs, ys = windows, targets
+        if n_replay:
+            idx = self._rng.choice(self._res_size, size=n_replay, replace=False)
+            xs = np.concatenate([windows, self._res_x[idx]])
+            ys = np.concatenate([targets, self._res_y[idx].astype(np.float64)])
+        self._gradient_step(xs, ys, self.lr if lr is None else lr)
+        for window, target in zip(windows, targets.tolist(), strict=True):
             self._reservoir_add(window, target)
-            self._fresh.append((window, target))
-        self._pending = []
-        steps = 0
-        n_fresh = self.fresh_per_update
-        share = schedule.replay_fraction
-        wanted = (
-            self.batch_size - n_fresh if share >= 1.0 else round(n_fresh * share / (1.0 - share))
-        )
-        n_replay = min(wanted, self._res_size)
-        while steps < max_updates:
-            if len(self._fresh) < n_fresh:
-                break
-            batch = [self._fresh.pop() for _ in range(n_fresh)]  # newest first
-            xs = [w for w, _ in batch]
-            ys = [t for _, t in batch]
-            if n_replay:
-                idx = self._rng.choice(self._res_size, size=n_replay, replace=False)
-                xs.extend(self._res_x[idx])
-                ys.extend(self._res_y[idx].tolist())
-            self._step(np.stack(xs), np.asarray(ys), schedule.lr)
-            schedule.on_update()
-            steps += 1
-        return steps
 
-    def _step(self, windows: NDArray[np.float32], targets: FloatArray, lr: float) -> None:
-        x = self._normalise(windows)
-        y = torch.from_numpy(np.clip(targets / self.target_scale, -_CLIP, _CLIP).astype(np.float32))
+    def _gradient_step(self, windows: Float32Array, targets: FloatArray, lr: float) -> None:
+        x = self.normaliser.apply(windows)
+        scale = self.normaliser.target_scale
+        y = torch.from_numpy(np.clip(targets / scale, -_CLIP, _CLIP).astype(np.float32))
         for group in self._opt.param_groups:
             group["lr"] = lr
         self._net.train()
@@ -311,10 +346,16 @@ class SequenceLearner(Estimator):
         self._updates += 1
         self._own_updates += 1
 
-    @property
-    def fresh_per_update(self) -> int:
-        """New samples one update consumes: `batch_size * (1 - replay_fraction)`, at least 1."""
-        return max(1, round(self.batch_size * (1.0 - self.replay_fraction)))
+    def _reservoir_add(self, window: Float32Array, target: float) -> None:
+        if self._res_size < self.buffer_size:
+            slot = self._res_size
+            self._res_size += 1
+        else:
+            slot = int(self._rng.integers(0, self._seen + 1))
+        if slot < self.buffer_size:
+            self._res_x[slot] = window
+            self._res_y[slot] = target
+        self._seen += 1
 
     def reset_moments(self) -> None:
         """Zero Adam's first moments (momentum): after a drift alarm they point the old way.
@@ -325,6 +366,20 @@ class SequenceLearner(Estimator):
         for state in self._opt.state.values():
             if "exp_avg" in state:
                 state["exp_avg"].zero_()
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def snapshot(self) -> ModelSnapshot:
+        """The current model as an immutable snapshot (cloned numbers)."""
+        return ModelSnapshot(
+            version=self._updates,
+            networks={"main": {k: v.detach().clone() for k, v in self._net.state_dict().items()}},
+            normaliser=self.normaliser.state_dict(),
+        )
+
+    def predict(self, windows: NDArray[np.floating[Any]]) -> FloatArray:
+        """Predictions of the training copy itself (tests and tools; serving uses `Predictor`)."""
+        return Predictor.for_learner(self).predict(windows)
 
     @property
     def updates(self) -> int:
@@ -338,53 +393,65 @@ class SequenceLearner(Estimator):
 
     @property
     def samples_seen(self) -> int:
+        """Fresh samples trained (each exactly once)."""
         return self._seen
 
     # -- state --------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        fresh = list(self._fresh)
-        pending = list(self._pending)
+        params = list(self._net.parameters())
+        states = [self._opt.state.get(p, {}) for p in params]
+        stepped = all("exp_avg" in s for s in states)
         return {
             "net": {k: v.detach().clone() for k, v in self._net.state_dict().items()},
-            "opt": copy.deepcopy(self._opt.state_dict()),
-            "rng": self._rng.bit_generator.state,
-            "n_target": self._n_target,
-            "target_ms": self._target_ms,
-            "feat": torch.from_numpy(
-                np.stack([self._feat_n, self._feat_mean, self._feat_m2]).copy()
-            ),
-            "pending_x": _stack([w for w, _ in pending], self.seq_len, self.n_inputs),
-            "pending_y": [t for _, t in pending],
-            "fresh_x": _stack([w for w, _ in fresh], self.seq_len, self.n_inputs),
-            "fresh_y": [t for _, t in fresh],
-            "res_x": torch.from_numpy(self._res_x[: self._res_size].copy()),
-            "res_y": torch.from_numpy(self._res_y[: self._res_size].copy()),
+            "adam": {
+                "step": [float(s["step"]) for s in states] if stepped else [],
+                "exp_avg": [s["exp_avg"].clone() for s in states] if stepped else [],
+                "exp_avg_sq": [s["exp_avg_sq"].clone() for s in states] if stepped else [],
+            },
+            "rng": rng_state(self._rng),
+            "normaliser": self.normaliser.state_dict(),
+            "res_x": self._res_x[: self._res_size].copy(),
+            "res_y": self._res_y[: self._res_size].copy(),
             "seen": self._seen,
             "updates": self._updates,
             "own_updates": self._own_updates,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._net.load_state_dict(state["net"])
-        self._opt.load_state_dict(copy.deepcopy(state["opt"]))
-        self._rng.bit_generator.state = state["rng"]
-        self._n_target = int(state["n_target"])
-        self._target_ms = float(state["target_ms"])
-        feat = state["feat"].numpy().astype(np.float64)
-        self._feat_n, self._feat_mean, self._feat_m2 = (
-            feat[0].copy(),
-            feat[1].copy(),
-            feat[2].copy(),
-        )
-        self._pending = list(
-            zip(state["pending_x"].numpy().copy(), map(float, state["pending_y"]), strict=True)
-        )
-        self._fresh = deque(
-            zip(state["fresh_x"].numpy().copy(), map(float, state["fresh_y"]), strict=True),
-            maxlen=self.buffer_size,
-        )
-        res_x, res_y = state["res_x"].numpy(), state["res_y"].numpy()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        net = {str(k): as_tensor(v, torch.float32) for k, v in state["net"].items()}
+        self._net.load_state_dict(net)  # raises on missing keys and wrong shapes
+        params = list(self._net.parameters())
+        adam = state["adam"]
+        self._opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        if adam["step"]:
+            if (
+                not len(adam["step"])
+                == len(adam["exp_avg"])
+                == len(adam["exp_avg_sq"])
+                == len(params)
+            ):
+                raise ValueError("learner: optimizer state does not match the network")
+            opt_state = self._opt.state_dict()
+            for i, p in enumerate(params):
+                avg = as_tensor(adam["exp_avg"][i], torch.float32)
+                avg_sq = as_tensor(adam["exp_avg_sq"][i], torch.float32)
+                if avg.shape != p.shape or avg_sq.shape != p.shape:
+                    raise ValueError("learner: optimizer moments of the wrong shape")
+                opt_state["state"][i] = {
+                    "step": torch.tensor(float(adam["step"][i])),
+                    "exp_avg": avg,
+                    "exp_avg_sq": avg_sq,
+                }
+            self._opt.load_state_dict(opt_state)
+        set_rng_state(self._rng, state["rng"])
+        self.normaliser.load_state_dict(state["normaliser"])
+        res_x = as_array(state["res_x"], np.float32)
+        res_y = as_array(state["res_y"], np.float32).reshape(-1)
+        if res_x.shape[1:] != self._res_x.shape[1:] or len(res_x) != len(res_y):
+            raise ValueError(f"learner: replay reservoir of shape {res_x.shape}")
+        if len(res_y) > self.buffer_size:
+            raise ValueError(f"learner: {len(res_y)} replay samples for {self.buffer_size} slots")
         self._res_size = len(res_y)
         self._res_x[: self._res_size] = res_x
         self._res_y[: self._res_size] = res_y
@@ -393,26 +460,13 @@ class SequenceLearner(Estimator):
         self._own_updates = int(state["own_updates"])
 
     def fork(self, seed: int) -> SequenceLearner:
-        """A deep copy of the model, optimizer and statistics, with empty buffers and its own RNG.
-
-        Used to start a new cluster from its nearest existing cluster (transfer).
-        """
+        """A deep copy of the model, optimizer and normaliser, with an empty reservoir and its
+        own RNG. Used to start a new cluster from its nearest existing cluster (transfer)."""
         child = self.clone(seed=seed)
         child._net.load_state_dict(
             {k: v.detach().clone() for k, v in self._net.state_dict().items()}
         )
         child._opt.load_state_dict(copy.deepcopy(self._opt.state_dict()))
-        child._n_target, child._target_ms = self._n_target, self._target_ms
-        child._feat_n, child._feat_mean, child._feat_m2 = (
-            self._feat_n.copy(),
-            self._feat_mean.copy(),
-            self._feat_m2.copy(),
-        )
+        child.normaliser.load_state_dict(self.normaliser.state_dict())
         child._updates = self._updates
         return child
-
-
-def _stack(windows: list[NDArray[np.float32]], seq_len: int, n_inputs: int) -> torch.Tensor:
-    if not windows:
-        return torch.zeros((0, seq_len, n_inputs), dtype=torch.float32)
-    return torch.from_numpy(np.stack(windows).astype(np.float32))

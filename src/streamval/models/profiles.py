@@ -1,130 +1,140 @@
-"""Asset profiles: the vectors that clustering compares.
+"""Asset profiles: the vectors that clustering compares, built for many assets at once.
 
 A profile is an asset's static attributes plus summary statistics of its series:
 
     numeric attributes          standardised (sklearn StandardScaler fitted at each (re-)fit)
-    categorical attributes      one-hot (sklearn OneHotEncoder; unseen categories -> all zeros)
+    categorical attributes      one-hot over the categories seen at the fit (a missing attribute
+                                is the category ""; unseen categories -> all zeros)
     series statistics           mean and std of the scale-free one-step change, its lag-1
                                 autocorrelation (mean reversion shows up negative), mean of each
                                 dynamic feature; standardised with the numerics
 
 Missing numbers (an attribute the asset lacks, statistics of a series too short) are imputed with
-the fitted mean, i.e. 0 after standardisation. `ProfileSpace` fits with scikit-learn and then
-transforms single assets with plain numpy (the online assignment runs once per event).
+the fitted mean, i.e. 0 after standardisation. An attribute that is a string for any fitted asset
+is categorical (its numbers then count as the categories `str(number)`).
 
->>> stats = SeriesStats(n_features=0)
->>> for change in (0.01, -0.01, 0.01, -0.01):
-...     stats.add_change(change)
->>> round(stats.autocorr(), 2)
--1.0
+The inputs are columns (`ProfileInputs`): the engine keeps attributes encoded per asset slot
+(numbers as floats, strings as integer codes into a vocabulary) and the running series
+statistics as arrays, so a profile never passes through a per-asset Python dict.
+
+>>> import numpy as np
+>>> stats = series_vector(
+...     n=np.array([4]), mean=np.array([0.0]), m2=np.array([4e-4]), n_pairs=np.array([3]),
+...     sum_xy=np.array([-3e-4]), feat_sum=np.zeros((1, 0)), feat_count=np.zeros((1, 0)))
+>>> [round(float(x), 3) for x in stats[0]]  # change mean, std, autocorrelation
+[0.0, 0.012, -1.0]
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import StandardScaler
 
 from streamval.stream.contract.schema import Attribute
 
 FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
 
 # Raw profile numbers are saturated here (their squares must not overflow while scaling), and
 # standardised coordinates at _Z_LIMIT: one absurd attribute must not swamp the distances.
 _RAW_LIMIT = 1e100
 _Z_LIMIT = 1e3
+N_SERIES_STATS = 3  # change mean, change std, lag-1 autocorrelation (then one mean per feature)
 
 
-class SeriesStats:
-    """Running statistics of an asset's scale-free changes and dynamic features, O(1) per event."""
+def series_vector(
+    *,
+    n: NDArray[Any],
+    mean: FloatArray,
+    m2: FloatArray,
+    n_pairs: NDArray[Any],
+    sum_xy: FloatArray,
+    feat_sum: FloatArray,
+    feat_count: NDArray[Any],
+) -> FloatArray:
+    """[change mean, change std, autocorrelation, feature means...] per asset, NaN where unknown.
 
-    __slots__ = ("_feat_count", "_feat_sum", "_last", "_m2", "_mean", "_n", "_n_pairs", "_sum_xy")
+    The arguments are the running sums the engine keeps per asset (Welford's count, mean and M2
+    of the scale-free changes; the count and sum of products of consecutive changes; per-feature
+    sums and counts).
+    """
+    n_f = np.asarray(n, dtype=np.float64)
+    pairs = np.asarray(n_pairs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change_mean = np.where(n_f > 0, mean, np.nan)
+        std = np.where(n_f > 1, np.sqrt(np.maximum(m2, 0.0) / np.maximum(n_f - 1, 1)), np.nan)
+        cov = sum_xy / np.maximum(pairs, 1) - mean * mean
+        auto = np.where(
+            (pairs >= 2) & (m2 > 0), np.clip(cov / (m2 / np.maximum(n_f, 1)), -1.0, 1.0), np.nan
+        )
+        counts = np.asarray(feat_count, dtype=np.float64)
+        feat_mean = np.where(counts > 0, feat_sum / np.maximum(counts, 1.0), np.nan)
+    return np.column_stack([change_mean, std, auto, feat_mean])
 
-    def __init__(self, n_features: int) -> None:
-        self._n = 0
-        self._mean = 0.0
-        self._m2 = 0.0
-        self._last = math.nan
-        self._n_pairs = 0
-        self._sum_xy = 0.0
-        self._feat_sum = np.zeros(n_features)
-        self._feat_count = np.zeros(n_features)
 
-    def add_change(self, change: float) -> None:
-        """One scale-free change (v_t - v_{t-1}) / scale."""
-        if not math.isnan(self._last):
-            self._n_pairs += 1
-            self._sum_xy += self._last * change
-        self._last = change
-        self._n += 1
-        delta = change - self._mean
-        self._mean += delta / self._n
-        self._m2 += delta * (change - self._mean)
+@dataclass
+class ProfileInputs:
+    """The raw material of n assets' profiles, as columns.
 
-    def add_features(self, features: FloatArray) -> None:
-        """Feature values of one event (NaN = missing)."""
-        seen = ~np.isnan(features)
-        self._feat_sum[seen] += features[seen]
-        self._feat_count[seen] += 1
+    `numeric[name]` holds the attribute's number per asset (NaN: missing, or not a number);
+    `categorical[name]` its string as a code into `vocabularies[name]` (-1: missing, or not a
+    string); `stats` the `series_vector` rows.
+    """
+
+    stats: FloatArray
+    numeric: dict[str, FloatArray] = field(default_factory=dict)
+    categorical: dict[str, IntArray] = field(default_factory=dict)
+    vocabularies: dict[str, Sequence[str]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
-        return self._n
-
-    def std(self) -> float:
-        return math.sqrt(self._m2 / (self._n - 1)) if self._n > 1 else math.nan
-
-    def autocorr(self) -> float:
-        """Lag-1 autocorrelation of the changes (about their running mean)."""
-        if self._n_pairs < 2 or self._m2 <= 0.0:
-            return math.nan
-        cov = self._sum_xy / self._n_pairs - self._mean * self._mean
-        return max(-1.0, min(1.0, cov / (self._m2 / self._n)))
-
-    def vector(self) -> FloatArray:
-        """[change mean, change std, autocorr, feature means...] with NaN where unknown."""
-        means = self._feat_sum / np.maximum(self._feat_count, 1.0)
-        means[self._feat_count == 0] = np.nan
-        head = np.array([self._mean if self._n else math.nan, self.std(), self.autocorr()])
-        return np.concatenate([head, means])
-
-    def state(self) -> list[Any]:
-        return [
-            self._n,
-            self._mean,
-            self._m2,
-            self._last,
-            self._n_pairs,
-            self._sum_xy,
-            self._feat_sum.tolist(),
-            self._feat_count.tolist(),
-        ]
+        return int(self.stats.shape[0])
 
     @classmethod
-    def from_state(cls, state: Sequence[Any]) -> SeriesStats:
-        feat_sum = np.asarray(state[6], dtype=np.float64)
-        out = cls(len(feat_sum))
-        out._n, out._mean, out._m2, out._last = (
-            int(state[0]),
-            float(state[1]),
-            float(state[2]),
-            float(state[3]),
-        )
-        out._n_pairs, out._sum_xy = int(state[4]), float(state[5])
-        out._feat_sum = feat_sum
-        out._feat_count = np.asarray(state[7], dtype=np.float64)
+    def from_records(
+        cls, attributes: Sequence[Mapping[str, Attribute]], stats: FloatArray
+    ) -> ProfileInputs:
+        """Columns from per-asset attribute dicts (tests, tools; the engine keeps columns)."""
+        names = sorted({name for attrs in attributes for name in attrs})
+        out = cls(stats=np.asarray(stats, dtype=np.float64).reshape(len(attributes), -1))
+        for name in names:
+            values = [attrs.get(name) for attrs in attributes]
+            out.numeric[name] = np.array([_as_float(v) for v in values], dtype=np.float64)
+            vocab = sorted({v for v in values if isinstance(v, str)})
+            if vocab:
+                index = {v: i for i, v in enumerate(vocab)}
+                out.categorical[name] = np.array(
+                    [index[v] if isinstance(v, str) else -1 for v in values], dtype=np.int64
+                )
+                out.vocabularies[name] = vocab
+        return out
+
+    def strings(self, name: str) -> list[str]:
+        """The attribute as the strings a categorical one-hot compares ("" when missing)."""
+        codes = self.categorical.get(name)
+        vocab = self.vocabularies.get(name, ())
+        nums = self.numeric.get(name)
+        out = []
+        for i in range(self.n):
+            if codes is not None and codes[i] >= 0:
+                out.append(str(vocab[int(codes[i])]))
+            elif nums is not None and not np.isnan(nums[i]):
+                out.append(str(float(nums[i])))
+            else:
+                out.append("")
         return out
 
 
 class ProfileSpace:
     """The standardised profile space of one clustering fit.
 
-    `fit` learns which attributes exist (numeric vs categorical), their categories and the scaler;
-    `transform` maps one asset into the space with numpy only.
+    `fit` learns which attributes exist (numeric vs categorical), their categories and the
+    scaler; `transform` maps assets into the space with vectorised numpy.
     """
 
     def __init__(self) -> None:
@@ -135,67 +145,87 @@ class ProfileSpace:
         self.mean = np.zeros(0)
         self.scale = np.ones(0)
 
-    def fit(
-        self, attributes: Sequence[Mapping[str, Attribute]], stats: Sequence[FloatArray]
-    ) -> FloatArray:
-        """Fit on the assets' attributes and series-statistics vectors; return their profiles."""
-        numeric: set[str] = set()
-        categorical: set[str] = set()
-        for attrs in attributes:
-            for name, value in attrs.items():
-                (categorical if isinstance(value, str) else numeric).add(name)
-        numeric -= categorical  # an attribute sometimes a string is treated as categorical
+    @property
+    def dim(self) -> int:
+        """Coordinates of a profile."""
+        return len(self.mean) + sum(len(c) for c in self.categories)
+
+    def fit(self, inputs: ProfileInputs) -> FloatArray:
+        """Fit on the assets' inputs and return their profiles."""
+        categorical = {
+            name for name, codes in inputs.categorical.items() if bool(np.any(codes >= 0))
+        }
+        numeric = {
+            name
+            for name, values in inputs.numeric.items()
+            if bool(np.any(~np.isnan(values))) and name not in categorical
+        }
         self.numeric = sorted(numeric)
         self.categorical = sorted(categorical)
-        self.n_stats = len(stats[0]) if stats else 0
-        raw = self._numeric_rows(attributes, stats)
+        self.n_stats = int(inputs.stats.shape[1])
+        raw = self._numeric_rows(inputs)
         # Impute before scaling: a column's missing entries take its mean (0 once standardised).
-        col_mean = np.zeros(raw.shape[1])
-        for j in range(raw.shape[1]):
-            seen = raw[~np.isnan(raw[:, j]), j]
-            col_mean[j] = seen.mean() if len(seen) else 0.0
-        filled = np.where(np.isnan(raw), col_mean, raw)
+        seen = ~np.isnan(raw)
+        col_mean = np.where(
+            seen.any(axis=0), np.where(seen, raw, 0.0).sum(axis=0) / np.maximum(seen.sum(0), 1), 0.0
+        )
+        filled = np.where(seen, raw, col_mean)
         scaler = StandardScaler().fit(filled)
         self.mean = np.asarray(scaler.mean_, dtype=np.float64)
         self.scale = np.asarray(scaler.scale_, dtype=np.float64)
-        if self.categorical:
-            cats = [[str(a.get(name, "")) for name in self.categorical] for a in attributes]
-            encoder = OneHotEncoder(handle_unknown="ignore").fit(cats)
-            self.categories = [[str(c) for c in cat] for cat in encoder.categories_]
-        else:
-            self.categories = []
-        return np.stack([self.transform(a, s) for a, s in zip(attributes, stats, strict=True)])
+        self.categories = [sorted(set(inputs.strings(name))) for name in self.categorical]
+        return self.transform(inputs)
 
-    def _numeric_rows(
-        self, attributes: Sequence[Mapping[str, Attribute]], stats: Sequence[FloatArray]
-    ) -> FloatArray:
-        rows = np.full((len(attributes), len(self.numeric) + self.n_stats), np.nan)
-        for i, (attrs, st) in enumerate(zip(attributes, stats, strict=True)):
-            rows[i, : len(self.numeric)] = [_as_float(attrs.get(name)) for name in self.numeric]
-            rows[i, len(self.numeric) :] = st[: self.n_stats]
+    def _numeric_rows(self, inputs: ProfileInputs) -> FloatArray:
+        rows = np.full((inputs.n, len(self.numeric) + self.n_stats), np.nan)
+        for j, name in enumerate(self.numeric):
+            column = inputs.numeric.get(name)
+            if column is not None:
+                rows[:, j] = column
+        width = min(self.n_stats, inputs.stats.shape[1])
+        rows[:, len(self.numeric) : len(self.numeric) + width] = inputs.stats[:, :width]
         clipped: FloatArray = np.clip(rows, -_RAW_LIMIT, _RAW_LIMIT)
         return clipped
 
-    def transform(self, attributes: Mapping[str, Attribute], stats: FloatArray) -> FloatArray:
-        """One asset's profile vector (numpy only; unknown values become the fitted mean)."""
-        raw = np.empty(len(self.numeric) + self.n_stats)
-        for j, name in enumerate(self.numeric):
-            raw[j] = _as_float(attributes.get(name))
-        raw[len(self.numeric) :] = stats[: self.n_stats]
-        z = (np.clip(raw, -_RAW_LIMIT, _RAW_LIMIT) - self.mean) / self.scale
+    def transform(self, inputs: ProfileInputs) -> FloatArray:
+        """The assets' profile vectors (unknown numbers become the fitted mean)."""
+        z = (self._numeric_rows(inputs) - self.mean) / self.scale
         z[np.isnan(z)] = 0.0
         np.clip(z, -_Z_LIMIT, _Z_LIMIT, out=z)
         if not self.categories:
             return z
         parts = [z]
         for name, cats in zip(self.categorical, self.categories, strict=True):
-            onehot = np.zeros(len(cats))
-            value = attributes.get(name)
-            key = "" if value is None else str(value)
-            if key in cats:
-                onehot[cats.index(key)] = 1.0
-            parts.append(onehot)
-        return np.concatenate(parts)
+            parts.append(self._onehot(inputs, name, cats))
+        return np.concatenate(parts, axis=1)
+
+    @staticmethod
+    def _onehot(inputs: ProfileInputs, name: str, cats: list[str]) -> FloatArray:
+        index = {c: i for i, c in enumerate(cats)}
+        out = np.zeros((inputs.n, len(cats)))
+        codes = inputs.categorical.get(name)
+        nums = inputs.numeric.get(name)
+        vocab = inputs.vocabularies.get(name, ())
+        # Strings: vocabulary code -> column, vectorised; numbers and missing values are rare
+        # here (an attribute that is categorical for some assets) and looked up one by one.
+        rows = np.arange(inputs.n)
+        column = np.full(inputs.n, -1, dtype=np.int64)
+        if codes is not None and len(vocab):
+            lookup = np.array([index.get(str(v), -1) for v in vocab], dtype=np.int64)
+            has = codes >= 0
+            column[has] = lookup[codes[has]]
+            rest = np.nonzero(~has)[0]
+        else:
+            rest = rows
+        missing = index.get("", -1)
+        for i in rest.tolist():
+            if nums is not None and not np.isnan(nums[i]):
+                column[i] = index.get(str(float(nums[i])), -1)
+            else:
+                column[i] = missing
+        hit = column >= 0
+        out[rows[hit], column[hit]] = 1.0
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -203,8 +233,8 @@ class ProfileSpace:
             "categorical": list(self.categorical),
             "categories": [list(c) for c in self.categories],
             "n_stats": self.n_stats,
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
+            "mean": self.mean.copy(),
+            "scale": self.scale.copy(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -212,11 +242,15 @@ class ProfileSpace:
         self.categorical = [str(x) for x in state["categorical"]]
         self.categories = [[str(x) for x in c] for c in state["categories"]]
         self.n_stats = int(state["n_stats"])
-        self.mean = np.asarray(state["mean"], dtype=np.float64)
-        self.scale = np.asarray(state["scale"], dtype=np.float64)
+        self.mean = np.asarray(state["mean"], dtype=np.float64).reshape(-1)
+        self.scale = np.asarray(state["scale"], dtype=np.float64).reshape(-1)
+        if len(self.mean) != len(self.numeric) + self.n_stats or len(self.scale) != len(self.mean):
+            raise ValueError("profile space: scaler of the wrong size")
+        if len(self.categories) != len(self.categorical):
+            raise ValueError("profile space: categories do not match the attributes")
 
 
 def _as_float(value: Attribute | None) -> float:
     return (
-        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else np.nan
     )

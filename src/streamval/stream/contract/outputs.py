@@ -7,6 +7,8 @@ the backtest scores them and the monitoring exports them.
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +29,12 @@ class Valuation:
 
     @property
     def error(self) -> float | None:
-        """value - valuation, when the event carried a value."""
-        return None if self.value is None else self.value - self.valuation
+        """value - valuation, when the event carried a value (saturated at the float range:
+        1e308 - (-1e308) is not a number JSON can carry)."""
+        if self.value is None:
+            return None
+        error = self.value - self.valuation
+        return error if math.isfinite(error) else math.copysign(sys.float_info.max, error)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -96,6 +102,10 @@ class ClusterSnapshot:
     lr: float
     updates: int
     model_version: int
+    queued_samples: int = 0  # labelled samples waiting for a training step
+    trained_samples: int = 0  # fresh samples trained since the cluster was created
+    skipped_samples: int = 0  # samples dropped because training fell behind (overload)
+    expired_assets: int = 0  # assets of the cluster forgotten after `engine.asset_ttl`
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +119,10 @@ class ClusterSnapshot:
             "lr": self.lr,
             "updates": self.updates,
             "model_version": self.model_version,
+            "queued_samples": self.queued_samples,
+            "trained_samples": self.trained_samples,
+            "skipped_samples": self.skipped_samples,
+            "expired_assets": self.expired_assets,
         }
 
 
@@ -118,7 +132,9 @@ class BatchResult:
 
     `valuations` holds one entry per accepted event, in input order. `late` and `duplicates` hold
     the input indices of events the engine refused (late ones go to the DLQ, duplicates are
-    dropped). `updates` counts optimizer steps taken per cluster during this batch.
+    dropped). `failed` holds (input index, detail) of events the engine could not process (an
+    internal error about that event alone; the others were processed). `updates` counts
+    optimizer steps taken per cluster during this batch.
     """
 
     valuations: list[Valuation] = field(default_factory=list)
@@ -126,3 +142,4 @@ class BatchResult:
     duplicates: list[int] = field(default_factory=list)
     drift: list[DriftAlarm] = field(default_factory=list)
     updates: dict[int, int] = field(default_factory=dict)
+    failed: list[tuple[int, str]] = field(default_factory=list)

@@ -1,0 +1,376 @@
+"""Learning off the valuing path: each cluster's training copy, its fresh samples, its snapshots.
+
+The engine hands every labelled sample of a cluster to `Trainer.submit`. The samples wait in the
+cluster's `SampleQueue`, oldest first; a step takes exactly `batch_size` of them (plus replayed
+ones, see `SequenceLearner.step`), so every sample is trained exactly once as a fresh sample and
+the steps do not depend on how the input was cut into batches. After each step the trainer
+publishes a `ModelSnapshot` whose version is the model's update count; the valuing side serves
+the latest one (`snapshot(cluster)`).
+
+Two modes (`engine.training`):
+
+    sync         steps run in the caller's thread when the engine says so (`run_due`): the
+                 engine runs a step before the first later event whose event time differs from
+                 that of the sample that completed the step, so results are deterministic and
+                 independent of batch cuts (backtests, tests)
+    background   a daemon thread runs due steps as soon as a cluster has `batch_size` samples,
+                 the busiest cluster first; the valuing thread never waits for learning
+
+Overload (background only): if a cluster's queue grows beyond `max_backlog` samples because
+training falls behind, the queue is thinned to every second sample and the dropped ones are
+counted (`skipped`); nothing is dropped silently. `max_backlog` also bounds staleness: a
+valuation is made by a model at most `max_backlog + batch_size` samples behind its cluster.
+
+The training copies are touched only by the thread running a step, or under `paused()`, which
+waits for the step in flight and holds further steps (state export, re-fits, restore, close).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from streamval.models.drift import AdaptiveLearningRate
+from streamval.models.learner import ModelSnapshot, SequenceLearner
+from streamval.models.state import as_array
+
+Float32Array = NDArray[np.float32]
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+
+class SampleQueue:
+    """Fresh labelled samples of one cluster (window, target, event time), oldest first."""
+
+    def __init__(self, window_shape: tuple[int, int]) -> None:
+        self.window_shape = window_shape
+        self._blocks: deque[tuple[Float32Array, FloatArray, IntArray]] = deque()
+        self.n = 0
+        self._ts: IntArray | None = None  # all event times, cached between changes
+
+    def append(self, x: Float32Array, y: FloatArray, ts: IntArray) -> None:
+        if len(y):
+            self._blocks.append((x, y, ts))
+            self.n += len(y)
+            self._ts = None
+
+    def times(self) -> IntArray:
+        """Event times of the queued samples, oldest first."""
+        if self._ts is None:
+            self._ts = (
+                np.concatenate([b[2] for b in self._blocks])
+                if self._blocks
+                else np.zeros(0, dtype=np.int64)
+            )
+        return self._ts
+
+    def pop(self, n: int) -> tuple[Float32Array, FloatArray, IntArray]:
+        """The `n` oldest samples (n <= len)."""
+        xs, ys, tss = [], [], []
+        need = n
+        while need:
+            x, y, ts = self._blocks[0]
+            if len(y) <= need:
+                self._blocks.popleft()
+                take = len(y)
+            else:
+                self._blocks[0] = (x[need:], y[need:], ts[need:])
+                x, y, ts = x[:need], y[:need], ts[:need]
+                take = need
+            xs.append(x)
+            ys.append(y)
+            tss.append(ts)
+            need -= take
+        self.n -= n
+        self._ts = None
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(tss)
+
+    def arrays(self) -> tuple[Float32Array, FloatArray, IntArray]:
+        if not self._blocks:
+            return (
+                np.zeros((0, *self.window_shape), dtype=np.float32),
+                np.zeros(0),
+                np.zeros(0, dtype=np.int64),
+            )
+        xs, ys, tss = zip(*self._blocks, strict=True)
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(tss)
+
+    def due_times(self, batch_size: int) -> list[int]:
+        """Per full step in the queue, the latest event time of its samples."""
+        if self.n < batch_size:
+            return []
+        ts = self.times()
+        full = (len(ts) // batch_size) * batch_size
+        return [int(t) for t in ts[:full].reshape(-1, batch_size).max(axis=1)]
+
+    def thin(self) -> int:
+        """Keep every second sample (overload); returns how many were dropped."""
+        x, y, ts = self.arrays()
+        keep = slice(1, None, 2)
+        self._blocks = deque([(x[keep], y[keep], ts[keep])])
+        dropped = self.n - len(y[keep])
+        self.n = len(y[keep])
+        self._ts = None
+        return dropped
+
+    def take_all(self, other: SampleQueue) -> None:
+        """Move `other`'s samples behind these (a cluster merged into this one)."""
+        for block in other._blocks:
+            self.append(*block)
+        other._blocks.clear()
+        other.n = 0
+        other._ts = None
+
+
+@dataclass
+class _Slot:
+    learner: SequenceLearner
+    policy: AdaptiveLearningRate
+    queue: SampleQueue
+    snapshot: ModelSnapshot
+    reset_pending: bool = False
+    trained: int = 0  # fresh samples trained by this slot's learner
+    skipped: int = 0  # samples dropped by overload thinning
+
+
+class Trainer:
+    """Owns the training copy of every cluster's model and publishes snapshots."""
+
+    def __init__(self, *, batch_size: int, max_backlog: int, background: bool) -> None:
+        self.batch_size = batch_size
+        self.max_backlog = max(max_backlog, batch_size)
+        self.background = background
+        self._cond = threading.Condition()
+        self._slots: dict[int, _Slot] = {}
+        self._in_flight: int | None = None
+        self._paused = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # -- clusters ------------------------------------------------------------------------------
+
+    def add(self, cluster: int, learner: SequenceLearner, policy: AdaptiveLearningRate) -> None:
+        """A new cluster with its training copy and lr policy (under `paused()` when running)."""
+        shape = (learner.seq_len, learner.n_inputs)
+        self._slots[cluster] = _Slot(learner, policy, SampleQueue(shape), learner.snapshot())
+
+    def remove(self, cluster: int, successor: int | None) -> None:
+        """Drop a cluster; its queued samples move to `successor` (still trained exactly once)."""
+        slot = self._slots.pop(cluster)
+        if successor is not None and successor in self._slots:
+            self._slots[successor].queue.take_all(slot.queue)
+
+    def learner(self, cluster: int) -> SequenceLearner:
+        return self._slots[cluster].learner
+
+    def policy(self, cluster: int) -> AdaptiveLearningRate:
+        return self._slots[cluster].policy
+
+    def snapshot(self, cluster: int) -> ModelSnapshot:
+        """The latest published model of a cluster."""
+        return self._slots[cluster].snapshot
+
+    def counts(self, cluster: int) -> tuple[int, int, int]:
+        """(queued, trained, skipped) samples of a cluster."""
+        slot = self._slots[cluster]
+        return slot.queue.n, slot.trained, slot.skipped
+
+    # -- the valuing side ---------------------------------------------------------------------
+
+    def submit(self, cluster: int, x: Float32Array, y: FloatArray, ts: IntArray) -> None:
+        """Queue fresh samples (in order); in background mode wake the trainer."""
+        self._raise_error()
+        with self._cond:
+            slot = self._slots[cluster]
+            slot.queue.append(x, y, ts)
+            if self.background:
+                while slot.queue.n > self.max_backlog:
+                    slot.skipped += slot.queue.thin()
+                if slot.queue.n >= self.batch_size:
+                    self._start()
+                    self._cond.notify_all()
+
+    def boost(self, cluster: int) -> None:
+        """A drift alarm: the policy restarts its boost; Adam's momentum is reset before the next
+        step of this cluster (when the policy asks for it)."""
+        with self._cond:
+            slot = self._slots[cluster]
+            slot.policy.trigger()
+            if slot.policy.reset_moments_on_drift and slot.policy.boost > 1.0:
+                slot.reset_pending = True
+
+    def due_times(self, cluster: int) -> list[int]:
+        """Sync mode: the latest event time of each full step waiting in the cluster's queue."""
+        return self._slots[cluster].queue.due_times(self.batch_size)
+
+    def queued(self, cluster: int) -> int:
+        return self._slots[cluster].queue.n
+
+    def partial_latest(self, cluster: int) -> int | None:
+        """Sync mode: the latest event time among the samples of the not yet full step."""
+        queue = self._slots[cluster].queue
+        n = queue.n % self.batch_size
+        if n == 0:
+            return None
+        return int(queue.times()[-n:].max())
+
+    def wake(self) -> None:
+        """Background mode: start on queued work (after a restore)."""
+        if self.background:
+            with self._cond:
+                if any(s.queue.n >= self.batch_size for s in self._slots.values()):
+                    self._start()
+                    self._cond.notify_all()
+
+    def run_due(self, ts: float | None = None) -> dict[int, int]:
+        """Sync mode: before an event at time `ts`, run the full steps due by then: in queue
+        order, up to the last one whose latest sample time is not `ts` (None: every one)."""
+        steps: dict[int, int] = {}
+        for cluster in sorted(self._slots):
+            slot = self._slots[cluster]
+            dues = slot.queue.due_times(self.batch_size)
+            run = [i for i, due in enumerate(dues) if ts is None or due != ts]
+            for _ in range(run[-1] + 1 if run else 0):
+                self._step(slot, *slot.queue.pop(self.batch_size)[:2])
+                steps[cluster] = steps.get(cluster, 0) + 1
+        return steps
+
+    def drain(self) -> None:
+        """Wait until no full step is queued or in flight (background), or run them (sync)."""
+        if not self.background:
+            self.run_due()
+            return
+        with self._cond:
+            while self._in_flight is not None or (
+                self._error is None
+                and any(s.queue.n >= self.batch_size for s in self._slots.values())
+            ):
+                self._cond.wait(timeout=0.5)
+        self._raise_error()
+
+    # -- the training side --------------------------------------------------------------------
+
+    def _step(self, slot: _Slot, x: Float32Array, y: FloatArray) -> None:
+        if slot.reset_pending:
+            slot.learner.reset_moments()
+            slot.reset_pending = False
+        slot.learner.step(x, y, lr=slot.policy.lr, replay_fraction=slot.policy.replay_fraction)
+        slot.snapshot = slot.learner.snapshot()
+        slot.policy.on_update()
+        slot.trained += len(y)
+
+    def _start(self) -> None:
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._run, name="streamval-trainer", daemon=True)
+            self._thread.start()
+
+    def _next(self) -> int | None:
+        ready = [(s.queue.n, c) for c, s in self._slots.items() if s.queue.n >= self.batch_size]
+        return max(ready)[1] if ready else None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (self._paused or self._next() is None):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                cluster = self._next()
+                assert cluster is not None
+                slot = self._slots[cluster]
+                x, y, _ = slot.queue.pop(self.batch_size)
+                lr, share = slot.policy.lr, slot.policy.replay_fraction
+                reset, slot.reset_pending = slot.reset_pending, False
+                self._in_flight = cluster
+            try:
+                if reset:
+                    slot.learner.reset_moments()
+                slot.learner.step(x, y, lr=lr, replay_fraction=share)
+                snapshot = slot.learner.snapshot()
+            except BaseException as exc:  # surfaced on the valuing thread's next call
+                with self._cond:
+                    self._error = exc
+                    self._in_flight = None
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                slot.snapshot = snapshot
+                slot.policy.on_update()
+                slot.trained += len(y)
+                self._in_flight = None
+                self._cond.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("the background trainer failed") from self._error
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No step runs inside: waits for the step in flight, holds the next ones."""
+        with self._cond:
+            self._paused += 1
+            while self._in_flight is not None:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._paused -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop the background thread (the step in flight finishes first). Queued samples stay;
+        a later `submit` starts a new thread."""
+        thread = self._thread
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._cond:
+            self._thread = None
+            self._closed = False
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every cluster's training copy, policy, queue and counters (call under `paused()`)."""
+        out: dict[str, Any] = {}
+        for cluster, slot in self._slots.items():
+            x, y, ts = slot.queue.arrays()
+            out[str(cluster)] = {
+                "learner": slot.learner.state_dict(),
+                "policy": slot.policy.state_dict(),
+                "queue_x": x.copy(),
+                "queue_y": y.copy(),
+                "queue_ts": ts.copy(),
+                "reset_pending": slot.reset_pending,
+                "trained": slot.trained,
+                "skipped": slot.skipped,
+            }
+        return out
+
+    def load_slot(self, cluster: int, state: dict[str, Any]) -> None:
+        """Restore one cluster added with `add` (call under `paused()`)."""
+        slot = self._slots[cluster]
+        slot.learner.load_state_dict(state["learner"])
+        slot.policy.load_state_dict(state["policy"])
+        x = as_array(state["queue_x"], np.float32)
+        y = as_array(state["queue_y"], np.float64).reshape(-1)
+        ts = as_array(state["queue_ts"], np.int64).reshape(-1)
+        if x.shape != (len(y), *slot.queue.window_shape) or len(ts) != len(y):
+            raise ValueError(f"cluster {cluster}: queued samples of shape {x.shape}")
+        slot.queue = SampleQueue(slot.queue.window_shape)
+        slot.queue.append(x.copy(), y.copy(), ts.copy())
+        slot.reset_pending = bool(state["reset_pending"])
+        slot.trained = int(state["trained"])
+        slot.skipped = int(state["skipped"])
+        slot.snapshot = slot.learner.snapshot()
