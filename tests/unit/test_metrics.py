@@ -32,6 +32,7 @@ def snapshot(
     rolling_mae: float | None = 0.5,
     total_mae: float | None = 0.4,
     drift_alarms: int = 0,
+    skipped: int = 0,
 ) -> ClusterSnapshot:
     def stats(mae: float | None, n: int) -> ErrorStats:
         if mae is None:
@@ -48,6 +49,7 @@ def snapshot(
         lr=lr,
         updates=updates,
         model_version=updates,
+        skipped_samples=skipped,
     )
 
 
@@ -143,6 +145,7 @@ def test_expected_engine_metrics_are_exported() -> None:
         "streamval_cluster_assets",
         "streamval_cluster_model_version",
         "streamval_cluster_model_updates_total",
+        "streamval_cluster_skipped_samples_total",
         "streamval_cluster_drift_alarms",
         "streamval_drift_alarms_total",
         "streamval_processing_latency_seconds_bucket",
@@ -238,6 +241,16 @@ def test_model_updates_mirror_engine_totals() -> None:
     # restored from an older checkpoint: the counter restarts rather than going negative
     m.update_clusters([snapshot(0, updates=4)])
     assert value(r, "streamval_cluster_model_updates_total", cluster="0") == 4
+
+
+def test_skipped_samples_mirror_engine_totals_and_start_at_zero() -> None:
+    m = EngineMetrics()
+    r = m.registry
+    m.update_clusters([snapshot(0)])
+    assert value(r, "streamval_cluster_skipped_samples_total", cluster="0") == 0
+    m.update_clusters([snapshot(0, skipped=128)])
+    m.update_clusters([snapshot(0, skipped=384)])
+    assert value(r, "streamval_cluster_skipped_samples_total", cluster="0") == 384
 
 
 def test_drift_counters_exist_at_zero_before_the_first_alarm() -> None:

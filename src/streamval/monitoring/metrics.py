@@ -26,6 +26,7 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
     streamval_cluster_assets{cluster}                  gauge      assets in the cluster
     streamval_cluster_model_version{cluster}           gauge      model version
     streamval_cluster_model_updates_total{cluster}     counter    optimizer steps (engine total)
+    streamval_cluster_skipped_samples_total{cluster}   counter    samples a lagging trainer skipped
     streamval_cluster_drift_alarms{cluster}            gauge      alarms in the engine's state
     streamval_drift_alarms_total{cluster,detector}     counter    alarms seen by this process
     streamval_processing_latency_seconds               histogram  receipt -> valuation acked
@@ -231,6 +232,13 @@ class EngineMetrics:
             ["cluster"],
             registry=r,
         )
+        self._skipped = Counter(
+            "streamval_cluster_skipped_samples",
+            "Labelled samples the cluster's trainer skipped because it fell behind (overload), "
+            "mirrored from the engine's own count; 0 while every sample is learned from.",
+            ["cluster"],
+            registry=r,
+        )
         self._cluster_alarms = Gauge(
             "streamval_cluster_drift_alarms",
             "Drift alarms of the cluster in the engine's state (restored from checkpoints); "
@@ -280,6 +288,7 @@ class EngineMetrics:
             registry=r,
         )
         self._update_totals: dict[str, float] = {}
+        self._skipped_totals: dict[str, float] = {}
         self._detectors: set[str] = set(KNOWN_DETECTORS)
         self._clusters: set[str] = set()
         self._retired: dict[str, float] = {}  # cluster -> time.monotonic() of its retirement
@@ -352,7 +361,8 @@ class EngineMetrics:
                 self._assets.labels(cluster).set(snap.assets)
                 self._model_version.labels(cluster).set(snap.model_version)
                 self._cluster_alarms.labels(cluster).set(snap.drift_alarms)
-                self._mirror_updates(cluster, snap.updates)
+                self._mirror(self._updates, self._update_totals, cluster, snap.updates)
+                self._mirror(self._skipped, self._skipped_totals, cluster, snap.skipped_samples)
 
     def retire_clusters(self, clusters: Iterable[int]) -> None:
         """Clusters that no longer exist (retired by a re-fit): drop their gauges now, their
@@ -382,7 +392,9 @@ class EngineMetrics:
                 continue
             del self._retired[cluster]
             self._update_totals.pop(cluster, None)
+            self._skipped_totals.pop(cluster, None)
             _remove(self._updates, cluster)
+            _remove(self._skipped, cluster)
             _remove(self._published, cluster)
             for detector in self._detectors:
                 _remove(self._drift, cluster, detector)
@@ -418,17 +430,17 @@ class EngineMetrics:
             else:
                 metric.labels(cluster, window).set(value)
 
-    def _mirror_updates(self, cluster: str, total: int) -> None:
-        """Make the updates counter equal the engine's total (a counter cannot be set)."""
-        previous = self._update_totals.get(cluster)
+    @staticmethod
+    def _mirror(counter: Counter, totals: dict[str, float], cluster: str, total: int) -> None:
+        """Make a per-cluster counter equal the engine's total (a counter cannot be set)."""
+        previous = totals.get(cluster)
         if previous is not None and total < previous:
             # The engine's count went back (restored from an older checkpoint): restart the
             # series, which Prometheus reads as an ordinary counter reset.
-            _remove(self._updates, cluster)
+            _remove(counter, cluster)
             previous = None
-        delta = total - (previous or 0)
-        self._updates.labels(cluster).inc(delta)
-        self._update_totals[cluster] = total
+        counter.labels(cluster).inc(total - (previous or 0))
+        totals[cluster] = total
 
 
 class ReplayMetrics:
