@@ -76,7 +76,7 @@ from numpy.typing import NDArray
 
 from streamval.config import EngineSettings
 from streamval.errors import CheckpointError
-from streamval.models.assets import FEATURE_LIMIT, MAX_RATIO, AssetTable, Rows
+from streamval.models.assets import FEATURE_LIMIT, MAX_RATIO, AssetTable, Rows, WindowStep
 from streamval.models.clustering import AssetClustering
 from streamval.models.drift import AdaptiveLearningRate, DriftMonitor
 from streamval.models.error_metrics import ErrorMetrics
@@ -84,6 +84,7 @@ from streamval.models.learner import Predictor, SequenceLearner
 from streamval.models.profiles import ProfileInputs, ProfileSpace, series_vector
 from streamval.models.state import rng_state, set_rng_state
 from streamval.models.trainer import Trainer
+from streamval.stream.contract.ordering import Order, order_of
 from streamval.stream.contract.outputs import (
     BatchResult,
     ClusterSnapshot,
@@ -122,6 +123,28 @@ class _Cluster:
     errors: ErrorMetrics
     predictor: Predictor
     expired: int = 0  # assets of this cluster forgotten after asset_ttl
+
+
+@dataclass
+class _Admitted:
+    """What the Python pass over a segment's events found (see `Engine._admit`)."""
+
+    watermark: int | None  # latest accepted event time after the segment
+    late: list[int] = field(default_factory=list)  # input indices
+    duplicates: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # per row: the asset's slot, -1 if new
+    names: list[str] = field(default_factory=list)  # per row: the asset id
+    last: list[int | None] = field(default_factory=list)  # per row: last accepted event time
+    index: list[int] = field(default_factory=list)  # per accepted event: its input index
+    rows: list[int] = field(default_factory=list)  # its row
+    waves: list[int] = field(default_factory=list)  # k-th event of its asset here: wave k
+    restart: list[bool] = field(default_factory=list)  # its asset expired: start afresh
+    ts: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # NaN: no value
+    has_features: list[bool] = field(default_factory=list)
+    feature_at: list[tuple[int, int, float]] = field(default_factory=list)  # (event, slot, x)
+    attributes: dict[int, list[tuple[str, Any]]] = field(default_factory=dict)  # event -> ...
+    features: list[str] = field(default_factory=list)  # names first seen here
 
 
 @dataclass
@@ -350,152 +373,137 @@ class Engine:
 
     # -- steps 0-2: the segment's assets, computed on a copy (pure) -----------------------------
 
-    def _plan(self, events: Sequence[AssetEvent], start: int, stop: int) -> _Plan:
-        """Order, windows, clusters, warming and samples of events[start:stop], computed on a
-        copy of the touched rows; nothing of the engine changes."""
+    def _admit(self, events: Sequence[AssetEvent], start: int, stop: int) -> _Admitted:
+        """Step 0 for events[start:stop], one Python pass: late and duplicate events, expired
+        assets, each accepted event's row and wave, and its numbers gathered into lists."""
         s = self.settings
         table = self._assets
         ttl = s.asset_ttl
-        last_ts_table = table["last_ts"]
+        last_ts = table["last_ts"]
+        out = _Admitted(watermark=self._watermark)
         row_of: dict[str, int] = {}
-        slots: list[int] = []
-        names: list[str] = []
-        row_last: list[int | None] = []
         row_waves: list[int] = []
-        late: list[int] = []
-        duplicates: list[int] = []
-        index: list[int] = []
-        local: list[int] = []
-        waves: list[int] = []
-        restart: list[bool] = []
-        ts_list: list[int] = []
-        values: list[float] = []
-        feature_at: list[tuple[int, int, float]] = []
-        has_features: list[bool] = []
-        attributes_at: list[tuple[int, str, Any]] = []
-        new_features: list[str] = []
-        watermark = self._watermark
+        n_known = len(self._features)
         for i in range(start, stop):
             event = events[i]
             ts = event.ts_ms
             row = row_of.get(event.asset_id)
             if row is None:
-                row = row_of[event.asset_id] = len(slots)
+                row = row_of[event.asset_id] = len(out.slots)
                 slot = table.ids.get(event.asset_id, -1)
-                slots.append(slot)
-                names.append(event.asset_id)
-                row_last.append(int(last_ts_table[slot]) if slot >= 0 else None)
+                out.slots.append(slot)
+                out.names.append(event.asset_id)
+                out.last.append(int(last_ts[slot]) if slot >= 0 else None)
                 row_waves.append(0)
-            last = row_last[row]
+            last = out.last[row]
+            watermark = out.watermark
             expired = (
                 bool(ttl) and last is not None and watermark is not None and last < watermark - ttl
             )
             if expired:
                 last = None
-            if last is not None:
-                if ts == last:
-                    duplicates.append(i)
-                    continue
-                if ts < last and not self.accept_late:
-                    late.append(i)
-                    continue
+            order = order_of(last, ts, self.accept_late)
+            if order is Order.DUPLICATE:
+                out.duplicates.append(i)
+                continue
+            if order is Order.LATE:
+                out.late.append(i)
+                continue
             if last is None or ts > last:
-                row_last[row] = ts
+                out.last[row] = ts
             value = event.value
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"event {i}: non-finite value {value!r}")
-            position = len(index)
-            index.append(i)
-            local.append(row)
-            waves.append(row_waves[row])
+            position = len(out.index)
+            out.index.append(i)
+            out.rows.append(row)
+            out.waves.append(row_waves[row])
             row_waves[row] += 1
-            restart.append(expired)
-            ts_list.append(ts)
-            values.append(math.nan if value is None else float(value))
-            has_features.append(bool(event.features))
+            out.restart.append(expired)
+            out.ts.append(ts)
+            out.values.append(math.nan if value is None else float(value))
+            out.has_features.append(bool(event.features))
             for name, x in event.features.items():
                 column = self._features.get(name)
                 if column is None:
-                    if name in new_features:
-                        column = len(self._features) + new_features.index(name)
-                    elif len(self._features) + len(new_features) < s.max_features:
-                        new_features.append(name)
-                        column = len(self._features) + len(new_features) - 1
-                    else:
-                        continue  # beyond max_features
-                feature_at.append((position, column, float(x)))
-            if event.attributes:
-                for name, a in event.attributes.items():
-                    attributes_at.append((position, name, a))
-            watermark = ts if watermark is None else max(watermark, ts)
-        k = len(index)
-        n_features = len(self._features) + len(new_features)
+                    if name not in out.features:
+                        if n_known + len(out.features) >= s.max_features:
+                            continue  # beyond max_features: ignored
+                        out.features.append(name)
+                    column = n_known + out.features.index(name)
+                out.feature_at.append((position, column, float(x)))
+            for name, a in event.attributes.items():
+                out.attributes.setdefault(position, []).append((name, a))
+            out.watermark = ts if watermark is None else max(watermark, ts)
+        return out
+
+    def _plan(self, events: Sequence[AssetEvent], start: int, stop: int) -> _Plan:
+        """Steps 0-2 and the samples of events[start:stop], computed on a copy of the touched
+        rows, wave by wave; nothing of the engine changes."""
+        s = self.settings
+        a = self._admit(events, start, stop)
+        k = len(a.index)
+        n_features = len(self._features) + len(a.features)
         feats = np.full((k, n_features), np.nan, dtype=np.float32)
-        if feature_at:
-            pos_, col_, x_ = zip(*feature_at, strict=True)
-            feats[list(pos_), list(col_)] = np.clip(x_, -FEATURE_LIMIT, FEATURE_LIMIT)
-        plan_slots = np.asarray(slots, dtype=np.int64)
-        rows = self._rows(plan_slots, n_features)
-        arrays = _PlanArrays.empty(k, s.seq_len, s.max_features)
+        if a.feature_at:
+            at, column, x = zip(*a.feature_at, strict=True)
+            feats[list(at), list(column)] = np.clip(x, -FEATURE_LIMIT, FEATURE_LIMIT)
+        slots = np.asarray(a.slots, dtype=np.int64)
+        rows = self._rows(slots, n_features)
+        out = _PlanArrays.empty(k, s.seq_len, s.max_features)
         vocabulary: dict[str, list[str]] = {}
         restarts: list[tuple[int, bool]] = []
-        local_a = np.asarray(local, dtype=np.int64)
-        waves_a = np.asarray(waves, dtype=np.int64)
-        values_a = np.asarray(values, dtype=np.float64)
-        has_features_a = np.asarray(has_features, dtype=bool)
-        restart_a = np.asarray(restart, dtype=bool)
-        attributes_by_position: dict[int, list[tuple[str, Any]]] = {}
-        for position, name, a in attributes_at:
-            attributes_by_position.setdefault(position, []).append((name, a))
-        for wave in range(int(waves_a.max()) + 1 if k else 0):
-            sel = np.flatnonzero(waves_a == wave)
-            r = local_a[sel]
-            for position in sel[restart_a[sel]].tolist():
-                row = int(local_a[position])
+        local = np.asarray(a.rows, dtype=np.int64)
+        waves = np.asarray(a.waves, dtype=np.int64)
+        values = np.asarray(a.values, dtype=np.float64)
+        has_features = np.asarray(a.has_features, dtype=bool)
+        restart = np.asarray(a.restart, dtype=bool)
+        for wave in range(int(waves.max()) + 1 if k else 0):
+            sel = np.flatnonzero(waves == wave)
+            r = local[sel]
+            for row in r[restart[sel]].tolist():
                 had = bool(rows["n_values"][row] >= s.min_history)
                 restarts.append((int(rows["cluster"][row]), had))
                 rows.reset(np.array([row]))
             changed = np.zeros(len(sel), dtype=bool)
-            for j, position in enumerate(sel.tolist()):
-                for name, a in attributes_by_position.get(position, ()):
-                    row = int(local_a[position])
-                    if isinstance(a, str):
-                        code = table.code(name, a, vocabulary)
-                        rows.set_attribute(row, name, None, code)
+            for j, (position, row) in enumerate(zip(sel.tolist(), r.tolist(), strict=True)):
+                for name, value in a.attributes.get(position, ()):
+                    if isinstance(value, str):
+                        code = self._assets.code(name, value, vocabulary)
+                        changed[j] |= rows.set_attribute(row, name, None, code)
                     else:
-                        rows.set_attribute(row, name, float(a), -1)
-                    changed[j] = True
-            step = rows.shift(r, feats[sel], has_features_a[sel])
+                        changed[j] |= rows.set_attribute(row, name, float(value), -1)
+            step = rows.shift(r, feats[sel], has_features[sel])
             self._assign(rows, r, changed, vocabulary)
-            targets, _ = rows.absorb(r, values_a[sel], step)
-            arrays.fill(sel, rows["cluster"][r], step, targets)
-            arrays.ready[sel] = ~np.isnan(values_a[sel]) & (rows["n_values"][r] == s.min_history)
+            targets, _ = rows.absorb(r, values[sel], step)
+            out.fill(sel, rows["cluster"][r], step, targets)
+            out.ready[sel] = ~np.isnan(values[sel]) & (rows["n_values"][r] == s.min_history)
         return _Plan(
             start=start,
             stop=stop,
-            late=late,
-            duplicates=duplicates,
-            index=np.asarray(index, dtype=np.int64),
-            ts=np.asarray(ts_list, dtype=np.int64),
-            values=values_a,
-            local=local_a,
+            late=a.late,
+            duplicates=a.duplicates,
+            index=np.asarray(a.index, dtype=np.int64),
+            ts=np.asarray(a.ts, dtype=np.int64),
+            values=values,
+            local=local,
             rows=rows,
-            slots=plan_slots,
-            names=names,
+            slots=slots,
+            names=a.names,
             restarts=restarts,
             last_ts=np.array(
-                [np.iinfo(np.int64).min if t is None else t for t in row_last], dtype=np.int64
+                [np.iinfo(np.int64).min if t is None else t for t in a.last], dtype=np.int64
             ),
-            features=new_features,
+            features=a.features,
             vocabulary=vocabulary,
-            watermark=watermark,
-            cluster=arrays.cluster,
-            warming=arrays.warming,
-            v_last=arrays.v_last,
-            unit=arrays.unit,
-            windows=arrays.windows,
-            targets=arrays.targets,
-            ready=arrays.ready,
+            watermark=a.watermark,
+            cluster=out.cluster,
+            warming=out.warming,
+            v_last=out.v_last,
+            unit=out.unit,
+            windows=out.windows,
+            targets=out.targets,
+            ready=out.ready,
         )
 
     def _rows(self, slots: IntArray, n_features: int) -> Rows:
@@ -936,7 +944,9 @@ class _PlanArrays:
             ready=np.zeros(k, dtype=bool),
         )
 
-    def fill(self, sel: IntArray, cluster: NDArray[Any], step: Any, targets: FloatArray) -> None:
+    def fill(
+        self, sel: IntArray, cluster: NDArray[Any], step: WindowStep, targets: FloatArray
+    ) -> None:
         self.cluster[sel] = cluster
         self.warming[sel] = step.warming
         self.v_last[sel] = step.v_last

@@ -23,6 +23,20 @@ class Order(StrEnum):
     DUPLICATE = "duplicate"
 
 
+def order_of(last_ts: int | None, ts_ms: int, accept_late: bool = False) -> Order:
+    """Where an event at `ts_ms` stands against its asset's last accepted event time.
+
+    >>> [order_of(5, t).value for t in (6, 5, 4)]
+    ['in_order', 'duplicate', 'late']
+    """
+    if last_ts is not None:
+        if ts_ms == last_ts:
+            return Order.DUPLICATE
+        if ts_ms < last_ts and not accept_late:
+            return Order.LATE
+    return Order.IN_ORDER
+
+
 class OrderGuard:
     """Remembers the last event time per asset; its state is part of the engine's checkpoint.
 
@@ -38,13 +52,10 @@ class OrderGuard:
     def observe(self, asset_id: str, ts_ms: int) -> Order:
         """Classify the event and, when it is accepted, remember its time."""
         last = self._last_ts.get(asset_id)
-        if last is not None:
-            if ts_ms == last:
-                return Order.DUPLICATE
-            if ts_ms < last:
-                return Order.IN_ORDER if self.accept_late else Order.LATE
-        self._last_ts[asset_id] = ts_ms
-        return Order.IN_ORDER
+        order = order_of(last, ts_ms, self.accept_late)
+        if order is Order.IN_ORDER and (last is None or ts_ms > last):
+            self._last_ts[asset_id] = ts_ms  # an accepted late event does not move it back
+        return order
 
     def admit(self, events: Sequence[AssetEvent], result: BatchResult) -> Iterator[AssetEvent]:
         """Yield the events to process, in order; late and duplicate ones are recorded in
