@@ -26,10 +26,9 @@ kafka-up:     ## start a local Kafka broker
 kafka-down:   ## stop it
 	$(BIN)/streamval kafka down
 
-bench:        ## regenerate the reports in docs/results/ (accuracy ~11 min, throughput ~1.5 min, Kafka ~1.5 min)
+bench:        ## regenerate the reports in docs/results/ (accuracy ~11 min, throughput ~10 min)
 	$(BIN)/python -m benchmarks.run
-	$(BIN)/python -m benchmarks.engine_throughput
-	$(BIN)/python -m benchmarks.service_latency
+	$(BIN)/python -m benchmarks.throughput
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist

@@ -297,25 +297,17 @@ class Engine:
         plan: _Plan | None = None
         while pos < n:
             stop = pos + 1 if one_by_one else n
+            due: int | None = None
             try:
                 if plan is None:
                     plan = self._plan(events, pos, stop)
                 cut, fit_due = self._find_cut(plan, learn)
                 if cut == 0 and plan.k:
-                    # Something is due before this segment's first event: do it, then go on.
-                    if self._act(int(plan.ts[0]), learn):
-                        plan = None  # a fit moved assets between clusters
-                    continue
-                if cut < plan.k:
-                    plan = self._plan(events, pos, int(plan.index[cut]))
-                    cut, fit_due = self._find_cut(plan, learn)
-                self._value(plan)
-                alarm_cut = self._drift_cut(plan, learn)
-                if alarm_cut is not None:
-                    plan = self._plan(events, pos, int(plan.index[alarm_cut]))
-                    cut, fit_due = self._find_cut(plan, learn)
-                    self._value(plan)
-                    self._drift_cut(plan, learn)
+                    due = int(plan.ts[0])  # something is due before the segment's first event
+                else:
+                    plan, fit_due = self._value_segment(
+                        events, pos, plan, cut, fit_due=fit_due, learn=learn
+                    )
             except Exception as exc:
                 if one_by_one:
                     result.failed.append((pos, f"{type(exc).__name__}: {exc}"))
@@ -325,6 +317,11 @@ class Engine:
                     log.warning("batch failed, processing its events one by one", exc_info=True)
                     one_by_one, plan = True, None
                 continue
+            if due is not None:
+                # Training steps and fits are not about one event: an error there propagates.
+                if self._act(due, learn):
+                    plan = None  # a fit moved assets between clusters: plan again
+                continue
             self._commit(plan, result, learn, fit_due)
             pos, plan = plan.stop, None
         for c in self._clusters:
@@ -333,6 +330,29 @@ class Engine:
                 result.updates[c] = done
         self._expire()
         return result
+
+    def _value_segment(
+        self,
+        events: Sequence[AssetEvent],
+        pos: int,
+        plan: _Plan,
+        cut: int,
+        *,
+        fit_due: int | None,
+        learn: bool,
+    ) -> tuple[_Plan, int | None]:
+        """The plan cut where an action is due, valued, with its drift alarms (pure)."""
+        if cut < plan.k:
+            plan = self._plan(events, pos, int(plan.index[cut]))
+            cut, fit_due = self._find_cut(plan, learn)
+        self._value(plan)
+        alarm_cut = self._drift_cut(plan, learn)
+        if alarm_cut is not None:  # an alarm makes a re-fit due inside the segment
+            plan = self._plan(events, pos, int(plan.index[alarm_cut]))
+            cut, fit_due = self._find_cut(plan, learn)
+            self._value(plan)
+            self._drift_cut(plan, learn)
+        return plan, fit_due
 
     def flush(self) -> None:
         """Learn what is due now rather than before the next event: every full training step
