@@ -49,7 +49,43 @@ def test_config_shows_merged_settings(
     monkeypatch.setenv("STREAMVAL_ENGINE__LR", "0.005")
     assert main(["config", "--json", "--set", "engine.seq_len=6"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["engine"]["lr"] == 0.005 and data["engine"]["seq_len"] == 6
+    assert data["engine"]["lr"] == {"value": 0.005, "source": "environment"}
+    assert data["engine"]["seq_len"] == {"value": 6, "source": "flags"}
+    assert data["engine"]["hidden"]["source"] == "default"
+
+
+def test_config_redacts_secrets_and_names_each_source(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    toml = tmp_path / "streamval.toml"
+    toml.write_text(
+        '[kafka.client]\nsecurity_protocol = "SASL_SSL"\nsasl_plain_password = "hunter2-secret"\n'
+        'ssl_password = "keypass-9876"\n[consumer]\ngroup_id = "g1"\n'
+    )
+    monkeypatch.setenv("STREAMVAL_ENGINE__LR", "0.005")
+    for fmt in ([], ["--json"]):
+        assert main(["config", "--config", str(toml), *fmt]) == 0
+        out = capsys.readouterr().out
+        assert "hunter2-secret" not in out and "keypass-9876" not in out
+        assert out.count("***") >= 2
+    assert main(["config", "--config", str(toml)]) == 0
+    text = capsys.readouterr().out
+    assert f'group_id = "g1"  # {toml}' in text
+    assert "lr = 0.005  # environment" in text
+    assert "seq_len = 12  # default" in text
+
+
+def test_logs_never_show_secrets(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import logging
+
+    from streamval.logs import JsonFormatter, TextFormatter, register_secrets
+
+    register_secrets(["hunter2-secret"])
+    record = logging.LogRecord("x", logging.WARNING, "", 0, "conf %s", ("hunter2-secret",), None)
+    record.config = {"sasl_plain_password": "hunter2-secret"}
+    for formatter in (JsonFormatter(), TextFormatter()):
+        line = formatter.format(record)
+        assert "hunter2-secret" not in line and "***" in line
 
 
 def test_bad_setting_exits_2_naming_the_key(capsys: pytest.CaptureFixture[str]) -> None:
