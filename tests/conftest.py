@@ -16,6 +16,39 @@ from streamval.stream.kafka.broker import LocalBroker
 # Two cores on CI: one torch thread per process leaves the other to the broker.
 torch.set_num_threads(1)
 
+
+def engine_state_is_data() -> bool:
+    """Whether a working Engine's state_dict() is a state tree the checkpoint codec accepts."""
+    from streamval.config import EngineSettings
+    from streamval.consumers.checkpoint import is_data
+    from streamval.engine import Engine
+    from streamval.stream.contract.schema import AssetEvent
+
+    engine = Engine(EngineSettings(hidden=[4], seq_len=3, n_clusters=1))
+    engine.process([AssetEvent("a", t, 1.0 + t) for t in range(1, 6)])
+    try:
+        return is_data(engine.state_dict())
+    finally:
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `engine_state` checkpoint the real Engine. Until its state is data (the engine
+    work of issue 11) the codec refuses it: they are strict xfails then, so they cannot pass by
+    accident, and run as ordinary tests the moment the engine's state is data."""
+    marked = [item for item in items if item.get_closest_marker("engine_state")]
+    if not marked or engine_state_is_data():
+        return
+    reason = (
+        "waits for the engine branch: Engine.state_dict() still holds pickled river objects, "
+        "which the checkpoint codec refuses (contracts.md section 1)"
+    )
+    for item in marked:
+        item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

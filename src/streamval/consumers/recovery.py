@@ -10,7 +10,10 @@
    before the crash, so they are re-learned but produce nothing (`already_done`).
 
 Later assignments of a running service resume at the committed offset: the live engine is
-already past its checkpoint.
+already past its checkpoint. The service buffers fetched records for event-time order and drops
+a revoked partition's buffer, while kafka-python keeps the fetch position of a partition that is
+assigned again; so every later assignment is paused in the callback and sought to the committed
+offset on the loop thread (`resume()`), as the Java client does.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ class Recovery:
         # this process no longer owns (the engine state reflects their events too).
         self.checkpoint_offsets: dict[tuple[str, int], int] = {}
         self._to_seek: dict[tuple[str, int], int] = {}
-        self._restoring: dict[TopicPartition, int] = {}
+        self._restoring: dict[TopicPartition, int | None] = {}  # None: seek to the committed
         self._done_until: dict[tuple[str, int], int] = {}
+        self._assigned_before = False
 
     def restore(
         self, engine: ValuationEngine, expect: CheckpointMeta, *, discard: bool = False
@@ -86,10 +90,14 @@ class Recovery:
         return True
 
     def on_assigned(self, consumer: KafkaConsumer, assigned: list[TopicPartition]) -> None:
-        """Seek first assignments to the checkpoint and pause them (rebalance callback)."""
+        """Seek first assignments to the checkpoint and pause them; pause later assignments
+        until they are sought to the committed offset (rebalance callback)."""
         for tp in assigned:
             offset = self._to_seek.pop((tp.topic, tp.partition), None)
             if offset is None:
+                if self._assigned_before:
+                    consumer.pause(tp)
+                    self._restoring[tp] = None
                 continue
             consumer.seek(tp, offset)
             consumer.pause(tp)
@@ -97,19 +105,30 @@ class Recovery:
             log.info(
                 "resuming from checkpoint", extra={"partition": tp.partition, "offset": offset}
             )
+        self._assigned_before = True
 
     @property
     def restoring(self) -> bool:
         return bool(self._restoring)
 
+    @property
+    def paused(self) -> set[TopicPartition]:
+        """Partitions held paused until their committed offsets are read."""
+        return set(self._restoring)
+
     def resume(self, consumer: KafkaConsumer, assigned: set[TopicPartition]) -> None:
         """Read the committed offsets of restored partitions, then let them be fetched."""
-        restoring, self._restoring = self._restoring, {}
+        restoring = dict(self._restoring)
         for tp, offset in restoring.items():
             if tp not in assigned:
+                self._restoring.pop(tp, None)
                 continue
-            committed = consumer.committed(tp)
-            if committed is not None and committed > offset:
+            committed = consumer.committed(tp)  # may raise during an outage: retried
+            self._restoring.pop(tp, None)
+            if offset is None:
+                if committed is not None:
+                    consumer.seek(tp, committed)
+            elif committed is not None and committed > offset:
                 self._done_until[(tp.topic, tp.partition)] = committed
         consumer.resume(*[tp for tp in restoring if tp in assigned])
 

@@ -64,6 +64,12 @@ PROBE_TIMEOUT_MS = 3000
 # Unexpected exceptions from poll() (not Kafka errors) in a row before giving up: a record
 # kafka-python itself cannot decode would otherwise stop the loop forever, silently.
 MAX_POLL_ERRORS = 20
+# poll() takes everything fetched (bounded by max_partition_fetch_bytes per partition); batches
+# are cut by the merger at max_poll_records. kafka-python 3.0 parks the rest of a partition's
+# records cut by max_records when that partition is paused, and restores them on resume only in
+# a state it may never reach again: the partition is then never fetched again. Draining whole
+# fetches means nothing is ever parked that way.
+FETCH_RECORDS = 100_000
 # Shutdown on a failure path must not hang on a dead broker.
 CLOSE_TIMEOUT_S = 10.0
 
@@ -186,6 +192,38 @@ class ValuationService:
         static: dict[str, Any] = {}
         if s.consumer.group_instance_id:
             static["group_instance_id"] = s.consumer.group_instance_id
+        try:
+            processor = self._start(producer_config, static)
+            idle = 0
+            while not self._stop.is_set():
+                self._last_loop = time.monotonic()
+                got = self._poll()
+                batch = self.merger.release(
+                    s.consumer.max_poll_records, now=time.monotonic(), has_lag=self._has_lag
+                )
+                self._hold_back_ahead()
+                if batch:
+                    idle = 0
+                    self._handle(processor, batch)
+                else:
+                    busy = got or self.merger.buffered() > 0 or self._lag_pending()
+                    idle = 0 if busy else idle + (1 if self._assigned else 0)
+                    if not got:
+                        self._probe()
+                    if max_idle_polls is not None and idle >= max_idle_polls:
+                        break
+                self._periodic()
+        except EngineFailureError:
+            log.exception("the engine failed on a batch; stopping without committing it")
+            raise
+        finally:
+            self._shutdown()
+
+    def _start(self, producer_config: dict[str, Any], static: dict[str, Any]) -> BatchProcessor:
+        """Clients, checkpoint or history, delivery; then join the group. Whatever was created
+        is closed by `_shutdown` even if a later step fails (a missing history file)."""
+        s = self.settings
+        t = s.topics
         consumer = self._consumer = make_consumer(s, **static)
         self._partitions = len(consumer.partitions_for_topic(t.input) or ())
         restored = self.recovery.restore(
@@ -229,31 +267,7 @@ class ValuationService:
         log.info(
             "valuation service started", extra={"topic": t.input, "group": s.consumer.group_id}
         )
-        idle = 0
-        try:
-            while not self._stop.is_set():
-                self._last_loop = time.monotonic()
-                got = self._poll()
-                batch = self.merger.release(
-                    s.consumer.max_poll_records, now=time.monotonic(), has_lag=self._has_lag
-                )
-                self._hold_back_ahead()
-                if batch:
-                    idle = 0
-                    self._handle(processor, batch)
-                else:
-                    busy = got or self.merger.buffered() > 0
-                    idle = 0 if busy else idle + (1 if self._assigned else 0)
-                    if not got:
-                        self._probe()
-                    if max_idle_polls is not None and idle >= max_idle_polls:
-                        break
-                self._periodic()
-        except EngineFailureError:
-            log.exception("the engine failed on a batch; stopping without committing it")
-            raise
-        finally:
-            self._shutdown()
+        return processor
 
     # -- one iteration ---------------------------------------------------------------------
 
@@ -265,7 +279,7 @@ class ValuationService:
         try:
             if self.recovery.restoring:
                 self.recovery.resume(consumer, self._assigned)
-            records = consumer.poll(timeout_ms=c.poll_timeout_ms, max_records=c.max_poll_records)
+            records = consumer.poll(timeout_ms=c.poll_timeout_ms, max_records=FETCH_RECORDS)
         except KafkaError as exc:
             self._sleep(self.outage.failed(exc, "polling"))
             return False
@@ -344,17 +358,31 @@ class ValuationService:
         fetched = self._fetched.get(tp)
         return highwater > 0 if fetched is None else fetched < highwater
 
+    def _lag_pending(self) -> bool:
+        """Whether a partition is known to have records on the broker not fetched yet (a
+        partition just resumed after being held back is not idle)."""
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in self._assigned:
+            highwater = consumer.highwater(tp)
+            fetched = self._fetched.get(tp)
+            if highwater is not None and fetched is not None and fetched < highwater:
+                return True
+        return False
+
     def _hold_back_ahead(self) -> None:
-        """Pause partitions with a full buffer so the ones behind get fetched; resume the rest."""
+        """Pause partitions with a full buffer so the ones behind get fetched; resume the rest.
+
+        Reconciled against the consumer's own paused set, which survives a rebalance."""
         consumer = self._consumer
         assert consumer is not None
         ahead = self.merger.ahead(self.settings.consumer.max_poll_records) & self._assigned
-        resume = self._paused_ahead - ahead
-        pause = ahead - self._paused_ahead
-        if pause:
-            consumer.pause(*pause)
-        if resume:
-            consumer.resume(*(resume & self._assigned))
+        want = ahead | self.recovery.paused
+        actual = set(consumer.paused())
+        if want - actual:
+            consumer.pause(*(want - actual))
+        if actual - want:
+            consumer.resume(*(actual - want))
         self._paused_ahead = ahead
         self.metrics.held_back(len(ahead), self.merger.buffered())
 
@@ -457,10 +485,9 @@ class ValuationService:
         self.merger.revoke(revoked)
         self.recovery.on_revoked(revoked)
         self.metrics.partitions_revoked(tp.partition for tp in revoked)
-        if self._delivery is not None:
-            # Non-blocking: the request goes out before the group's JoinGroup on the same
-            # connection, so the next owner starts after this member's last batch.
-            self._delivery.commit_async()
+        # Offsets are committed after every batch (consumer.commit_every_polls = 1), so nothing
+        # is pending here; with a larger setting the next owner re-reads the uncommitted batches
+        # (at-least-once). No commit from this callback: it runs on kafka-python's IO thread.
 
     def _shutdown(self) -> None:
         delivery = self._delivery
