@@ -36,6 +36,7 @@ from streamval.consumers.outage import Outage
 from streamval.consumers.records import OutRecord, dead_letter, minimal_dead_letter
 from streamval.errors import BrokerError
 from streamval.logs import LogOnce
+from streamval.stream.kafka.clients import close_producer
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ class Delivery:
         state: Callable[[], dict[str, Any]] | None = None,
         on_checkpoint_pause: Callable[[float], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        new_producer: Callable[[], KafkaProducer] | None = None,
     ) -> None:
         self.producer = producer
+        self._new_producer = new_producer
         self.consumer = consumer
         self.outage = outage
         self.dlq_topic = dlq_topic
@@ -143,6 +146,8 @@ class Delivery:
                     replacement = self._replace(record, exc)
                     if replacement is not None:
                         pending.append(replacement)
+            if any(not retriable(exc) for _, exc in failures):
+                self._reset_producer()
             if transient is not None:
                 self.stats.retries += 1
                 self._sleep(self.outage.failed(transient, "producing outputs"))
@@ -178,6 +183,8 @@ class Delivery:
                 self.outage.ok()
                 return
             self._abort()
+            if any(not retriable(exc) for _, exc in failures):
+                self._reset_producer()
             replaced: dict[int, OutRecord | None] = {}
             transient: BaseException | None = None
             for record, error in failures:
@@ -205,6 +212,18 @@ class Delivery:
             raise DeliveryError(f"{what}: {type(exc).__name__}: {exc}") from exc
         self.stats.retries += 1
         self._sleep(self.outage.failed(exc, what))
+
+    def _reset_producer(self) -> None:
+        """A fresh producer after a send failed for good: kafka-python's idempotent producer
+        treats some per-record errors (a record too large for the topic) as fatal and refuses
+        every later send. A transactional one re-registers its id, fencing the old one."""
+        if self._new_producer is None:
+            return
+        close_producer(self.producer, 1.0)
+        self.producer = self._new_producer()
+        if self.transactional:
+            self.producer.init_transactions()
+        log.info("producer re-created after a failed send")
 
     def _abort(self) -> None:
         try:

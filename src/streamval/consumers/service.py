@@ -52,7 +52,12 @@ from streamval.monitoring.metrics import EngineMetrics
 from streamval.monitoring.server import MetricsServer
 from streamval.stream.contract.schema import Limits
 from streamval.stream.datasets.readers import read_long_table
-from streamval.stream.kafka.clients import check_reachable, make_consumer, make_producer
+from streamval.stream.kafka.clients import (
+    check_reachable,
+    close_producer,
+    make_consumer,
+    make_producer,
+)
 from streamval.stream.kafka.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -254,6 +259,7 @@ class ValuationService:
             state=self.engine.state_dict,
             on_checkpoint_pause=self.metrics.checkpoint_pause,
             sleep=self._sleep,
+            new_producer=lambda: make_producer(s, **producer_config),
         )
         processor = BatchProcessor(
             self.engine,
@@ -508,11 +514,9 @@ class ValuationService:
                     self._consumer.close(autocommit=False)
                 except Exception as exc:
                     log.warning("closing the consumer failed: %s", exc)
-            if self._producer is not None:
-                try:
-                    self._producer.close(timeout=timeout)
-                except Exception as exc:
-                    log.warning("closing the producer failed: %s", exc)
+            producer = delivery.producer if delivery is not None else self._producer
+            if producer is not None:
+                close_producer(producer, timeout)
             log.info(
                 "valuation service stopped",
                 extra={"batches": self.batches, "published": self.published},

@@ -129,3 +129,21 @@ def tolerate_header_keys() -> bool:
 
 
 tolerate_header_keys()
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    """Close a producer even if it holds batches that can never be delivered (the broker gone,
+    a fatal error): kafka-python's `close()` gives up when its flush times out, and then tries
+    again, flush included, when the object is garbage-collected."""
+    try:
+        producer.close(timeout=timeout_s)
+        return
+    except Exception:  # a KafkaTimeoutError from the flush, usually
+        pass
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()  # fails what is still pending
+    try:
+        producer.close(timeout=0)
+    except Exception:
+        producer._closed = True  # nothing more can be done; keep __del__ from trying again
