@@ -228,7 +228,6 @@ def test_broker_stop_start_mid_stream_then_an_outage_past_the_bound(
             server.stop()
         assert len(failure) == 1 and isinstance(failure[0], OutageError)
         assert "longer than consumer.outage_timeout_s (15 s)" in str(failure[0])
-        del service, failure, worker
     finally:
         broker.stop()
         gc.collect()
