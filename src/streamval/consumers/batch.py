@@ -59,7 +59,7 @@ class ValuationEngine(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per record on the hot path
 class Parsed:
     """A consumed record and what it holds: an event, or why it is not one."""
 
@@ -113,15 +113,19 @@ class BatchProcessor:
     def process(self, batch: Sequence[Parsed]) -> Outcome:
         out = Outcome()
         events: list[Parsed] = []
+        offsets = out.offsets
+        consumed: dict[int, int] = {}
         for item in batch:
             r = item.record
-            out.consumed[r.partition] += 1
+            consumed[r.partition] = consumed.get(r.partition, 0) + 1
             key = (r.topic, r.partition)
-            out.offsets[key] = max(out.offsets.get(key, 0), r.offset + 1)
+            if r.offset >= offsets.get(key, 0):
+                offsets[key] = r.offset + 1
             if item.rejection is not None:
                 self._dead_letter(out, r, item.rejection.reason.value, item.rejection.detail)
             else:
                 events.append(item)
+        out.consumed.update(consumed)
         if not events:
             return out
         try:

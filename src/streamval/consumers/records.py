@@ -57,7 +57,7 @@ class SimpleRecord:
     headers: list[Header] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event on the hot path, and frozen inits are slow
 class OutRecord:
     """One record to produce; `source` is the input record it stands for, if any."""
 

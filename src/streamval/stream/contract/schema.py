@@ -218,6 +218,8 @@ def _ms_text(ms: int) -> str:
 
 def _check_text(text: str, where: str) -> str:
     """Strings must be valid Unicode: a lone surrogate cannot be encoded (nor published)."""
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
