@@ -9,29 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.support.engines import engine_state_is_data
 
 from streamval.config import BrokerSettings, Settings, load_settings
 from streamval.stream.kafka.broker import LocalBroker
 
 # Two cores on CI: one torch thread per process leaves the other to the broker.
 torch.set_num_threads(1)
-
-
-def engine_state_is_data() -> bool:
-    """Whether a working Engine's state_dict() is a state tree the checkpoint codec accepts."""
-    from streamval.config import EngineSettings
-    from streamval.consumers.checkpoint import is_data
-    from streamval.engine import Engine
-    from streamval.stream.contract.schema import AssetEvent
-
-    engine = Engine(EngineSettings(hidden=[4], seq_len=3, n_clusters=1))
-    engine.process([AssetEvent("a", t, 1.0 + t) for t in range(1, 6)])
-    try:
-        return is_data(engine.state_dict())
-    finally:
-        close = getattr(engine, "close", None)
-        if callable(close):
-            close()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
