@@ -120,3 +120,10 @@ def test_markers_from_a_data_folder_or_built_in_only(
     with caplog.at_level("WARNING"):
         assert markers(str(empty)) == sorted(MARKET_SHOCKS)
     assert "built-in market shocks only" in caplog.text
+
+
+def test_run_help_recommends_an_instance_id(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--instance-id" in out and "recommended" in out and "--discard-checkpoint" in out
