@@ -52,6 +52,7 @@ from streamval.stream.kafka.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "docs" / "RELIABILITY.md"
+RESULTS = REPO / "docs" / "results" / "faults.json"
 MARKER = Path(tempfile.gettempdir()) / "streamval-faults-code-ran"
 T0 = 1_600_000_000_000
 # Small networks: the faults are about the service, and 2 cores run broker, producer and engine.
@@ -160,6 +161,18 @@ class Harness:
         row.dead_letters = Counter(dict(m.headers)["error"].decode() for m in dead)
 
 
+def wait_valued(settings: Settings, n: int, timeout_s: float = 180) -> None:
+    """Until `n` valuations are on the broker: the service is past its start and consuming (a
+    broker stopped while it starts is the 'unreachable at start' case, a different one)."""
+    from streamval.stream.kafka.reader import end_offsets
+
+    deadline = time.monotonic() + timeout_s
+    while sum(end_offsets(settings, settings.topics.valuations).values()) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {n} valuations after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def stream(steps: int, per_group: int, seed: int) -> list[AssetEvent]:
     return grouped_panel(GROUPS, per_group, steps, seed=seed, t0_ms=T0, shuffle=False).events
 
@@ -226,7 +239,7 @@ def broker_restart(h: Harness, rng: random.Random) -> Row:
     t0 = time.monotonic()
     proc = h.start(settings, "--instance-id", "restart-1")
     h.produce(settings, items(events[:half]))
-    time.sleep(8)
+    wait_valued(settings, half // 2)
     h.broker.stop()
     time.sleep(15)
     h.broker.start()
@@ -243,8 +256,10 @@ def outage_bound(h: Harness) -> Row:
     settings = h.settings(row.scenario)
     ensure_topics(settings)
     t0 = time.monotonic()
+    events = stream(steps=5, per_group=5, seed=1)
     proc = h.start(settings, **{"consumer.outage_timeout_s": 20})
-    time.sleep(10)
+    h.produce(settings, items(events))
+    wait_valued(settings, len(events))
     h.broker.stop()
     stopped = time.monotonic()
     try:
@@ -338,6 +353,16 @@ def checkpoints(h: Harness) -> Row:
     row.seconds = time.monotonic() - t0
     row.notes.append(f"{refused} of {len(cases)} refused with the problem named (exit 2)")
     return row
+
+
+def row_to_json(row: Row) -> dict[str, Any]:
+    out = dict(vars(row))
+    out["dead_letters"] = dict(row.dead_letters)
+    return out
+
+
+def row_from_json(raw: dict[str, Any]) -> Row:
+    return Row(**{**raw, "dead_letters": Counter(raw["dead_letters"])})
 
 
 def rss_kb(pid: int) -> int:
@@ -501,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="run only these scenarios")
     parser.add_argument("--out", type=Path, default=REPORT)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help=f"replace only the scenarios run now in {RESULTS.name}, keep the others",
+    )
     args = parser.parse_args(argv)
     kills = args.kills or (3 if args.quick else 20)
     minutes = args.soak_minutes or (1.0 if args.quick else 10.0)
@@ -542,12 +572,34 @@ def main(argv: list[str] | None = None) -> int:
                 print(table([row]).splitlines()[-1], flush=True)
         finally:
             h.broker.stop()
+    if args.update and RESULTS.exists():
+        saved = json.loads(RESULTS.read_text())
+        done = {r.scenario for r in rows}
+        kept = [row_from_json(r) for r in saved["rows"] if r["scenario"] not in done]
+        order = [r["scenario"] for r in saved["rows"]]
+        rows = sorted(
+            kept + rows, key=lambda r: order.index(r.scenario) if r.scenario in order else 99
+        )
+        if "soak" not in done:
+            samples = [(float(t), int(kb)) for t, kb in saved["rss_samples"]]
     growth = rss_growth(samples)
     report = write_report(rows, growth, samples, args, data_state)
     print(report)
     if not args.quick:
         args.out.write_text(report)
-        print(f"written to {args.out}", file=sys.stderr)
+        RESULTS.write_text(
+            json.dumps(
+                {
+                    "rows": [row_to_json(r) for r in rows],
+                    "rss_samples": samples,
+                    "rss_growth": growth,
+                    "engine_state_is_data": data_state,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+        print(f"written to {args.out} and {RESULTS}", file=sys.stderr)
     return 0 if all(r.ok() for r in rows) else 1
 
 
