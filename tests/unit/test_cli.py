@@ -127,3 +127,26 @@ def test_run_help_recommends_an_instance_id(capsys: pytest.CaptureFixture[str]) 
         main(["run", "--help"])
     out = capsys.readouterr().out
     assert "--instance-id" in out and "recommended" in out and "--discard-checkpoint" in out
+
+
+def test_expected_coordinator_retries_are_not_logged_as_warnings() -> None:
+    import logging
+
+    from streamval.logs import setup_logging
+
+    setup_logging("INFO", "text")
+    handler = logging.getLogger().handlers[0]
+    retry = logging.LogRecord(
+        "kafka.coordinator.base",
+        logging.WARNING,
+        "",
+        0,
+        "Marking the coordinator dead (node 1) for group g: [Error 16] NotCoordinatorError.",
+        None,
+        None,
+    )
+    fault = logging.LogRecord(
+        "kafka.producer.sender", logging.WARNING, "", 0, "Got MessageSizeTooLargeError", None, None
+    )
+    assert not handler.filter(retry) and retry.levelname == "DEBUG"
+    assert handler.filter(fault) and fault.levelname == "WARNING"
