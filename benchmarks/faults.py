@@ -429,7 +429,10 @@ def soak(
     row.crashes = int(code != 0)
     row.events_in = sent
     row.seconds = time.monotonic() - t0
-    row.notes.append(f"{assets:,} assets, {sent:,} events sent at up to {rate:,.0f}/s")
+    row.notes.append(
+        f"{assets:,} assets, {sent:,} events sent at up to {rate:,.0f}/s; valuations not "
+        "counted (RSS only)"
+    )
     return row, samples
 
 
@@ -492,7 +495,8 @@ small networks (LSTM 16 units, 6 steps) so that broker, producer and engine shar
 count comes from the output topics: valued = distinct (asset_id, ts) in `valuations`
 (read_committed), duplicates = valuations beyond one per event, dead letters by their `error`
 header. A crash is an exit that was neither the kill nor the expected error; code executed counts
-payloads whose marker file appeared.
+payloads whose marker file appeared. Rows may come from separate runs (`--update` reruns one
+scenario); `docs/results/faults.json` holds them and the RSS samples.
 
 {table(rows)}
 
@@ -539,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPORT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help=f"run nothing: write the report from {RESULTS.name}",
+    )
+    parser.add_argument(
         "--update",
         action="store_true",
         help=f"replace only the scenarios run now in {RESULTS.name}, keep the others",
@@ -548,6 +557,12 @@ def main(argv: list[str] | None = None) -> int:
     minutes = args.soak_minutes or (1.0 if args.quick else 10.0)
     rng = random.Random(args.seed)
     data_state = engine_state_is_data()
+    if args.report_only:
+        saved = json.loads(RESULTS.read_text())
+        samples = [(float(t), int(kb)) for t, kb in saved["rss_samples"]]
+        rows = [row_from_json(r) for r in saved["rows"]]
+        args.out.write_text(write_report(rows, rss_growth(samples), samples, args, data_state))
+        return 0 if all(r.ok() for r in rows) else 1
     rows: list[Row] = []
     samples: list[tuple[float, int]] = []
     with tempfile.TemporaryDirectory(prefix="streamval-faults-") as tmp:
