@@ -35,6 +35,22 @@ from streamval.errors import ConfigError
 ENV_PREFIX = "STREAMVAL_"
 
 
+def time_ms(text: str) -> int:
+    """Epoch ms of an RFC 3339 time or an integer epoch-ms string; ValueError otherwise."""
+    from datetime import UTC, datetime
+
+    stripped = str(text).strip()
+    if stripped.lstrip("-").isdigit():
+        return int(stripped)
+    try:
+        parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an RFC 3339 time or epoch ms: {text!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return round(parsed.timestamp() * 1000)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -126,6 +142,51 @@ class ConsumerSettings(_Section):
     )
     metrics_interval_s: float = Field(10.0, gt=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    min_event_time: str = Field(
+        "1900-01-01T00:00:00Z",
+        description="events dated before this (RFC 3339 or epoch ms) go to the DLQ as out_of_range",
+    )
+    max_event_time_ahead_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="events dated more than this after their record's broker timestamp go to "
+        "the DLQ as out_of_range (one far-future event would make its asset's later ones late)",
+    )
+    max_abs_value: float = Field(1e15, gt=0, description="|value| beyond this is out_of_range")
+    max_abs_feature: float = Field(1e15, gt=0, description="|feature| beyond this is out_of_range")
+    dlq_max_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="a dead-letter copy larger than this is truncated (header error.truncated); "
+        "keep it below the producer's max_request_size and the DLQ topic's max.message.bytes",
+    )
+    outage_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="how long the broker may be unreachable before the service exits with an "
+        "error (it retries with backoff until then)",
+    )
+    max_partition_wait_ms: int = Field(
+        1000,
+        ge=0,
+        description="event-time order across partitions: how long to hold back the other "
+        "partitions while one with known lag has nothing fetched (as Kafka Streams' "
+        "max.task.idle.ms)",
+    )
+    commit_every_polls: int = Field(
+        1, ge=1, description="commit offsets (asynchronously, after the flush) every N batches"
+    )
+
+    @field_validator("min_event_time")
+    @classmethod
+    def _parseable_time(cls, value: str) -> str:
+        time_ms(value)
+        return value.strip()
+
+    @property
+    def min_event_time_ms(self) -> int:
+        """`min_event_time` as epoch milliseconds."""
+        return time_ms(self.min_event_time)
 
 
 class EngineSettings(_Section):
@@ -222,8 +283,11 @@ class MonitoringSettings(_Section):
     """Prometheus /metrics and health endpoints."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="loopback by default; containers set 0.0.0.0")
     port: int = Field(9108, ge=0, le=65535)
+    stall_after_s: float = Field(
+        60.0, gt=0, description="/readyz turns not ready when the poll loop is stuck this long"
+    )
 
 
 class LoggingSettings(_Section):
@@ -320,6 +384,17 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Merge file, environment and flag overrides (in that order) and validate the result."""
+    return load_settings_with_sources(path, environ=environ, overrides=overrides)[0]
+
+
+def load_settings_with_sources(
+    path: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Like `load_settings`, plus where each setting that is not a default came from:
+    dotted key -> the config file's path, "environment" or "flags"."""
     environ = os.environ if environ is None else environ
     tree: dict[str, Any] = {}
     source: dict[str, str] = {}
@@ -346,7 +421,7 @@ def load_settings(
             _assign(tree, key.split("."), value)
             source[key] = origin
     try:
-        return Settings.model_validate(tree)
+        return Settings.model_validate(tree), source
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -358,6 +433,48 @@ def load_settings(
             message = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{key}: {message}{where}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+# Keys whose values are credentials: shown as "***" by `streamval config` and scrubbed from logs.
+SECRET_MARKERS = ("password", "secret", "token", "credential", "sasl_oauth")
+REDACTED = "***"
+
+
+def is_secret(key: str) -> bool:
+    """Whether a setting (its last dotted part) holds a credential."""
+    name = key.rsplit(".", 1)[-1].lower()
+    return any(marker in name for marker in SECRET_MARKERS)
+
+
+def redact(tree: Any, prefix: str = "") -> Any:
+    """A copy of a settings dump with every credential replaced by `REDACTED`."""
+    if isinstance(tree, Mapping):
+        return {
+            k: (
+                REDACTED
+                if is_secret(f"{prefix}{k}") and v is not None
+                else redact(v, f"{prefix}{k}.")
+            )
+            for k, v in tree.items()
+        }
+    return tree
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """The credentials among the settings (for scrubbing logs)."""
+    out: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                key = f"{prefix}{k}"
+                if is_secret(key) and isinstance(v, str | bytes) and v:
+                    out.append(v.decode() if isinstance(v, bytes) else v)
+                else:
+                    walk(v, key + ".")
+
+    walk(settings.model_dump(), "")
+    return out
 
 
 def kafka_client_config(

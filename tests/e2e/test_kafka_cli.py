@@ -55,13 +55,25 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert status.returncode == 0 and f"running at {bootstrap}" in status.stdout
         pid = int(status.stdout.split("pid ")[1].split(",")[0])
 
+        # As `up` suggests, the user exports the address: status and down still act locally.
+        exported = {**env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+        status = streamval("kafka", "status", home=home, env=exported)
+        assert status.returncode == 0 and f"running at {bootstrap}" in status.stdout
+        assert "is the local broker" in status.stdout
+        again = streamval("kafka", "up", home=home, env=exported)
+        assert again.returncode == 0 and again.stdout.strip().splitlines()[0] == bootstrap
+
         topics = streamval("kafka", "topics", home=home, env=env)
         assert topics.returncode == 0
         for name in ("asset-events", "asset-events.dlq", "valuations", "valuation-metrics"):
             assert f"* {name}  partitions=3" in topics.stdout
     finally:
-        down = streamval("kafka", "down", home=home, env=env)
-    assert down.returncode == 0 and "stopped" in down.stdout
+        down = streamval(
+            "kafka", "down", home=home, env={**env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+        )
+    assert (
+        down.returncode == 0 and "stopped" in down.stdout and "acting on the local" in down.stdout
+    )
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
     assert not port_open(host, int(port))
     assert streamval("kafka", "status", home=home, env=env).returncode == 1

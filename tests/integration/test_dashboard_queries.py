@@ -164,7 +164,7 @@ def test_replay_marker_annotation_is_placed_at_the_wall_clock_time(stack: Promet
 
 def test_every_alert_expression_evaluates(stack: PrometheusServer) -> None:
     queries = alert_queries()
-    assert len(queries) == 7
+    assert len(queries) == 10
     for q in queries:
         stack.query(q.promql)  # raises PrometheusError on a bad expression or a type error
 

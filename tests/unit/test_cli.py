@@ -49,7 +49,43 @@ def test_config_shows_merged_settings(
     monkeypatch.setenv("STREAMVAL_ENGINE__LR", "0.005")
     assert main(["config", "--json", "--set", "engine.seq_len=6"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["engine"]["lr"] == 0.005 and data["engine"]["seq_len"] == 6
+    assert data["engine"]["lr"] == {"value": 0.005, "source": "environment"}
+    assert data["engine"]["seq_len"] == {"value": 6, "source": "flags"}
+    assert data["engine"]["hidden"]["source"] == "default"
+
+
+def test_config_redacts_secrets_and_names_each_source(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    toml = tmp_path / "streamval.toml"
+    toml.write_text(
+        '[kafka.client]\nsecurity_protocol = "SASL_SSL"\nsasl_plain_password = "hunter2-secret"\n'
+        'ssl_password = "keypass-9876"\n[consumer]\ngroup_id = "g1"\n'
+    )
+    monkeypatch.setenv("STREAMVAL_ENGINE__LR", "0.005")
+    for fmt in ([], ["--json"]):
+        assert main(["config", "--config", str(toml), *fmt]) == 0
+        out = capsys.readouterr().out
+        assert "hunter2-secret" not in out and "keypass-9876" not in out
+        assert out.count("***") >= 2
+    assert main(["config", "--config", str(toml)]) == 0
+    text = capsys.readouterr().out
+    assert f'group_id = "g1"  # {toml}' in text
+    assert "lr = 0.005  # environment" in text
+    assert "seq_len = 12  # default" in text
+
+
+def test_logs_never_show_secrets(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import logging
+
+    from streamval.logs import JsonFormatter, TextFormatter, register_secrets
+
+    register_secrets(["hunter2-secret"])
+    record = logging.LogRecord("x", logging.WARNING, "", 0, "conf %s", ("hunter2-secret",), None)
+    record.config = {"sasl_plain_password": "hunter2-secret"}
+    for formatter in (JsonFormatter(), TextFormatter()):
+        line = formatter.format(record)
+        assert "hunter2-secret" not in line and "***" in line
 
 
 def test_bad_setting_exits_2_naming_the_key(capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,3 +120,33 @@ def test_markers_from_a_data_folder_or_built_in_only(
     with caplog.at_level("WARNING"):
         assert markers(str(empty)) == sorted(MARKET_SHOCKS)
     assert "built-in market shocks only" in caplog.text
+
+
+def test_run_help_recommends_an_instance_id(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--instance-id" in out and "recommended" in out and "--discard-checkpoint" in out
+
+
+def test_expected_coordinator_retries_are_not_logged_as_warnings() -> None:
+    import logging
+
+    from streamval.logs import setup_logging
+
+    setup_logging("INFO", "text")
+    handler = logging.getLogger().handlers[0]
+    retry = logging.LogRecord(
+        "kafka.coordinator.base",
+        logging.WARNING,
+        "",
+        0,
+        "Marking the coordinator dead (node 1) for group g: [Error 16] NotCoordinatorError.",
+        None,
+        None,
+    )
+    fault = logging.LogRecord(
+        "kafka.producer.sender", logging.WARNING, "", 0, "Got MessageSizeTooLargeError", None, None
+    )
+    assert not handler.filter(retry) and retry.levelname == "DEBUG"
+    assert handler.filter(fault) and fault.levelname == "WARNING"

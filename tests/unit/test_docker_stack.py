@@ -75,6 +75,21 @@ def published_ports(service: dict[str, Any]) -> set[int]:
     return {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
 
 
+def network_ports(service: dict[str, Any]) -> set[int]:
+    """Container ports reachable inside the compose network (published or exposed)."""
+    return published_ports(service) | {int(str(p)) for p in service.get("expose", [])}
+
+
+def test_only_loopback_is_published_and_no_metrics_port_at_all(
+    services: dict[str, Any],
+) -> None:
+    """Issue 10 item 8: nothing listens on every host interface; metrics stay in the network."""
+    for name, service in services.items():
+        for mapping in service.get("ports", []):
+            assert str(mapping).startswith("127.0.0.1:"), (name, mapping)
+    assert not services["engine"].get("ports") and not services["replay"].get("ports")
+
+
 def scrape_targets(config: dict[str, Any], job: str) -> list[str]:
     (scrape,) = [s for s in config["scrape_configs"] if s["job_name"] == job]
     return [t for sc in scrape["static_configs"] for t in sc["targets"]]
@@ -201,11 +216,11 @@ def test_streamval_environment_is_valid_settings(services: dict[str, Any], name:
 
 def test_engine_service(services: dict[str, Any]) -> None:
     engine = services["engine"]
-    assert engine["command"] == ["run"]
+    assert engine["command"][0] == "run" and "--instance-id" in engine["command"]
     settings = load_settings(environ=env(engine))
     assert settings.monitoring.host == "0.0.0.0"
     assert settings.monitoring.port == MonitoringSettings().port
-    assert MonitoringSettings().port in published_ports(engine)
+    assert MonitoringSettings().port in network_ports(engine)
     assert settings.consumer.checkpoint_dir is not None
     assert engine["build"]["dockerfile"] == "docker/Dockerfile"
     assert (
@@ -229,7 +244,7 @@ def test_replay_service(services: dict[str, Any], prometheus_config: dict[str, A
     settings = load_settings(environ=env(replay))
     assert settings.monitoring.host == "0.0.0.0"
     assert port != MonitoringSettings().port
-    assert port in published_ports(replay)
+    assert port in network_ports(replay)
     assert scrape_targets(prometheus_config, "streamval-replay") == [f"replay:{port}"]
     assert replay["depends_on"]["engine"]["condition"] == "service_healthy"
 
@@ -332,6 +347,11 @@ def test_dashboard_covers_the_required_views(dashboard: dict[str, Any]) -> None:
         "streamval_dead_letters_total",
         "streamval_cluster_assets",
         "streamval_last_checkpoint_timestamp_seconds",
+        "streamval_broker_reachable",  # reliability (issue 10)
+        "streamval_send_failures_total",
+        "streamval_dead_letters_truncated_total",
+        "streamval_expired_assets_total",
+        "streamval_checkpoint_pause_seconds_bucket",
     ):
         assert metric in exprs, metric
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any, TypeAlias
 
-from streamval.config import Settings, load_settings, parse_set_flags
-from streamval.logs import setup_logging
+from streamval.config import (
+    Settings,
+    load_settings_with_sources,
+    parse_set_flags,
+    secret_values,
+)
+from streamval.logs import register_secrets, setup_logging
 
 # The object `add_subparsers()` returns; argparse types it only in the stubs.
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -53,6 +58,13 @@ def add_command(
 
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     """Load settings with the command's flags applied on top, and set up logging from them."""
+    return settings_and_sources(args, **overrides)[0]
+
+
+def settings_and_sources(
+    args: argparse.Namespace, **overrides: Any
+) -> tuple[Settings, dict[str, str]]:
+    """`settings_from_args` plus where each non-default setting came from."""
     flags = parse_set_flags(args.set)
     if args.bootstrap_servers:
         flags["kafka.bootstrap_servers"] = args.bootstrap_servers
@@ -61,6 +73,7 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     if args.log_format:
         flags["logging.format"] = args.log_format
     flags.update({k: v for k, v in overrides.items() if v is not None})
-    settings = load_settings(args.config, overrides=flags)
+    settings, sources = load_settings_with_sources(args.config, overrides=flags)
     setup_logging(settings.logging.level, settings.logging.format)
-    return settings
+    register_secrets(secret_values(settings))
+    return settings, sources

@@ -15,7 +15,10 @@ The jars are resolved from Maven Central on first use (Java 17+ and Maven needed
 The broker listens on 127.0.0.1 (port from broker.port, or a free one), keeps its data under
 broker.home, and keeps running after this command returns until `streamval kafka down`.
 
-With KAFKA_BOOTSTRAP_SERVERS set, `up` and `down` do nothing: streamval uses that cluster.
+With KAFKA_BOOTSTRAP_SERVERS set to another cluster, `up` starts nothing (streamval uses that
+cluster); set to the local broker's address (as `up` suggests), `up` acts on the local broker.
+`down` and `status` always act on the local broker in broker.home and say what
+KAFKA_BOOTSTRAP_SERVERS points at.
 
 actions:
   up       start the broker (if not running), create the topics, print the bootstrap address
@@ -46,13 +49,18 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args, **{"broker.port": args.port})
     external = settings.kafka.bootstrap_servers
-    if external and args.action in {"up", "down"}:
+    broker = LocalBroker(settings.broker)
+    local_address = broker.address()
+    points_here = bool(external) and external == local_address
+    if external and not points_here and args.action == "up":
         print(
-            f"using the external cluster {external} (KAFKA_BOOTSTRAP_SERVERS); "
-            f"nothing to {args.action}"
+            f"using the external cluster {external} (KAFKA_BOOTSTRAP_SERVERS); nothing to up "
+            f"(unset it to start the local broker in {broker.home})"
         )
         return 0
-    broker = LocalBroker(settings.broker)
+    if external and args.action in {"down", "status"}:
+        target = "the local broker" if points_here else f"another cluster, not {broker.home}"
+        print(f"KAFKA_BOOTSTRAP_SERVERS={external} is {target}; acting on the local broker")
     if args.action == "up":
         t0 = time.monotonic()
         state = broker.start()
@@ -72,16 +80,13 @@ def run(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(broker.home, ignore_errors=True)
-        print("stopped" if stopped else "not running")
+        print(f"stopped (home {broker.home})" if stopped else f"not running (home {broker.home})")
         return 0
     if args.action == "status":
-        if external:
-            print(f"external cluster {external}")
-            return 0
         current = broker.state()
         if current is None:
-            print(f"not running (home {broker.home})")
-            return 1
+            print(f"local broker not running (home {broker.home})")
+            return 0 if external and not points_here else 1
         uptime = time.time() - current.started_at
         print(
             f"running at {current.bootstrap} (Kafka {current.kafka_version}, "

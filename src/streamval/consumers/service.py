@@ -1,65 +1,83 @@
-"""The valuation service: poll `asset-events` -> Engine -> publish -> commit, in a loop.
+"""The valuation service: the thin Kafka loop around the pure batch logic.
 
-One iteration ("a batch"):
+One iteration:
 
-1. poll at most `consumer.max_poll_records` messages; bad ones go to the DLQ;
-2. `Engine.process` values every valid event and hands the labelled ones to the engine's
-   trainer, which learns on its own thread (`engine.training`);
-3. late events go to the DLQ, valuations to `valuations`, drift alarms (and periodic snapshots)
-   to `valuation-metrics`;
-4. the producer is flushed, then the offsets are committed (at-least-once), or, with
-   `consumer.exactly_once`, all of it is one Kafka transaction with the offsets sent via
-   `send_offsets_to_transaction`. The send futures are not inspected: `flush()` raises nothing
-   for a failed send, so a valuation the broker refused is lost while its offset is committed;
+1. poll (`consumer.max_poll_records`); every record is parsed at once (`batch.parse_record`);
+2. the records go into per-partition buffers and come out merged in event-time order
+   (`order.EventTimeMerger`); partitions that run ahead are paused until the others catch up,
+   within `consumer.max_partition_wait_ms`;
+3. `batch.BatchProcessor` runs the engine over the released records: valuations, dead letters
+   (with reasons), drift alarms, the next offsets; the engine's trainer learns from the
+   labelled events on its own thread (`engine.training`), so a batch is inference only;
+4. `delivery.Delivery` produces the outputs and checks every send, commits the offsets, and
+   checkpoints when one is due (the state taken here, written by a background thread);
+5. every `consumer.metrics_interval_s`, per-cluster snapshots go to the metrics topic.
 
-5. every `consumer.checkpoint_interval_s` the engine state is checkpointed with those offsets.
-
-Work per batch is bounded, so the loop returns to `poll()` long before `max.poll.interval.ms`:
-learning runs off the loop, and 500 events of inference take well under a second.
-
-Recovery: after a restart, each partition is sought to the checkpointed offset (if any) on its
-first assignment. Events between that offset and the group's committed offset were already
-published (or dead-lettered) before the crash: they are re-learned but not published again.
-Later rebalances resume at the committed offset: the live engine is already past the checkpoint.
+Failures: a bad record is dead-lettered, never raised; a broker outage is retried with backoff
+(`outage.Outage`) for up to `consumer.outage_timeout_s`, then the service exits with a clear
+message; an exception of the engine itself stops the service without committing or
+checkpointing the batch (a restart re-reads it). Recovery after a restart: `recovery.Recovery`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from kafka.errors import KafkaError
 
 from streamval.config import Settings
-from streamval.consumers.checkpoint import CheckpointStore
-from streamval.consumers.dlq import DeadLetterQueue
-from streamval.consumers.source import EventSource, Poll, SourcedEvent
+from streamval.consumers.batch import (
+    BatchProcessor,
+    EngineFailureError,
+    Parsed,
+    parse_record,
+    snapshot_records,
+)
+from streamval.consumers.checkpoint import CheckpointMeta, CheckpointStore, CheckpointWriter
+from streamval.consumers.delivery import Delivery
+from streamval.consumers.order import UNORDERED, EventTimeMerger
+from streamval.consumers.outage import Outage
+from streamval.consumers.recovery import Recovery
 from streamval.consumers.warmup import warm_up
 from streamval.engine import Engine
+from streamval.logs import LogOnce
 from streamval.monitoring.metrics import EngineMetrics
 from streamval.monitoring.server import MetricsServer
-from streamval.stream.contract.outputs import BatchResult
-from streamval.stream.contract.schema import Reason
+from streamval.stream.contract.schema import Limits
 from streamval.stream.datasets.readers import read_long_table
-from streamval.stream.kafka.clients import make_consumer, make_producer
+from streamval.stream.kafka.clients import (
+    check_reachable,
+    close_producer,
+    make_consumer,
+    make_producer,
+)
 from streamval.stream.kafka.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
-# How long to wait for outputs to be acknowledged before giving up on a batch (and not committing).
-FLUSH_TIMEOUT_S = 60.0
-
-
-def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+# Without records, the broker is asked for the end offsets this often: it proves the broker is
+# reachable (poll() answers nothing either way) and keeps the lag gauges current.
+PROBE_INTERVAL_S = 5.0
+PROBE_TIMEOUT_MS = 3000
+# Unexpected exceptions from poll() (not Kafka errors) in a row before giving up: a record
+# kafka-python itself cannot decode would otherwise stop the loop forever, silently.
+MAX_POLL_ERRORS = 20
+# poll() takes everything fetched (bounded by max_partition_fetch_bytes per partition); batches
+# are cut by the merger at max_poll_records. kafka-python 3.0 parks the rest of a partition's
+# records cut by max_records when that partition is paused, and restores them on resume only in
+# a state it may never reach again: the partition is then never fetched again. Draining whole
+# fetches means nothing is ever parked that way.
+FETCH_RECORDS = 100_000
+# Shutdown on a failure path must not hang on a dead broker.
+CLOSE_TIMEOUT_S = 10.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -73,6 +91,25 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.service._on_assigned(list(assigned))
 
 
+def transactional_id(settings: Settings) -> str:
+    """Stable across restarts, so a restarted process fences the dead one's transaction at once:
+    derived from the instance id (`--instance-id`), else from the host name."""
+    c = settings.consumer
+    member = c.group_instance_id or socket.gethostname()
+    return f"streamval-{c.group_id}-{member}"
+
+
+def limits(settings: Settings) -> Limits:
+    """The contract's range checks from `[consumer]` settings."""
+    c = settings.consumer
+    return Limits(
+        min_ts_ms=c.min_event_time_ms,
+        max_ahead_ms=round(c.max_event_time_ahead_s * 1000),
+        max_abs_value=c.max_abs_value,
+        max_abs_feature=c.max_abs_feature,
+    )
+
+
 class ValuationService:
     """A consumer-group member running the Engine over `asset-events`."""
 
@@ -80,35 +117,47 @@ class ValuationService:
         self,
         settings: Settings,
         *,
-        engine: Engine | None = None,
+        engine: Any = None,
         metrics: EngineMetrics | None = None,
         progress: bool = False,
+        discard_checkpoint: bool = False,
     ) -> None:
         self.settings = settings
         self.progress = progress  # a progress bar on stderr while warming up from history
+        self.discard_checkpoint = discard_checkpoint
         self.engine = engine or Engine(settings.engine, accept_late=settings.consumer.accept_late)
         self.metrics = metrics or EngineMetrics()
         c = settings.consumer
         self.store = CheckpointStore(c.checkpoint_dir) if c.checkpoint_dir else None
-        self._checkpoint_offsets: dict[tuple[str, int], int] = {}
-        # Offsets of the restored checkpoint not yet sought to: a partition resumes there on its
-        # first assignment only; later assignments resume at the group's committed offset, as the
-        # engine has moved past the checkpoint by then.
-        self._restore_offsets: dict[tuple[str, int], int] = {}
-        self._suppress_until: dict[tuple[str, int], int] = {}
-        self._positions: dict[tuple[str, int], int] = {}
+        self.recovery = Recovery(self.store)
+        self.limits = limits(settings)
+        self.outage = Outage(
+            c.outage_timeout_s,
+            settings.kafka.bootstrap_servers or "",
+            on_start=self.metrics.outage_started,
+            on_end=self.metrics.outage_ended,
+        )
+        self.merger: EventTimeMerger[TopicPartition, Parsed] = EventTimeMerger(
+            max_wait_s=c.max_partition_wait_ms / 1000
+        )
         self._stop = threading.Event()
-        self._last_poll = time.monotonic()
+        self._last_loop = time.monotonic()
         self._assigned: set[TopicPartition] = set()
+        self._fetched: dict[TopicPartition, int] = {}
+        self._paused_ahead: set[TopicPartition] = set()
         self._last_snapshot = 0.0
-        self._last_checkpoint = time.monotonic()
+        self._last_probe = time.monotonic()
+        self._clusters_seen: set[int] = set()
+        self._expired_seen = 0
+        self._partitions = 0
+        self._poll_errors = 0
+        self._log_once = LogOnce(log)
         self.batches = 0
         self.published = 0
         self._producer: KafkaProducer | None = None
         self._consumer: KafkaConsumer | None = None
-        self._pending: list[SourcedEvent] = []
-        self._restoring: dict[TopicPartition, int] = {}  # sought to a checkpoint, paused
-        self._clusters_seen: set[int] = set()
+        self._delivery: Delivery | None = None
+        self._writer: CheckpointWriter | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -117,13 +166,15 @@ class ValuationService:
         self._stop.set()
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness for /readyz: partitions assigned and the loop polled recently."""
+        """Readiness for /readyz: the broker reachable, partitions assigned, the loop alive."""
         if self._consumer is None:
             return False, "not started"
-        stalled = time.monotonic() - self._last_poll
-        limit = self.settings.consumer.max_poll_interval_ms / 2000
+        if self.outage.active:
+            return False, f"Kafka unreachable for {self.outage.elapsed():.0f} s"
+        stalled = time.monotonic() - self._last_loop
+        limit = self.settings.monitoring.stall_after_s
         if stalled > limit:
-            return False, f"no poll for {stalled:.0f} s"
+            return False, f"poll loop stalled for {stalled:.0f} s"
         if not self._assigned:
             return False, "no partitions assigned"
         return True, f"consuming {len(self._assigned)} partitions"
@@ -132,148 +183,246 @@ class ValuationService:
         """Consume until `stop()`, or `max_idle_polls` empty polls in a row (scripts, tests)."""
         s = self.settings
         t = s.topics
-        if not self._restore() and s.consumer.history is not None:
-            self._warm_up(s.consumer.history)
+        check_reachable(s)
         ensure_topics(s, [t.input, t.dlq, t.valuations, t.metrics])
-        transactional = s.consumer.exactly_once
         producer_config: dict[str, Any] = {}
-        if transactional:
-            producer_config["transactional_id"] = f"{s.consumer.group_id}-{uuid.uuid4().hex[:12]}"
-        producer = self._producer = make_producer(s, **producer_config)
-        if transactional:
-            producer.init_transactions()
+        if s.consumer.exactly_once:
+            producer_config["transactional_id"] = transactional_id(s)
+            if not s.consumer.group_instance_id:
+                log.warning(
+                    "exactly-once without --instance-id: the transactional id comes from the host "
+                    "name, so two processes on one host fence each other; give each its own "
+                    "--instance-id",
+                    extra={"transactional_id": producer_config["transactional_id"]},
+                )
         static: dict[str, Any] = {}
         if s.consumer.group_instance_id:
             static["group_instance_id"] = s.consumer.group_instance_id
-        consumer = self._consumer = make_consumer(s, **static)
-        consumer.subscribe([t.input], listener=_Rebalance(self))
-        dlq = DeadLetterQueue(producer, t.dlq, on_dead_letter=self.metrics.dead_lettered)
-        source = EventSource(
-            consumer,
-            dlq,
-            max_message_bytes=s.consumer.max_message_bytes,
-            poll_timeout_ms=s.consumer.poll_timeout_ms,
-            max_records=s.consumer.max_poll_records,
-            already_dead_lettered=lambda m: self._suppressed(m.topic, m.partition, m.offset),
-        )
-        idle = 0
-        log.info(
-            "valuation service started", extra={"topic": t.input, "group": s.consumer.group_id}
-        )
         try:
+            processor = self._start(producer_config, static)
+            idle = 0
             while not self._stop.is_set():
-                if transactional:
-                    producer.begin_transaction()
-                poll = source.poll()
-                self._last_poll = time.monotonic()
-                if self._restoring:
-                    self._resume_restored()
-                if not poll.consumed:
-                    if transactional:
-                        producer.abort_transaction()
-                    # Count idleness only once partitions are assigned: joining a group on a
-                    # fresh cluster (creating __consumer_offsets) takes seconds of empty polls.
-                    idle += 1 if self._assigned else 0
-                    self._periodic(force=False)
+                self._last_loop = time.monotonic()
+                got = self._poll()
+                batch = self.merger.release(
+                    s.consumer.max_poll_records, now=time.monotonic(), has_lag=self._has_lag
+                )
+                self._hold_back_ahead()
+                if batch:
+                    idle = 0
+                    self._handle(processor, batch)
+                else:
+                    busy = got or self.merger.buffered() > 0 or self._lag_pending()
+                    idle = 0 if busy else idle + (1 if self._assigned else 0)
+                    if not got:
+                        self._probe()
                     if max_idle_polls is not None and idle >= max_idle_polls:
                         break
-                    continue
-                idle = 0
-                self._handle(poll, dlq)
-                self._finish(poll, transactional)
-                self._periodic(force=False)
+                self._periodic()
+        except EngineFailureError:
+            log.exception("the engine failed on a batch; stopping without committing it")
+            raise
         finally:
             self._shutdown()
 
-    # -- one batch -------------------------------------------------------------------------
+    def _start(self, producer_config: dict[str, Any], static: dict[str, Any]) -> BatchProcessor:
+        """Clients, checkpoint or history, delivery; then join the group. Whatever was created
+        is closed by `_shutdown` even if a later step fails (a missing history file)."""
+        s = self.settings
+        t = s.topics
+        consumer = self._consumer = make_consumer(s, **static)
+        self._partitions = len(consumer.partitions_for_topic(t.input) or ())
+        restored = self.recovery.restore(
+            self.engine, self._meta({}), discard=self.discard_checkpoint
+        )
+        if not restored and s.consumer.history is not None:
+            self._warm_up(s.consumer.history)
+        producer = self._producer = make_producer(s, **producer_config)
+        if s.consumer.exactly_once:
+            producer.init_transactions()
+        if self.store is not None:
+            self._writer = CheckpointWriter(
+                self.store,
+                on_written=self.metrics.checkpoint_written,
+                on_failed=self.metrics.checkpoint_failed,
+            )
+        self._delivery = Delivery(
+            producer,
+            consumer,
+            outage=self.outage,
+            dlq_topic=t.dlq,
+            dlq_max_bytes=s.consumer.dlq_max_bytes,
+            transactional=s.consumer.exactly_once,
+            commit_every=s.consumer.commit_every_polls,
+            writer=self._writer,
+            checkpoint_interval_s=s.consumer.checkpoint_interval_s,
+            checkpoint_meta=lambda positions: self._meta(self.recovery.offsets_with(positions)),
+            state=self.engine.state_dict,
+            on_checkpoint_pause=self.metrics.checkpoint_pause,
+            sleep=self._sleep,
+            new_producer=lambda: make_producer(s, **producer_config),
+        )
+        processor = BatchProcessor(
+            self.engine,
+            valuations_topic=t.valuations,
+            dlq_topic=t.dlq,
+            metrics_topic=t.metrics,
+            dlq_max_bytes=s.consumer.dlq_max_bytes,
+            already_done=self.recovery.already_done,
+        )
+        consumer.subscribe([t.input], listener=_Rebalance(self))
+        log.info(
+            "valuation service started", extra={"topic": t.input, "group": s.consumer.group_id}
+        )
+        return processor
 
-    def _handle(self, poll: Poll, dlq: DeadLetterQueue) -> None:
-        assert self._producer is not None
+    # -- one iteration ---------------------------------------------------------------------
+
+    def _poll(self) -> bool:
+        """Poll once; parsed records go into the merger. Whether any record came."""
+        consumer = self._consumer
+        assert consumer is not None
+        c = self.settings.consumer
+        try:
+            if self.recovery.restoring:
+                self.recovery.resume(consumer, self._assigned)
+            records = consumer.poll(timeout_ms=c.poll_timeout_ms, max_records=FETCH_RECORDS)
+        except KafkaError as exc:
+            self._sleep(self.outage.failed(exc, "polling"))
+            return False
+        except Exception as exc:
+            self._poll_errors += 1
+            log.error("poll failed: %s: %s", type(exc).__name__, exc)
+            if self._poll_errors >= MAX_POLL_ERRORS:
+                raise
+            self._sleep(min(5.0, 0.2 * self._poll_errors))
+            return False
+        self._poll_errors = 0
+        if not records:
+            return False
+        self.outage.ok()
+        self._last_probe = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        for tp, messages in records.items():
+            parsed = [
+                parse_record(m, max_bytes=c.max_message_bytes, limits=self.limits, now_ms=now_ms)
+                for m in messages
+            ]
+            keys = [UNORDERED if p.event is None else float(p.event.ts_ms) for p in parsed]
+            self.merger.add(tp, parsed, keys)
+            if messages:
+                self._fetched[tp] = messages[-1].offset + 1
+        return True
+
+    def _handle(self, processor: BatchProcessor, batch: list[Parsed]) -> None:
+        delivery = self._delivery
+        assert delivery is not None
         t0 = time.monotonic()
-        t = self.settings.topics
-        for partition, n in poll.consumed.items():
-            self.metrics.consumed(partition, n)
-        result: BatchResult = self.engine.process([s.event for s in poll.events])
-        for index in result.late:
-            sourced = poll.events[index]
-            message = sourced.message
-            if self._suppressed(message.topic, message.partition, message.offset):
-                continue  # re-read after a restore: dead-lettered before the crash
-            dlq.send(
-                sourced.message,
-                Reason.LATE.value,
-                f"event time {sourced.event.ts_ms} is older than the last event seen for asset "
-                f"{sourced.event.asset_id!r}",
-            )
-        if result.duplicates:
-            self.metrics.duplicates(len(result.duplicates))
-        refused = set(result.late) | set(result.duplicates)
-        accepted = [sourced for i, sourced in enumerate(poll.events) if i not in refused]
-        send = self._producer.send
-        now = time.time()
-        published_per_cluster: dict[int, int] = {}
-        for sourced, valuation in zip(accepted, result.valuations, strict=True):
-            message = sourced.message
-            if self._suppressed(message.topic, message.partition, message.offset):
-                continue
-            send(t.valuations, key=valuation.asset_id.encode(), value=_dumps(valuation.to_json()))
-            published_per_cluster[valuation.cluster] = (
-                published_per_cluster.get(valuation.cluster, 0) + 1
-            )
-            self.metrics.event_time_lag(max(0.0, now - valuation.ts_ms / 1000))
-        for alarm in result.drift:
-            send(t.metrics, key=str(alarm.cluster).encode(), value=_dumps(alarm.to_json()))
-            self.metrics.drift_alarm(alarm)
+        delivery.clean = False
+        outcome = processor.process(batch)
+        delivery.deliver(outcome)
+        m = self.metrics
+        for partition, n in outcome.consumed.items():
+            m.consumed(partition, n)
+        for reason, n in outcome.dead_letters.items():
+            m.dead_lettered(reason, n)
+            self._log_once(reason, f"dead-lettered a message: {reason}")
+        if outcome.duplicates:
+            m.duplicates(outcome.duplicates)
+        for cluster, n in outcome.published.items():
+            m.published(cluster, n)
+        self.published += sum(outcome.published.values())
+        for alarm in outcome.drift:
+            m.drift_alarm(alarm)
             log.warning(
                 "drift alarm",
-                extra={"cluster": alarm.cluster, "detector": alarm.detector, "lr": alarm.lr},
+                extra={
+                    "cluster": alarm.cluster,
+                    "detector": alarm.detector,
+                    "event_time": time.strftime(
+                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(alarm.ts_ms / 1000)
+                    ),
+                    "lr": alarm.lr,
+                },
             )
-        for cluster, n in published_per_cluster.items():
-            self.metrics.published(cluster, n)
-        self.published += sum(published_per_cluster.values())
-        self.metrics.batch(time.monotonic() - t0, len(poll.events))
-        self._pending = accepted
-
-    def _finish(self, poll: Poll, transactional: bool) -> None:
-        """Make the batch's outputs durable, then move the group's offsets past it."""
-        assert self._producer is not None and self._consumer is not None
-        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in poll.offsets.items()}
-        if transactional:
-            self._producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
-            self._producer.commit_transaction()
-        else:
-            # flush() raises nothing for failed sends: each failure is on its future, but the
-            # producer also records it and the next flush/send raises; acks=all + idempotence.
-            self._producer.flush(timeout=FLUSH_TIMEOUT_S)
-            self._consumer.commit(offsets)
         done = time.monotonic()
-        for sourced in self._pending:
-            self.metrics.processing_latency(done - sourced.received)
-        self._pending = []
-        for tp, offset in poll.offsets.items():
-            self._positions[(tp.topic, tp.partition)] = offset
-            highwater = self._consumer.highwater(tp)
-            if highwater is not None:
-                self.metrics.consumer_lag(tp.partition, max(0, highwater - offset))
+        wall = time.time()
+        for received in outcome.received:
+            m.processing_latency(done - received)
+        for ts_ms in outcome.event_times_ms:
+            m.event_time_lag(max(0.0, wall - ts_ms / 1000))
+        m.batch(done - t0, len(batch))
+        m.delivery(delivery.stats)
         self.batches += 1
+        delivery.checkpoint()
 
-    def _suppressed(self, topic: str, partition: int, offset: int) -> bool:
-        until = self._suppress_until.get((topic, partition))
-        return until is not None and offset < until
+    def _has_lag(self, tp: TopicPartition) -> bool:
+        consumer = self._consumer
+        assert consumer is not None
+        highwater: int | None = consumer.highwater(tp)
+        if highwater is None:
+            return True
+        fetched = self._fetched.get(tp)
+        return highwater > 0 if fetched is None else fetched < highwater
+
+    def _lag_pending(self) -> bool:
+        """Whether a partition is known to have records on the broker not fetched yet (a
+        partition just resumed after being held back is not idle)."""
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in self._assigned:
+            highwater = consumer.highwater(tp)
+            fetched = self._fetched.get(tp)
+            if highwater is not None and fetched is not None and fetched < highwater:
+                return True
+        return False
+
+    def _hold_back_ahead(self) -> None:
+        """Pause partitions with a full buffer so the ones behind get fetched; resume the rest.
+
+        Reconciled against the consumer's own paused set, which survives a rebalance."""
+        consumer = self._consumer
+        assert consumer is not None
+        ahead = self.merger.ahead(self.settings.consumer.max_poll_records) & self._assigned
+        want = ahead | self.recovery.paused
+        actual = set(consumer.paused())
+        if want - actual:
+            consumer.pause(*(want - actual))
+        if actual - want:
+            consumer.resume(*(actual - want))
+        self._paused_ahead = ahead
+        self.metrics.held_back(len(ahead), self.merger.buffered())
+
+    def _probe(self) -> None:
+        """Without records for a while, ask the broker for end offsets (reachability, lag)."""
+        now = time.monotonic()
+        interval = 0.0 if self.outage.active else PROBE_INTERVAL_S
+        if now - self._last_probe < interval:
+            return
+        self._last_probe = now
+        consumer = self._consumer
+        assert consumer is not None
+        partitions = sorted(self._assigned) or [TopicPartition(self.settings.topics.input, 0)]
+        try:
+            ends = consumer.end_offsets(partitions, timeout_ms=PROBE_TIMEOUT_MS)
+        except Exception as exc:
+            self._sleep(self.outage.failed(exc, "asking for end offsets"))
+            return
+        self.outage.ok()
+        positions = self._delivery.positions if self._delivery else {}
+        for tp, end in ends.items():
+            if tp in self._assigned and (tp.topic, tp.partition) in positions:
+                self.metrics.consumer_lag(tp.partition, end - positions[(tp.topic, tp.partition)])
 
     # -- periodic work ---------------------------------------------------------------------
 
-    def _periodic(self, *, force: bool) -> None:
+    def _periodic(self) -> None:
         now = time.monotonic()
-        c = self.settings.consumer
-        if force or now - self._last_snapshot >= c.metrics_interval_s:
-            self._publish_snapshots()
+        if now - self._last_snapshot >= self.settings.consumer.metrics_interval_s:
             self._last_snapshot = now
-        if self.store is not None and (
-            force or now - self._last_checkpoint >= c.checkpoint_interval_s
-        ):
-            self._checkpoint()
-            self._last_checkpoint = now
+            self._publish_snapshots()
+        if self._delivery is not None and not self.outage.active:
+            self._delivery.checkpoint()
 
     def _publish_snapshots(self) -> None:
         snapshots = self.engine.snapshot()
@@ -283,49 +432,21 @@ class ValuationService:
             self.metrics.retire_clusters(gone)
         self._clusters_seen = current
         self.metrics.update_clusters(snapshots)
-        if self._producer is None or not snapshots:
-            return
-        topic = self.settings.topics.metrics
-        transactional = self.settings.consumer.exactly_once
-        if transactional:
-            self._producer.begin_transaction()
-        for snap in snapshots:
-            self._producer.send(topic, key=str(snap.cluster).encode(), value=_dumps(snap.to_json()))
-        if transactional:
-            self._producer.commit_transaction()
-        else:
-            self._producer.flush(timeout=FLUSH_TIMEOUT_S)
+        expired = int(getattr(self.engine, "expired_assets", 0) or 0)
+        if expired > self._expired_seen:
+            self.metrics.assets_expired(expired - self._expired_seen)
+        self._expired_seen = expired
+        if self._delivery is not None and snapshots and not self.outage.active:
+            self._delivery.send_records(snapshot_records(snapshots, self.settings.topics.metrics))
 
-    def _checkpoint(self) -> None:
-        assert self.store is not None
-        offsets = {**self._checkpoint_offsets, **self._positions}
-        created = self.store.save(
-            self.engine.state_dict(), offsets, self.settings.consumer.group_id
+    def _meta(self, offsets: dict[tuple[str, int], int]) -> CheckpointMeta:
+        return CheckpointMeta(
+            group_id=self.settings.consumer.group_id,
+            topic=self.settings.topics.input,
+            partitions=self._partitions,
+            offsets=dict(offsets),
+            created_at=time.time(),
         )
-        self._checkpoint_offsets = offsets
-        self.metrics.checkpoint_written(created)
-        log.info(
-            "checkpoint written", extra={"path": str(self.store.path), "partitions": len(offsets)}
-        )
-
-    def _restore(self) -> bool:
-        """Load the checkpoint, if any; whether one was restored."""
-        if self.store is None:
-            return False
-        checkpoint = self.store.load()
-        if checkpoint is None:
-            return False
-        self.engine.load_state_dict(checkpoint.engine)
-        self._checkpoint_offsets = dict(checkpoint.offsets)
-        self._restore_offsets = dict(checkpoint.offsets)
-        log.info(
-            "restored checkpoint",
-            extra={
-                "path": str(self.store.path),
-                "age_s": round(time.time() - checkpoint.created_at, 1),
-            },
-        )
-        return True
 
     def _warm_up(self, path: Path) -> None:
         from tqdm import tqdm
@@ -344,62 +465,67 @@ class ValuationService:
         finally:
             bar.close()
 
+    def _sleep(self, seconds: float) -> None:
+        """Back off, but wake up at once when asked to stop."""
+        self._stop.wait(seconds)
+        self._last_loop = time.monotonic()
+
     # -- rebalances ------------------------------------------------------------------------
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         # Runs on the consumer's IO thread, where blocking calls such as committed() are not
-        # allowed: seek and pause here (local state), finish in `_resume_restored`.
-        assert self._consumer is not None
+        # allowed: seek and pause here (local state), finish in `Recovery.resume`.
+        consumer = self._consumer
+        assert consumer is not None
         self._assigned |= set(assigned)
-        for tp in assigned:
-            offset = self._restore_offsets.pop((tp.topic, tp.partition), None)
-            if offset is None:
-                continue
-            self._consumer.seek(tp, offset)
-            self._consumer.pause(tp)
-            self._restoring[tp] = offset
-            log.info(
-                "resuming from checkpoint", extra={"partition": tp.partition, "offset": offset}
-            )
+        self.merger.assign(assigned, now=time.monotonic())
+        self.recovery.on_assigned(consumer, assigned)
         log.info(
             "partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)}
         )
 
-    def _resume_restored(self) -> None:
-        """Bound the re-read of restored partitions, then let them be fetched again."""
-        assert self._consumer is not None
-        restoring, self._restoring = self._restoring, {}
-        for tp, offset in restoring.items():
-            if tp not in self._assigned:
-                continue
-            committed = self._consumer.committed(tp)
-            if committed is not None and committed > offset:
-                # Published before the crash: re-learn these events, do not publish them again.
-                self._suppress_until[(tp.topic, tp.partition)] = committed
-        self._consumer.resume(*restoring)
-
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         self._assigned -= set(revoked)
-        self.metrics.partitions_revoked(tp.partition for tp in revoked)
+        self._paused_ahead -= set(revoked)
         for tp in revoked:
-            self._suppress_until.pop((tp.topic, tp.partition), None)
+            self._fetched.pop(tp, None)
+        self.merger.revoke(revoked)
+        self.recovery.on_revoked(revoked)
+        self.metrics.partitions_revoked(tp.partition for tp in revoked)
+        # Offsets are committed after every batch (consumer.commit_every_polls = 1), so nothing
+        # is pending here; with a larger setting the next owner re-reads the uncommitted batches
+        # (at-least-once). No commit from this callback: it runs on kafka-python's IO thread.
 
     def _shutdown(self) -> None:
+        delivery = self._delivery
         try:
-            if self._producer is not None:
-                self._periodic(force=True)
+            if delivery is not None and delivery.clean and not self.outage.active:
+                self._publish_snapshots()
+                delivery.commit_sync()
+            if delivery is not None and delivery.clean:
+                delivery.checkpoint(force=True)
         except Exception:  # a broker gone at shutdown must not hide the original error
-            log.exception("final snapshot/checkpoint failed")
+            log.exception("final snapshot/commit/checkpoint failed")
         finally:
+            if self._writer is not None and not self._writer.close(timeout_s=60.0):
+                log.error("the last checkpoint was still being written at exit")
             self.engine.close()
+            timeout = CLOSE_TIMEOUT_S if self.outage.active else 60.0
             if self._consumer is not None:
-                self._consumer.close(autocommit=False)
-            if self._producer is not None:
-                self._producer.close(timeout=FLUSH_TIMEOUT_S)
+                try:
+                    self._consumer.close(autocommit=False)
+                except Exception as exc:
+                    log.warning("closing the consumer failed: %s", exc)
+            producer = delivery.producer if delivery is not None else self._producer
+            if producer is not None:
+                close_producer(producer, timeout)
             log.info(
                 "valuation service stopped",
                 extra={"batches": self.batches, "published": self.published},
             )
+            close = getattr(self.engine, "close", None)
+            if callable(close):
+                close()
 
 
 def serve_metrics(service: ValuationService) -> MetricsServer | None:

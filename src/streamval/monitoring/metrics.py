@@ -35,6 +35,21 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
     streamval_last_checkpoint_timestamp_seconds        gauge      last checkpoint written
     streamval_batch_duration_seconds                   histogram  time to process one poll
     streamval_batch_events                             histogram  events in one poll
+    streamval_broker_reachable                         gauge      0 during a broker outage
+    streamval_broker_outages_total                     counter    outages (broker unreachable)
+    streamval_broker_outage_seconds_total              counter    time spent in outages
+    streamval_send_failures_total{kind}                counter    records that could not be
+                                                                  produced (replaced or dropped)
+    streamval_dead_letters_truncated_total             counter    DLQ copies cut to fit
+    streamval_offset_commit_failures_total             counter    asynchronous commits that failed
+    streamval_delivery_retries_total                   counter    batches re-sent after a failure
+    streamval_checkpoint_pause_seconds                 histogram  poll loop blocked per checkpoint
+    streamval_checkpoint_write_seconds                 histogram  background encode + write
+    streamval_checkpoint_bytes                         gauge      size of the last checkpoint
+    streamval_checkpoint_failures_total{reason}        counter    checkpoints not written
+    streamval_expired_assets_total                     counter    idle assets expired by the engine
+    streamval_held_back_partitions                     gauge      partitions paused (ahead in time)
+    streamval_buffered_events                          gauge      fetched, waiting for event order
 
 Replay metrics (`ReplayMetrics`):
 
@@ -61,6 +76,7 @@ import threading
 import time
 import typing
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -118,6 +134,9 @@ EVENT_LAG_BUCKETS = (
 BATCH_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Up to consumer.max_poll_records (500 by default) and a little beyond for raised settings.
 BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+# The loop may be blocked about 50 ms per checkpoint (state copy); writes take longer, off it.
+CHECKPOINT_PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CHECKPOINT_WRITE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # The detector kinds the engine can be configured with. Drift counters are created at 0 for
 # these as soon as a cluster appears, because Prometheus' increase() cannot see the first
@@ -287,6 +306,88 @@ class EngineMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
+        self._reachable = Gauge(
+            "streamval_broker_reachable",
+            "1 while the Kafka cluster answers, 0 during an outage (the loop retries with "
+            "backoff up to consumer.outage_timeout_s, then exits).",
+            registry=r,
+        )
+        self._reachable.set(1)
+        self._outages = Counter(
+            "streamval_broker_outages",
+            "Times the Kafka cluster became unreachable.",
+            registry=r,
+        )
+        self._outage_seconds = Counter(
+            "streamval_broker_outage_seconds",
+            "Seconds spent in broker outages that ended.",
+            registry=r,
+        )
+        self._send_failures = Counter(
+            "streamval_send_failures",
+            "Output records that could not be produced for good, by kind: a valuation's input "
+            "record goes to the DLQ (send_failed), a dead letter is resent minimal, a metrics "
+            "record is dropped.",
+            ["kind"],
+            registry=r,
+        )
+        self._truncated = Counter(
+            "streamval_dead_letters_truncated",
+            "Dead-letter copies cut to fit (header error.truncated).",
+            registry=r,
+        )
+        self._commit_failures = Counter(
+            "streamval_offset_commit_failures",
+            "Asynchronous offset commits that failed (the next commit covers them).",
+            registry=r,
+        )
+        self._retries = Counter(
+            "streamval_delivery_retries",
+            "Times outputs were sent again after the broker could not be reached.",
+            registry=r,
+        )
+        self._ckpt_pause = Histogram(
+            "streamval_checkpoint_pause_seconds",
+            "Time the poll loop spent taking the engine state for a checkpoint.",
+            buckets=CHECKPOINT_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self._ckpt_write = Histogram(
+            "streamval_checkpoint_write_seconds",
+            "Time to encode and write a checkpoint on the background writer.",
+            buckets=CHECKPOINT_WRITE_BUCKETS,
+            registry=r,
+        )
+        self._ckpt_bytes = Gauge(
+            "streamval_checkpoint_bytes", "Size of the last checkpoint written.", registry=r
+        )
+        self._ckpt_failures = Counter(
+            "streamval_checkpoint_failures",
+            "Checkpoints not written, by reason (io: the disk; not_data: a bug).",
+            ["reason"],
+            registry=r,
+        )
+        self._expired = Counter(
+            "streamval_expired_assets",
+            "Idle assets expired by the engine (engine.asset_ttl), their state freed.",
+            registry=r,
+        )
+        self._held_back = Gauge(
+            "streamval_held_back_partitions",
+            "Input partitions paused because they are ahead in event time of the others.",
+            registry=r,
+        )
+        self._buffered = Gauge(
+            "streamval_buffered_events",
+            "Events fetched and waiting to be released in event-time order.",
+            registry=r,
+        )
+        # Born at 0, so increase() in alerts sees the first failure of each kind.
+        for kind in ("valuation", "dead_letter", "metrics"):
+            self._send_failures.labels(kind)
+        for reason in ("io", "not_data"):
+            self._ckpt_failures.labels(reason)
+        self._delivery_seen: dict[str, float] = {}
         self._update_totals: dict[str, float] = {}
         self._skipped_totals: dict[str, float] = {}
         self._detectors: set[str] = set(KNOWN_DETECTORS)
@@ -407,9 +508,63 @@ class EngineMetrics:
         """An event was valued `seconds` after its event time (negative clock skew counts as 0)."""
         self._event_lag.observe(max(seconds, 0.0))
 
-    def checkpoint_written(self, unix_time: float | None = None) -> None:
-        """A checkpoint was written at `unix_time` (default: now)."""
+    def checkpoint_written(
+        self, unix_time: float | None = None, seconds: float | None = None, size: int | None = None
+    ) -> None:
+        """A checkpoint taken at `unix_time` (default: now) was written in `seconds`."""
         self._checkpoint.set(time.time() if unix_time is None else unix_time)
+        if seconds is not None:
+            self._ckpt_write.observe(max(seconds, 0.0))
+        if size is not None:
+            self._ckpt_bytes.set(size)
+
+    def checkpoint_pause(self, seconds: float) -> None:
+        """The poll loop was blocked `seconds` taking a checkpoint's state."""
+        self._ckpt_pause.observe(max(seconds, 0.0))
+
+    def checkpoint_failed(self, reason: str) -> None:
+        """A checkpoint could not be written (`io` or `not_data`)."""
+        self._ckpt_failures.labels(reason).inc()
+
+    def outage_started(self) -> None:
+        """The Kafka cluster became unreachable."""
+        self._outages.inc()
+        self._reachable.set(0)
+
+    def outage_ended(self, seconds: float) -> None:
+        """The Kafka cluster answers again after `seconds`."""
+        self._outage_seconds.inc(max(seconds, 0.0))
+        self._reachable.set(1)
+
+    def assets_expired(self, n: int) -> None:
+        """The engine expired `n` idle assets."""
+        self._expired.inc(n)
+
+    def held_back(self, partitions: int, buffered: int) -> None:
+        """`partitions` are paused for event-time order; `buffered` events wait."""
+        self._held_back.set(partitions)
+        self._buffered.set(buffered)
+
+    def delivery(self, stats: Any) -> None:
+        """Mirror the delivery's running totals (send failures, truncations, commits, retries)."""
+        with self._lock:
+            totals = {f"send:{k}": float(v) for k, v in stats.send_failures.items()}
+            totals["truncated"] = float(stats.truncated)
+            totals["commit"] = float(stats.commit_failures)
+            totals["retries"] = float(stats.retries)
+            for key, total in totals.items():
+                delta = total - self._delivery_seen.get(key, 0.0)
+                if delta <= 0:
+                    continue
+                self._delivery_seen[key] = total
+                if key.startswith("send:"):
+                    self._send_failures.labels(key[5:]).inc(delta)
+                elif key == "truncated":
+                    self._truncated.inc(delta)
+                elif key == "commit":
+                    self._commit_failures.inc(delta)
+                else:
+                    self._retries.inc(delta)
 
     def batch(self, seconds: float, size: int) -> None:
         """One poll's batch of `size` events took `seconds` to process."""

@@ -122,6 +122,14 @@ class LocalBroker:
             return None
         return state if _is_our_broker(state.pid, self.home) else None
 
+    def address(self) -> str | None:
+        """host:port the local broker runs (or last ran) on, from its home; None if never."""
+        state = self.state()
+        if state is not None:
+            return state.bootstrap
+        port = self._previous_ports()[0]
+        return f"{self.settings.host}:{port}" if port else None
+
     @property
     def bootstrap(self) -> str:
         state = self.state()
