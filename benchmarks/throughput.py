@@ -334,7 +334,7 @@ def naive_rate(events: Sequence[AssetEvent], settings: EngineSettings, n: int) -
                 net(x)
             loss = (net(x) - (event.value - last) / abs(last)).pow(2).mean()
             opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             opt.step()
             count += 1
             if count >= n:
@@ -485,8 +485,11 @@ def memory(n_assets: int) -> dict[str, float]:
 # -- the service's loop, profiled -----------------------------------------------------------------
 
 
-def service_profile(settings: Settings, events: Sequence[AssetEvent]) -> list[tuple[str, float]]:
-    """Share of the service thread's time per component (cProfile, in process, a backlog)."""
+def service_profile(
+    settings: Settings, events: Sequence[AssetEvent]
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """Share of the service thread's time per component and its top functions (cProfile, in
+    process, a backlog)."""
     from streamval.consumers.service import ValuationService
     from streamval.monitoring.metrics import EngineMetrics
 
@@ -532,7 +535,9 @@ def service_profile(settings: Settings, events: Sequence[AssetEvent]) -> list[tu
             "selectors",
         ),
         "kafka-python: produce": ("kafka/producer",),
-        "json parse and encode": ("json/", "schema.py"),
+        "parse and encode (orjson, contract)": ("orjson", "json/", "contract/"),
+        "service: merge, batch, delivery, metrics": ("consumers/", "monitoring/", "prometheus"),
+        "waiting (select, locks)": ("acquire", "poll' of 'select", "wait"),
     }
     total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
     shares: dict[str, float] = dict.fromkeys(groups, 0.0)
@@ -544,7 +549,12 @@ def service_profile(settings: Settings, events: Sequence[AssetEvent]) -> list[tu
                 break
     ranked = sorted(shares.items(), key=lambda kv: -kv[1])
     rest = total - sum(shares.values())
-    return [(k, v / total) for k, v in ranked] + [("everything else", rest / total)]
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    top = sorted(
+        ((f"{Path(f).name}:{line} {name}", v[2] / total) for (f, line, name), v in raw.items()),
+        key=lambda kv: -kv[1],
+    )[:12]
+    return [(k, v / total) for k, v in ranked] + [("everything else", rest / total)], top
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -598,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"streamval run, paced {rate:,.0f}/s ...", file=sys.stderr)
             paced[rate] = service_run(fresh_settings(bootstrap), events, steady, rate)
         print("profile of the service loop ...", file=sys.stderr)
-        profile = service_profile(fresh_settings(bootstrap), events)
+        profile, top = service_profile(fresh_settings(bootstrap), events)
 
     where = (
         "the cluster at KAFKA_BOOTSTRAP_SERVERS"
@@ -700,6 +710,12 @@ def main(argv: list[str] | None = None) -> int:
         "| component | share of the loop's time |",
         "|---|---|",
         *[f"| {k} | {v:.0%} |" for k, v in profile],
+        "",
+        "Its top functions by own time:",
+        "",
+        "| function | share |",
+        "|---|---|",
+        *[f"| `{k}` | {v:.1%} |" for k, v in top],
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
