@@ -202,26 +202,19 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
         return proc.wait()
 
 
-def engine_state_is_data() -> bool:
-    from streamval.config import EngineSettings
-    from streamval.consumers.checkpoint import is_data
-    from streamval.engine import Engine
-
-    engine = Engine(EngineSettings(hidden=[4], seq_len=3, n_clusters=1))
-    engine.process([AssetEvent("a", t, 1.0 + t) for t in range(1, 6)])
-    return is_data(engine.state_dict())
+SOAK_TTL_MS = 4 * 3_600_000
 
 
 # -- scenarios --------------------------------------------------------------------------------
 
 
-def kill9(h: Harness, kills: int, eos: bool, checkpoints: bool, rng: random.Random) -> Row:
+def kill9(h: Harness, kills: int, eos: bool, rng: random.Random) -> Row:
     row = Row("kill9-eos" if eos else "kill9-alo")
     settings = h.settings(row.scenario)
     ensure_topics(settings)
     events = stream(steps=kills * 6 + 20, per_group=20, seed=rng.randrange(1000))
     chunks = np.array_split(np.arange(len(events)), kills + 1)
-    ckpt = h.home / f"ckpt-{row.scenario}" if checkpoints else None
+    ckpt = h.home / f"ckpt-{row.scenario}"
     flags = ["--instance-id", f"{row.scenario}-1"] + (["--exactly-once"] if eos else [])
     t0 = time.monotonic()
     for i, chunk in enumerate(chunks):
@@ -236,7 +229,7 @@ def kill9(h: Harness, kills: int, eos: bool, checkpoints: bool, rng: random.Rand
             code = stop(proc)
             row.crashes += int(code != 0)
     row.seconds = time.monotonic() - t0
-    row.notes.append(f"{kills} kill -9; checkpoints {'on' if checkpoints else 'off'}")
+    row.notes.append(f"{kills} kill -9; checkpoints on")
     if eos:
         row.notes.append("read_committed")
     return row
@@ -387,11 +380,22 @@ def rss_kb(pid: int) -> int:
 def soak(
     h: Harness, minutes: float, assets: int, rate: float
 ) -> tuple[Row, list[tuple[float, int]]]:
-    """`assets` assets cycled at `rate` events/s for `minutes`; RSS sampled every 5 s."""
+    """`assets` assets a step at `rate` events/s for `minutes`; RSS sampled every 5 s.
+
+    The population rotates: each hourly step replaces an eighth of it with new ids, so every
+    id is live for 8 steps and then idle; with `engine.asset_ttl` at 4 hours the idle ones
+    expire, and the state must stop growing once the first ids expire (checkpoints every 2 s).
+    """
     row = Row("soak")
     settings = h.settings(row.scenario)
     ensure_topics(settings)
-    proc = h.start(settings, "--instance-id", "soak-1")
+    proc = h.start(
+        settings,
+        "--instance-id",
+        "soak-1",
+        ckpt=h.home / "ckpt-soak",
+        **{"engine.asset_ttl": SOAK_TTL_MS},
+    )
     producer = make_producer(settings)
     samples: list[tuple[float, int]] = []
     t0 = time.monotonic()
@@ -405,7 +409,8 @@ def soak(
             ts = T0 + step * 3_600_000
             prices *= np.exp(rng.normal(0, 0.01, size=assets))
             for i in range(assets):
-                body = {"asset_id": f"S{i:06d}", "ts": ts, "value": float(prices[i])}
+                asset = i + step * (assets // 8)
+                body = {"asset_id": f"S{asset:07d}", "ts": ts, "value": float(prices[i])}
                 producer.send(
                     settings.topics.input,
                     key=body["asset_id"].encode(),
@@ -430,8 +435,9 @@ def soak(
     row.events_in = sent
     row.seconds = time.monotonic() - t0
     row.notes.append(
-        f"{assets:,} assets, {sent:,} events sent at up to {rate:,.0f}/s; valuations not "
-        "counted (RSS only)"
+        f"{assets:,} live assets (an eighth new each step, asset_ttl 4 h), {step + 1} steps, "
+        f"{sent:,} events sent at up to {rate:,.0f}/s; checkpoints on; valuations not counted "
+        "(RSS only)"
     )
     return row, samples
 
@@ -448,14 +454,6 @@ def rss_growth(samples: list[tuple[float, int]], warm_fraction: float = 0.4) -> 
 
 
 # -- report -----------------------------------------------------------------------------------
-
-DATA_STATE = "The engine state is data on this build: the kill -9 rows ran with checkpoints."
-NOT_DATA_STATE = """On this build `Engine.state_dict()` still holds pickled river objects, which the
-checkpoint codec refuses (contracts.md section 1), so the kill -9 rows ran **without
-checkpoints** (recovery from the committed offsets; no learning is restored) and the soak ran
-without checkpoints and without idle-asset expiry (`engine.asset_ttl`). Once the engine branch
-lands, rerun this script: the kill -9 rows then restore checkpoints, and the soak measures
-expiry."""
 
 
 def table(rows: list[Row]) -> str:
@@ -479,7 +477,6 @@ def write_report(
     growth: float | None,
     samples: list[tuple[float, int]],
     args: argparse.Namespace,
-    data_state: bool,
 ) -> str:
     rss = "n/a" if growth is None else f"{growth:+.1%}"
     first = samples[0][1] / 1024 if samples else 0
@@ -522,11 +519,9 @@ Result: {"0 lost, 0 crashes, 0 code executed" if ok else "FAILURES: see the rows
 - **checkpoints** (items 1, 7): pickle payloads under the checkpoint's name, a torch.save file,
   an old-format `checkpoint.pt`, 64 flipped bytes, another group, another partition count: each
   stops `streamval run` with the problem named, and no payload runs.
-- **soak** (item 7): RSS sampled every 5 s while many assets stream through.
+- **soak** (item 7): RSS sampled every 5 s while a rotating population streams through with
+  checkpoints on and idle assets expiring (`engine.asset_ttl`): memory must level off.
 
-## What waits for the engine work (issue 11)
-
-{DATA_STATE if data_state else NOT_DATA_STATE}
 """
 
 
@@ -556,12 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     kills = args.kills or (3 if args.quick else 20)
     minutes = args.soak_minutes or (1.0 if args.quick else 10.0)
     rng = random.Random(args.seed)
-    data_state = engine_state_is_data()
     if args.report_only:
         saved = json.loads(RESULTS.read_text())
         samples = [(float(t), int(kb)) for t, kb in saved["rss_samples"]]
         rows = [row_from_json(r) for r in saved["rows"]]
-        args.out.write_text(write_report(rows, rss_growth(samples), samples, args, data_state))
+        args.out.write_text(write_report(rows, rss_growth(samples), samples, args))
         return 0 if all(r.ok() for r in rows) else 1
     rows: list[Row] = []
     samples: list[tuple[float, int]] = []
@@ -584,8 +578,8 @@ def main(argv: list[str] | None = None) -> int:
             steps = [
                 ("poison", lambda: poison(h, rng)),
                 ("checkpoints", lambda: checkpoints(h)),
-                ("kill9-alo", lambda: kill9(h, kills, False, data_state, rng)),
-                ("kill9-eos", lambda: kill9(h, kills, True, data_state, rng)),
+                ("kill9-alo", lambda: kill9(h, kills, False, rng)),
+                ("kill9-eos", lambda: kill9(h, kills, True, rng)),
                 ("broker-restart", lambda: broker_restart(h, rng)),
                 ("outage-bound", lambda: outage_bound(h)),
             ]
@@ -610,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         if "soak" not in done:
             samples = [(float(t), int(kb)) for t, kb in saved["rss_samples"]]
     growth = rss_growth(samples)
-    report = write_report(rows, growth, samples, args, data_state)
+    report = write_report(rows, growth, samples, args)
     print(report)
     if not args.quick:
         args.out.write_text(report)
@@ -620,7 +614,6 @@ def main(argv: list[str] | None = None) -> int:
                     "rows": [row_to_json(r) for r in rows],
                     "rss_samples": samples,
                     "rss_growth": growth,
-                    "engine_state_is_data": data_state,
                 },
                 indent=1,
             )

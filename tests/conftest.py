@@ -9,28 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.support.engines import engine_state_is_data
 
 from streamval.config import BrokerSettings, Settings, load_settings
 from streamval.stream.kafka.broker import LocalBroker
 
 # Two cores on CI: one torch thread per process leaves the other to the broker.
 torch.set_num_threads(1)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `engine_state` checkpoint the real Engine. Until its state is data (the engine
-    work of issue 11) the codec refuses it: they are strict xfails then, so they cannot pass by
-    accident, and run as ordinary tests the moment the engine's state is data."""
-    marked = [item for item in items if item.get_closest_marker("engine_state")]
-    if not marked or engine_state_is_data():
-        return
-    reason = (
-        "waits for the engine branch: Engine.state_dict() still holds pickled river objects, "
-        "which the checkpoint codec refuses (contracts.md section 1)"
-    )
-    for item in marked:
-        item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 REPO = Path(__file__).resolve().parents[1]

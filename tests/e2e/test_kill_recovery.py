@@ -86,7 +86,6 @@ def valuation_keys(
 
 # Static membership (KIP-345): the restarted member takes over its old assignment at once
 # instead of waiting for the dead member's session to expire (45 s by default).
-@pytest.mark.engine_state
 @pytest.mark.parametrize("instance_id", [None, "engine-1"], ids=["dynamic", "static"])
 def test_kill_9_then_restart(
     kafka_settings: Settings, tmp_path: Path, instance_id: str | None
@@ -233,7 +232,6 @@ def test_a_crafted_checkpoint_stops_streamval_run_and_runs_nothing(
     assert not Path(MARKER).exists()
 
 
-@pytest.mark.engine_state
 def test_a_valid_checkpoint_carrying_a_pickle_payload_runs_no_code(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:

@@ -26,7 +26,6 @@ from tests.integration.prom import (
     promtool,
 )
 from tests.integration.streams import regime_change, to_long_table
-from tests.support.engines import engine_state_is_data
 
 from streamval.config import Settings
 from streamval.stream.datasets.synthetic import DAY_MS
@@ -90,11 +89,15 @@ def engine_process(
 ) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     port = free_port()
     log = (tmp_path / "engine.log").open("w")
-    # Checkpoints of the real engine need its state to be data (the engine work of issue 11);
-    # until then the live run goes without them, and the checkpoint gauges stay at 0.
-    ckpt = ["--checkpoint-dir", str(tmp_path / "ckpt")] if engine_state_is_data() else []
     proc = subprocess.Popen(
-        cli(kafka_settings, "run", "--metrics-port", str(port), *ckpt),
+        cli(
+            kafka_settings,
+            "run",
+            "--metrics-port",
+            str(port),
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+        ),
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,

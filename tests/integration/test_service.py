@@ -179,7 +179,6 @@ def test_service_end_to_end(kafka_settings: Settings) -> None:
     assert committed == len(events) + 3
 
 
-@pytest.mark.engine_state
 def test_restart_from_a_checkpoint_restores_the_engine(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
@@ -337,7 +336,6 @@ def test_history_warms_the_engine_before_the_first_event(
     assert len(first_day) == 18 and len({b["cluster"] for b in first_day}) == 3
 
 
-@pytest.mark.engine_state
 def test_a_restart_restores_the_checkpoint_instead_of_reading_the_history(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:

@@ -100,19 +100,3 @@ class DataEngine:
 
     def close(self) -> None:
         self.closed = True
-
-
-def engine_state_is_data() -> bool:
-    """Whether a working Engine's state_dict() is a state tree the checkpoint codec accepts."""
-    from streamval.config import EngineSettings
-    from streamval.consumers.checkpoint import is_data
-    from streamval.engine import Engine
-
-    engine = Engine(EngineSettings(hidden=[4], seq_len=3, n_clusters=1))
-    engine.process([AssetEvent("a", t, 1.0 + t) for t in range(1, 6)])
-    try:
-        return is_data(engine.state_dict())
-    finally:
-        close = getattr(engine, "close", None)
-        if callable(close):
-            close()
