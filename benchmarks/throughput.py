@@ -560,6 +560,28 @@ def service_profile(
 # -- the report -----------------------------------------------------------------------------------
 
 
+def git_commit() -> str:
+    """The measured commit (with `+` when the tree has changes), or `unknown`."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+" if dirty else "")
+
+
 def percentiles(x: np.ndarray) -> tuple[float, float, float]:
     p50, p99 = np.percentile(x * 1000, [50, 99])
     return float(p50), float(p99), float(x.max() * 1000)
@@ -632,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Measured by `python -m benchmarks.throughput{' --quick' if args.quick else ''}` in "
         f"{time.perf_counter() - t_start:,.0f} s on {platform.machine()} with {os.cpu_count()} "
         "CPU cores shared by the broker, the producer, the service and other jobs; Python "
-        f"{platform.python_version()}, torch {torch.__version__} with 1 thread; {where}.",
+        f"{platform.python_version()}, torch {torch.__version__} with 1 thread; {where}; "
+        f"commit {git_commit()}; load average {os.getloadavg()[0]:.1f} at the end.",
         "",
         f"- stream: {args.assets:,} assets x {args.steps} steps = {len(events):,} events (three "
         "dynamics groups, one feature, two attributes), 3 input partitions, polls of "
