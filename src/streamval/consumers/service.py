@@ -286,7 +286,11 @@ class ValuationService:
         try:
             if self.recovery.restoring:
                 self.recovery.resume(consumer, self._assigned)
-            records = consumer.poll(timeout_ms=c.poll_timeout_ms, max_records=FETCH_RECORDS)
+            # With a full batch buffered there is work now: a blocking poll would only wait
+            # (kafka-python sleeps up to retry_backoff_ms when every partition is held back).
+            ready = self.merger.buffered() >= c.max_poll_records
+            timeout_ms = 0 if ready else c.poll_timeout_ms
+            records = consumer.poll(timeout_ms=timeout_ms, max_records=FETCH_RECORDS)
         except KafkaError as exc:
             self._sleep(self.outage.failed(exc, "polling"))
             return False
