@@ -78,7 +78,11 @@ def test_profile_space_one_hot_standardises_and_imputes() -> None:
     assert x.shape == (3, 3 + 2)
     assert np.allclose(x[:, :3].mean(axis=0), 0.0)
     assert x[2, 0] == 0.0  # missing tier -> the mean
-    assert list(x[:, 3]) == [1.0, 0.0, 1.0]  # bank
+    # Each block has total variance 1 over the fitted assets: the one-hot (bank 2/3, tech 1/3:
+    # variance 2/9 a column) is scaled by 1.5.
+    assert x[:, 3] == pytest.approx([1.5, 0.0, 1.5])  # bank
+    for block in space.block_slices():
+        assert x[:, block].var(axis=0).sum() == pytest.approx(1.0)
     unseen = space.transform(
         ProfileInputs.from_records([{"sector": "energy", "tier": 2.0}], np.array([[0.02, 0.03]]))
     )
@@ -90,7 +94,7 @@ def test_an_attribute_that_is_sometimes_a_string_is_categorical() -> None:
     space = ProfileSpace()
     x = space.fit(ProfileInputs.from_records(attrs, np.zeros((3, 1))))
     assert space.categorical == ["grade"] and space.categories == [["", "2.0", "A"]]
-    assert x[:, 1:].tolist() == [[0, 0, 1], [0, 1, 0], [1, 0, 0]]
+    assert (x[:, 1:] > 0).tolist() == [[0, 0, 1], [0, 1, 0], [1, 0, 0]]
 
 
 def test_series_statistics_see_mean_reversion_and_trend() -> None:
