@@ -145,6 +145,17 @@ def test_late_arrivals_join_their_group() -> None:
     assert engine.n_assets == 300
     assert aris[19] >= 0.9 and aris[20] >= 0.9 and aris[40] >= 0.9
     assert _kept_share(history, 20) >= 0.98
+    # What the service exports: sizes, silhouettes and the clustering's counts in the snapshots.
+    snapshots = engine.snapshot()
+    assert sum(s.assets for s in snapshots) == 300
+    assert all(s.silhouette is not None and -1 <= s.silhouette <= 1 for s in snapshots)
+    stats = engine.clustering_stats()
+    assert {s.clustering for s in snapshots} == {stats}
+    assert stats.fits >= 2 and stats.churn is not None and stats.churn < MAX_CHURN
+    restored = Engine(_FAST)
+    restored.load_state_dict(engine.state_dict())
+    assert restored.clustering_stats() == stats and restored.assignments() == engine.assignments()
+    restored.close()
 
 
 def test_refit_after_a_shock_keeps_ids_and_assets() -> None:
