@@ -891,7 +891,15 @@ class Engine:
             pick = np.sort(self._rng.choice(len(ready), size=s.fit_max_assets, replace=False))
             ready = ready[pick]
         space = ProfileSpace(s.profile_pseudo_count)
-        x = space.fit(self._inputs_of_slots(ready), weigh=self._clustering.block_weights)
+        previous = self._space
+
+        def weigh(blocks: list[FloatArray]) -> Sequence[float]:
+            """The block weights; those in use are a candidate while the blocks are the same."""
+            same = self._clustering.fitted and previous.blocks == space.blocks
+            current = previous.weights.tolist() if same else None
+            return self._clustering.block_weights(blocks, current)
+
+        x = space.fit(self._inputs_of_slots(ready), weigh=weigh)
         refit = self._clustering.fitted
         before = table["cluster"][live].astype(np.int64)
         fit = self._clustering.fit(x, table["cluster"][ready].astype(np.int64))

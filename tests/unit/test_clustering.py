@@ -220,3 +220,14 @@ def test_auto_k_scores_stability_too() -> None:
     assert len(clustering.ids) == 3 and fit.stability > 0.9
     assert adjusted_rand_score(truth, fit.labels) == 1.0
     assert fit.silhouette > 0.5 and set(fit.cluster_silhouette) == set(clustering.ids)
+
+
+def test_block_weights_in_use_survive_a_refit_unless_clearly_worse() -> None:
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 60)
+    blocks = [np.eye(3)[truth] * 1.2, *(rng.normal(size=(180, 1)) for _ in range(4))]
+    clustering = AssetClustering(n_clusters=3)
+    in_use = [0.9, 0.05, 0.0, 0.05, 0.0]  # as good as any candidate: kept
+    assert clustering.block_weights(blocks, in_use) == in_use
+    noise_only = [0.0, 1.0, 0.0, 0.0, 0.0]  # agrees with nothing: replaced
+    assert clustering.block_weights(blocks, noise_only)[0] == 1.0

@@ -12,29 +12,32 @@ cluster (no fit).
 Block weights (`block_weights`, the rule `ProfileSpace.fit` applies), on a sample of at most
 `weigh_max_assets` assets. Each profile block (an attribute, a series statistic; all scaled to
 variance 1) is clustered alone into K clusters (auto: its best K) and gets a *contrast*: how much
-better its silhouette s is than that of the same fit on a Gaussian null with the block's mean
-and covariance, c = max(0, s - s_null) / (1 - s_null). A block that separates assets cleanly
-(a one-hot that identifies groups: s = 1) has c near 1, a block of noise (s = s_null) near 0
-however many such blocks there are. Three weightings are candidates: all blocks equal, c / max c
-and its square root. The one chosen is the one whose K-partition agrees best with the blocks'
-own partitions (largest sum of adjusted Rand indices over the blocks: the consensus criterion
-of cluster ensembles, Strehl & Ghosh 2002). So a crisp block that no other block supports (a
-risk tier cut from one score) does not overrule many blocks that agree on another grouping,
-while a clean attribute among noise blocks (which agree with nothing) is not drowned by them.
+better its silhouette s is than that of the same fit on Gaussian nulls with the block's mean and
+covariance, c = max(0, s - max s_null) / (1 - mean s_null) over four null draws (the best draw:
+structure at chance level scores 0). A block that separates assets cleanly (a one-hot that
+identifies groups: s = 1) has c near 1, a block of noise (s = s_null) near 0 however many such
+blocks there are. Three weightings are candidates: all blocks equal, c / max c and its square root.
+The one chosen is the one whose K-partition agrees best with the blocks' own partitions (largest
+sum of adjusted Rand indices over the blocks with c > 0, or over all blocks if none has: the
+consensus criterion of cluster ensembles, Strehl & Ghosh 2002). So a crisp block that no other
+block supports (a risk tier cut from one score) does not overrule many blocks that agree on another
+grouping, while a clean attribute among noise blocks (which agree with nothing) is not drowned by
+them. At a re-fit the weights in use are a fourth candidate and win unless another weighting agrees
+more than 10% better: new weights redraw the whole space, and with it every asset's neighbours.
 
-Hysteresis: online, an asset changes cluster only when another centroid is closer than its own
-by the margin (`distance < (1 - switch_margin) x distance to its own`) at `switch_checks`
-consecutive checks (`reassign`); its first check places it at the nearest centroid. A re-fit
-keeps every asset in its cluster unless the new fit's cluster for it is closer by the margin
-than the (re-fitted) cluster carrying its old id, or its old id disappears; the centroids are
-then those of the kept assignment. The bootstrap fit (against the provisional cluster 0) keeps
-nothing.
+Hysteresis: online, an asset changes cluster only when another centroid is closer than its own by
+the margin (`distance < (1 - switch_margin) x distance to its own`) at `switch_checks` consecutive
+checks (`reassign`); its first check places it at the nearest centroid. A re-fit keeps every asset
+in its cluster unless the centroid of the new fit's cluster for it is closer by the margin than the
+centroid of its old cluster (its old members, in the new space), or its old id disappears; the
+centroids are then those of the kept assignment. The bootstrap fit (against the provisional cluster
+0) keeps nothing.
 
 Stable ids: a re-fit computes the old clusters' centroids *in the new space* (the members of each
 old cluster, re-profiled) and matches them to the new centroids with the Hungarian algorithm
 (`scipy.optimize.linear_sum_assignment`). Matched new clusters take the old ids; unmatched ones get
-fresh ids (never reused), each with a `parent`: the nearest old cluster, whose model it copies.
-Old clusters left unmatched disappear.
+fresh ids (never reused), each with a `parent`: the nearest old cluster, whose model it copies. Old
+clusters left unmatched disappear.
 
 Before the first fit every asset is in the provisional cluster 0 (see `Engine`): the bootstrap fit
 is a re-fit against that single cluster: one new cluster keeps id 0, the others copy its model.
@@ -52,6 +55,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,6 +70,10 @@ from streamval.models.base import Estimator
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 Method = Literal["hierarchical", "kmeans"]
+_NULL_DRAWS = 4  # Gaussian nulls per block and K (block weights)
+# A re-fit keeps the block weights in use unless another weighting's agreement is this much
+# (relatively) larger: a new weighting redraws the whole space, and every asset with it.
+_KEEP_WEIGHTS = 0.1
 Linkage = Literal["ward", "average", "complete", "single"]
 Metric = Literal["euclidean", "manhattan", "cosine"]
 
@@ -181,8 +189,11 @@ class AssetClustering(Estimator):
             scores.append(adjusted_rand_score(labels[rows], self._fit_k(x[rows], k)))
         return float(np.mean(scores)) if scores else 0.0
 
-    def block_weights(self, blocks: list[FloatArray]) -> list[float]:
-        """Weights of the profile blocks (the rule in the module docstring)."""
+    def block_weights(
+        self, blocks: list[FloatArray], current: Sequence[float] | None = None
+    ) -> list[float]:
+        """Weights of the profile blocks (the rule in the module docstring); `current`: the
+        weights in use, kept unless another weighting agrees clearly better."""
         if not blocks:
             return []
         n = len(blocks[0])
@@ -196,7 +207,7 @@ class AssetClustering(Estimator):
         sample = [block[rows] for block in blocks]
         alive = np.array([x.shape[1] > 0 and float(x.var(axis=0).sum()) > 1e-12 for x in sample])
         contrast = np.zeros(len(blocks))
-        partitions: list[IntArray] = []
+        partitions: dict[int, IntArray] = {}
         for j, x in enumerate(sample):
             if not alive[j]:
                 continue
@@ -207,30 +218,40 @@ class AssetClustering(Estimator):
                 if best is None or score > best[0]:
                     best = (score, labels)
             assert best is not None
-            contrast[j], labels = best
-            partitions.append(labels)
+            contrast[j], partitions[j] = best
         if not partitions:
             return [1.0] * len(blocks)
+        # The votes: partitions of the blocks with structure beyond chance (all, if none has).
+        votes = [p for j, p in partitions.items() if contrast[j] > 0] or list(partitions.values())
         top = float(contrast.max())
         relative = contrast / top if top > 0 else alive.astype(np.float64)
         weightings = [alive.astype(np.float64), relative, np.sqrt(relative)]
+        keep = current is not None and len(current) == len(blocks)
+        if keep:
+            weightings.insert(0, np.asarray(current, dtype=np.float64))
         chosen, support = weightings[0], -np.inf
-        for weights in weightings:
+        for i, weights in enumerate(weightings):
             x = np.concatenate([b * w for b, w in zip(sample, weights, strict=True)], axis=1)
             labels, _ = self._labels(x)
-            agreement = sum(float(adjusted_rand_score(p, labels)) for p in partitions)
+            agreement = sum(float(adjusted_rand_score(p, labels)) for p in votes)
+            if keep and i == 0:
+                agreement *= 1.0 + _KEEP_WEIGHTS  # the weights in use win near-ties
             if agreement > support + 1e-9:
                 chosen, support = weights, agreement
         return [float(w) for w in chosen]
 
     def _contrast(self, x: FloatArray, labels: IntArray, k: int, rng: np.random.Generator) -> float:
-        """How much better a block's K-partition's silhouette is than that of the same fit on a
-        Gaussian null with the block's mean and covariance: (s - s0) / (1 - s0), at least 0."""
+        """How much better a block's K-partition's silhouette s is than the same fit's on
+        Gaussian nulls with the block's mean and covariance: (s - max s0) / (1 - mean s0) over
+        `_NULL_DRAWS` draws, at least 0 (the best draw, so chance-level structure scores 0)."""
         cov = np.atleast_2d(np.cov(x, rowvar=False))
-        null = rng.multivariate_normal(x.mean(axis=0), cov, size=len(x), method="eigh")
         s = _silhouette(x, labels, len(x), rng)
-        s0 = _silhouette(null, self._fit_k(null, k), len(x), rng)
-        return max(0.0, (s - s0) / (1.0 - s0)) if s0 < 1.0 else 0.0
+        nulls = []
+        for _ in range(_NULL_DRAWS):
+            null = rng.multivariate_normal(x.mean(axis=0), cov, size=len(x), method="eigh")
+            nulls.append(_silhouette(null, self._fit_k(null, k), len(x), rng))
+        mean = float(np.mean(nulls))
+        return max(0.0, (s - max(nulls)) / (1.0 - mean)) if mean < 1.0 else 0.0
 
     def _fit_k(self, x: FloatArray, k: int) -> IntArray:
         if self.method == "kmeans":
@@ -268,7 +289,15 @@ class AssetClustering(Estimator):
         ids = [new_to_id[j] for j in order]
         labels = np.array([new_to_id[int(j)] for j in raw], dtype=np.int64)
         if keep:
-            labels = self._kept(x, labels, old_labels, ids, new_centroids[order])
+            old = {cid: old_centroids[i] for i, cid in enumerate(old_ids)}
+            labels = self._kept(
+                x,
+                labels,
+                old_labels,
+                ids=ids,
+                old_centroids=old,
+                new_centroids=new_centroids[order],
+            )
         centroids = []
         for j, cid in enumerate(ids):
             members = labels == cid
@@ -298,20 +327,24 @@ class AssetClustering(Estimator):
         x: FloatArray,
         labels: IntArray,
         old_labels: IntArray,
+        *,
         ids: list[int],
-        centroids: FloatArray,
+        old_centroids: dict[int, FloatArray],
+        new_centroids: FloatArray,
     ) -> IntArray:
-        """The new labels, except where the old id survives and the new cluster is not closer
-        than it by the margin."""
+        """The new labels, except where the old id survives and the asset's new cluster's
+        centroid is not closer than its old cluster's (its old members, in the new space) by
+        the margin."""
         index = {cid: j for j, cid in enumerate(ids)}
-        old_col = np.array([index.get(int(c), -1) for c in old_labels], dtype=np.int64)
         new_col = np.array([index[int(c)] for c in labels], dtype=np.int64)
-        d = np.sqrt(((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2))
-        rows = np.arange(len(x))
-        survives = old_col >= 0
-        d_old = np.where(survives, d[rows, np.maximum(old_col, 0)], np.inf)
-        better = d[rows, new_col] < (1.0 - self.switch_margin) * d_old
-        out: IntArray = np.where(survives & ~better, old_labels, labels).astype(np.int64)
+        d_new = np.sqrt(((x - new_centroids[new_col]) ** 2).sum(axis=1))
+        d_old = np.full(len(x), np.inf)
+        for cid, centroid in old_centroids.items():
+            if cid in index:
+                rows = old_labels == cid
+                d_old[rows] = np.sqrt(((x[rows] - centroid) ** 2).sum(axis=1))
+        better = d_new < (1.0 - self.switch_margin) * d_old
+        out: IntArray = np.where(np.isfinite(d_old) & ~better, old_labels, labels).astype(np.int64)
         return out
 
     def distances(self, profiles: FloatArray) -> FloatArray:
