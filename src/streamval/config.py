@@ -209,6 +209,26 @@ class EngineSettings(_Section):
     fit_max_assets: int = Field(
         2000, ge=2, description="assets sampled for a (re-)fit; Ward needs O(n^2) memory"
     )
+    # Clustering that converges and holds still (models/profiles.py, models/clustering.py).
+    profile_pseudo_count: float = Field(
+        6.0,
+        ge=0,
+        description="observations of population value an asset's series statistics "
+        "are shrunk toward (early noise does not decide its cluster)",
+    )
+    switch_margin: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="another centroid must be closer by this share of the "
+        "distance to the asset's own before it moves (online and at re-fits)",
+    )
+    switch_checks: int = Field(
+        4, ge=1, description="consecutive checks the margin must hold before an asset moves"
+    )
+    n_resamples: int = Field(
+        4, ge=1, description="bootstrap resamples whose agreement scores each K with 'auto'"
+    )
     max_features: int = Field(8, ge=0, description="dynamic feature slots; later names are ignored")
     seq_len: int = Field(12, ge=2)
     cell: Literal["lstm", "gru", "linear"] = Field(

@@ -8,9 +8,12 @@
     1. window      the asset's last `seq_len` steps; a step holds the *lagged* value (the last
                    value known before this event: the model sees v(t-1), never v(t)) and the
                    dynamic features of the event (carried forward when an event omits one)
-    2. cluster     nearest centroid of the current clustering in the standardised profile space,
-                   re-checked when the asset's profile may have moved (its event count grew by
-                   an eighth since the last check, or its attributes changed) and at every fit
+    2. cluster     nearest centroid of the current clustering in the weighted profile space at
+                   the asset's first check; later checks (when its profile may have moved: its
+                   event count grew by an eighth since the last check, or its attributes
+                   changed) move it only with hysteresis (another centroid closer by
+                   `switch_margin` at `switch_checks` consecutive checks); re-fits keep assets
+                   in place unless the new fit is clearly better for them
     3. valuation   the cluster model's scale-free change, v_last + scale * change; `warming`
                    assets (window not yet full of known values) get the fallback instead
     4. record      a `Valuation` (cluster, model_version, warming, adapting, lr)
@@ -77,16 +80,17 @@ from numpy.typing import NDArray
 from streamval.config import EngineSettings
 from streamval.errors import CheckpointError
 from streamval.models.assets import FEATURE_LIMIT, MAX_RATIO, AssetTable, Rows, WindowStep
-from streamval.models.clustering import AssetClustering
+from streamval.models.clustering import AssetClustering, FitResult
 from streamval.models.drift import AdaptiveLearningRate, DriftMonitor
 from streamval.models.error_metrics import ErrorMetrics
 from streamval.models.learner import Predictor, SequenceLearner
-from streamval.models.profiles import ProfileInputs, ProfileSpace, series_vector
+from streamval.models.profiles import ProfileInputs, ProfileSpace, series_counts, series_vector
 from streamval.models.state import rng_state, set_rng_state
 from streamval.models.trainer import Trainer
 from streamval.stream.contract.ordering import Order, order_of
 from streamval.stream.contract.outputs import (
     BatchResult,
+    ClusteringStats,
     ClusterSnapshot,
     DriftAlarm,
     Valuation,
@@ -97,7 +101,7 @@ __all__ = ["Engine", "set_torch_threads"]
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 # An asset's cluster is re-checked once its event count has grown by this share since the last
 # check (and at least by one): early on every event, later rarely, as its profile settles.
 _RECHECK_GROWTH = 8
@@ -123,6 +127,44 @@ class _Cluster:
     errors: ErrorMetrics
     predictor: Predictor
     expired: int = 0  # assets of this cluster forgotten after asset_ttl
+
+
+@dataclass
+class _FitStats:
+    """What the clustering's fits and online switches did (snapshots, metrics, reports)."""
+
+    fits: int = 0
+    silhouette: float | None = None
+    cluster_silhouette: dict[int, float] = field(default_factory=dict)
+    churn: float | None = None  # share of live assets that changed cluster at the last re-fit
+    switches: int = 0
+    history: list[tuple[int, float]] = field(default_factory=list)  # (event time, churn)
+
+    def record(self, fit: FitResult, churn: float | None, ts: int) -> None:
+        self.fits += 1
+        self.silhouette = None if math.isnan(fit.silhouette) else fit.silhouette
+        self.cluster_silhouette = {
+            c: v for c, v in fit.cluster_silhouette.items() if not math.isnan(v)
+        }
+        if churn is not None:
+            self.churn = churn
+            self.history.append((ts, churn))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fits": self.fits,
+            "silhouette": self.silhouette,
+            "cluster_silhouette": {str(c): v for c, v in self.cluster_silhouette.items()},
+            "churn": self.churn,
+            "switches": self.switches,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fits = int(state["fits"])
+        self.silhouette = None if state["silhouette"] is None else float(state["silhouette"])
+        self.cluster_silhouette = {int(c): float(v) for c, v in state["cluster_silhouette"].items()}
+        self.churn = None if state["churn"] is None else float(state["churn"])
+        self.switches = int(state["switches"])
 
 
 @dataclass
@@ -212,8 +254,9 @@ class Engine:
         self._assets = AssetTable(s.seq_len)
         self._features: dict[str, int] = {}
         self._clustering = AssetClustering.from_settings(s)
-        self._space = ProfileSpace()
+        self._space = ProfileSpace(s.profile_pseudo_count)
         self._clusters: dict[int, _Cluster] = {}
+        self._fit_stats = _FitStats()
         self._add_cluster(0, self._new_learner(0))
         self._ready = 0  # live assets with at least min_history values
         self._events_since_fit = 0
@@ -367,6 +410,7 @@ class Engine:
         live = self._assets["live"]
         clusters = self._assets["cluster"][live]
         counts = np.bincount(clusters, minlength=max(self._clusters) + 1)
+        stats = self.clustering_stats()
         out = []
         for cid in self.clusters:
             c = self._clusters[cid]
@@ -387,9 +431,27 @@ class Engine:
                     trained_samples=trained,
                     skipped_samples=skipped,
                     expired_assets=c.expired,
+                    silhouette=self._fit_stats.cluster_silhouette.get(cid),
+                    clustering=stats,
                 )
             )
         return out
+
+    def clustering_stats(self) -> ClusteringStats:
+        """The clustering as a whole: fits, silhouette, churn at the last re-fit, switches."""
+        f = self._fit_stats
+        return ClusteringStats(
+            clusters=len(self._clusters),
+            fits=f.fits,
+            silhouette=f.silhouette,
+            churn=f.churn,
+            switches=f.switches,
+        )
+
+    @property
+    def churn_history(self) -> list[tuple[int, float]]:
+        """(event time, churn) of every re-fit this engine ran since it started or loaded."""
+        return list(self._fit_stats.history)
 
     # -- steps 0-2: the segment's assets, computed on a copy (pure) -----------------------------
 
@@ -554,7 +616,17 @@ class Engine:
             return
         rd = r[due]
         inputs = self._inputs_of_rows(rows, rd, vocabulary)
-        rows["cluster"][rd] = self._clustering.assign_many(self._space.transform(inputs))
+        cluster, candidate, streak = self._clustering.reassign(
+            self._space.transform(inputs),
+            rows["cluster"][rd].astype(np.int64),
+            rows["candidate"][rd].astype(np.int64),
+            rows["streak"][rd].astype(np.int64),
+            rows["placed"][rd],
+        )
+        rows["cluster"][rd] = cluster
+        rows["candidate"][rd] = candidate
+        rows["streak"][rd] = streak
+        rows["placed"][rd] = True
         rows["next_check"][rd] = seen[due] + np.maximum(1, seen[due] // _RECHECK_GROWTH)
 
     def _inputs_of_rows(
@@ -574,6 +646,7 @@ class Engine:
                 feat_sum=a["st_fsum"][r],
                 feat_count=a["st_fcount"][r],
             ),
+            counts=series_counts(a["st_n"][r], a["st_pairs"][r], a["st_fcount"][r]),
             numeric={name: column[r] for name, column in rows.numeric.items()},
             categorical={
                 name: codes[r].astype(np.int64) for name, codes in rows.categorical.items()
@@ -728,6 +801,10 @@ class Engine:
         slots = plan.slots.copy()
         if len(new):
             slots[new] = table.allocate([plan.names[i] for i in new.tolist()])
+        old = plan.slots >= 0
+        was_placed = table["placed"][plan.slots[old]]
+        moved = table["cluster"][plan.slots[old]] != plan.rows["cluster"][np.flatnonzero(old)]
+        self._fit_stats.switches += int((was_placed & moved).sum())
         table.scatter(slots, plan.rows)
         table["last_ts"][slots] = plan.last_ts
         self._watermark = plan.watermark
@@ -813,8 +890,18 @@ class Engine:
         if len(ready) > s.fit_max_assets:
             pick = np.sort(self._rng.choice(len(ready), size=s.fit_max_assets, replace=False))
             ready = ready[pick]
-        space = ProfileSpace()
-        x = space.fit(self._inputs_of_slots(ready))
+        space = ProfileSpace(s.profile_pseudo_count)
+        previous = self._space
+
+        def weigh(blocks: list[FloatArray]) -> Sequence[float]:
+            """The block weights; those in use are a candidate while the blocks are the same."""
+            same = self._clustering.fitted and previous.blocks == space.blocks
+            current = previous.weights.tolist() if same else None
+            return self._clustering.block_weights(blocks, current)
+
+        x = space.fit(self._inputs_of_slots(ready), weigh=weigh)
+        refit = self._clustering.fitted
+        before = table["cluster"][live].astype(np.int64)
         fit = self._clustering.fit(x, table["cluster"][ready].astype(np.int64))
         with self.trainer.paused():
             for new_id, parent in sorted(fit.parents.items()):
@@ -825,10 +912,19 @@ class Engine:
                 self.trainer.remove(cid, fit.successors.get(cid))
                 del self._clusters[cid]
         self._space = space
-        labels = self._clustering.assign_many(space.transform(self._inputs_of_slots(live)))
+        profiles = space.transform(self._inputs_of_slots(live))
+        if refit:
+            labels = self._clustering.settle(profiles, before)
+        else:
+            labels = self._clustering.assign_many(profiles)
         fitted = np.searchsorted(live, ready)
         labels[fitted] = fit.labels
         table["cluster"][live] = labels
+        table["placed"][live] = True
+        table["candidate"][live] = -1
+        table["streak"][live] = 0
+        churn = float((labels != before).mean()) if refit else None
+        self._fit_stats.record(fit, churn, self._watermark or 0)
         seen = table["seen"][live]
         table["next_check"][live] = seen + np.maximum(1, seen // _RECHECK_GROWTH)
 
@@ -884,6 +980,7 @@ class Engine:
                     "watermark": self._watermark,
                     "expired_assets": self.expired_assets,
                 },
+                "fit_stats": self._fit_stats.state_dict(),
             }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -929,6 +1026,7 @@ class Engine:
             self._fit_due = None if counters["fit_due"] is None else int(counters["fit_due"])
             self._watermark = None if counters["watermark"] is None else int(counters["watermark"])
             self.expired_assets = int(counters["expired_assets"])
+            self._fit_stats.load_state_dict(state["fit_stats"])
         except CheckpointError:
             self._reset()
             raise

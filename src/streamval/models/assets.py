@@ -7,7 +7,8 @@ slots in use, at most `max_features`; sizes in bytes):
     live, last_ts                   1 + 8    slot in use; event time of the last accepted event
     last_value, n_values, scale     8 + 4 + 8  float64: valuations reproduce persistence exactly
     filled, seen, next_check        2 + 4 + 4  window steps; events; when to re-check the cluster
-    cluster                         4
+    cluster, placed, candidate, streak   4 + 1 + 4 + 2  its cluster; hysteresis (the cluster it
+                                    would move to and for how many consecutive checks)
     lags [L]                        8 L      the lagged values of the window (float64)
     feats [L, F], last_feat [F]     4 L F + 4 F   dynamic features (float32, clipped to 1e30)
     series statistics               40 + 12 F   Welford count/mean/M2 of the scale-free change,
@@ -68,6 +69,9 @@ _FIELDS: dict[str, tuple[type, Any, str]] = {
     "seen": (np.int32, 0, ""),
     "next_check": (np.int32, 0, ""),
     "cluster": (np.int32, 0, ""),
+    "placed": (np.bool_, False, ""),
+    "candidate": (np.int32, -1, ""),
+    "streak": (np.int16, 0, ""),
     "lags": (np.float64, np.nan, "L"),
     "feats": (np.float32, np.nan, "LF"),
     "last_feat": (np.float32, np.nan, "F"),

@@ -90,6 +90,26 @@ class ErrorStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusteringStats:
+    """The clustering as a whole, as of its last fit (repeated in every cluster's snapshot)."""
+
+    clusters: int = 1
+    fits: int = 0  # fits so far, the bootstrap included
+    silhouette: float | None = None  # of the last fit's sample, in its profile space
+    churn: float | None = None  # share of the live assets that changed cluster at the last re-fit
+    switches: int = 0  # assets moved online (hysteresis satisfied) since the start
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clusters": self.clusters,
+            "fits": self.fits,
+            "silhouette": self.silhouette,
+            "churn": self.churn,
+            "switches": self.switches,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
     """Periodic health of one cluster's model."""
 
@@ -106,6 +126,8 @@ class ClusterSnapshot:
     trained_samples: int = 0  # fresh samples trained since the cluster was created
     skipped_samples: int = 0  # samples dropped because training fell behind (overload)
     expired_assets: int = 0  # assets of the cluster forgotten after `engine.asset_ttl`
+    silhouette: float | None = None  # mean silhouette of its members at the last fit
+    clustering: ClusteringStats = field(default_factory=ClusteringStats)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +145,8 @@ class ClusterSnapshot:
             "trained_samples": self.trained_samples,
             "skipped_samples": self.skipped_samples,
             "expired_assets": self.expired_assets,
+            "silhouette": self.silhouette,
+            "clustering": self.clustering.to_json(),
         }
 
 
