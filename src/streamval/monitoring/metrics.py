@@ -29,6 +29,12 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
     streamval_cluster_skipped_samples_total{cluster}   counter    samples a lagging trainer skipped
     streamval_cluster_drift_alarms{cluster}            gauge      alarms in the engine's state
     streamval_drift_alarms_total{cluster,detector}     counter    alarms seen by this process
+    streamval_cluster_interval_coverage{cluster}       gauge      share of values inside their
+                                                                  prediction interval (rolling)
+    streamval_cluster_interval_width{cluster}          gauge      mean interval width, in units
+    streamval_cluster_dropped_feature_values_total{cluster}
+                                                       counter    feature values beyond
+                                                                  engine.max_features, dropped
     streamval_processing_latency_seconds               histogram  receipt -> valuation acked
     streamval_event_time_lag_seconds                   histogram  wall clock - event time
     streamval_consumer_lag_messages{partition}         gauge      messages behind the log end
@@ -287,6 +293,29 @@ class EngineMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
+        # -- prediction intervals and dropped features (from the cluster snapshots) --
+        self._interval_coverage = Gauge(
+            "streamval_cluster_interval_coverage",
+            "Share of the cluster's last engine.metrics_window labelled values inside their "
+            "prediction interval (target: engine.interval_coverage).",
+            ["cluster"],
+            registry=r,
+        )
+        self._interval_width = Gauge(
+            "streamval_cluster_interval_width",
+            "Mean width (upper - lower) of those intervals, in each asset's unit (its robust "
+            "mean absolute change).",
+            ["cluster"],
+            registry=r,
+        )
+        self._dropped_features = Counter(
+            "streamval_cluster_dropped_feature_values",
+            "Feature values of the cluster's events dropped because their names came after "
+            "engine.max_features slots were in use (the names are logged once).",
+            ["cluster"],
+            registry=r,
+        )
+        self._dropped_totals: dict[str, float] = {}
         self._update_totals: dict[str, float] = {}
         self._skipped_totals: dict[str, float] = {}
         self._detectors: set[str] = set(KNOWN_DETECTORS)
@@ -363,6 +392,7 @@ class EngineMetrics:
                 self._cluster_alarms.labels(cluster).set(snap.drift_alarms)
                 self._mirror(self._updates, self._update_totals, cluster, snap.updates)
                 self._mirror(self._skipped, self._skipped_totals, cluster, snap.skipped_samples)
+                self._set_intervals(cluster, snap)
 
     def retire_clusters(self, clusters: Iterable[int]) -> None:
         """Clusters that no longer exist (retired by a re-fit): drop their gauges now, their
@@ -380,7 +410,14 @@ class EngineMetrics:
                 for metric in (self._mae, self._rmse, self._r2, self._samples):
                     for window in WINDOWS:
                         _remove(metric, cluster, window)
-                for single in (self._lr, self._assets, self._model_version, self._cluster_alarms):
+                for single in (
+                    self._lr,
+                    self._assets,
+                    self._model_version,
+                    self._cluster_alarms,
+                    self._interval_coverage,
+                    self._interval_width,
+                ):
                     _remove(single, cluster)
             self._sweep_retired(now)
 
@@ -393,6 +430,8 @@ class EngineMetrics:
             del self._retired[cluster]
             self._update_totals.pop(cluster, None)
             self._skipped_totals.pop(cluster, None)
+            self._dropped_totals.pop(cluster, None)
+            _remove(self._dropped_features, cluster)
             _remove(self._updates, cluster)
             _remove(self._skipped, cluster)
             _remove(self._published, cluster)
@@ -429,6 +468,20 @@ class EngineMetrics:
                 _remove(metric, cluster, window)
             else:
                 metric.labels(cluster, window).set(value)
+
+    def _set_intervals(self, cluster: str, snap: ClusterSnapshot) -> None:
+        """Interval gauges (removed while the cluster has none) and the dropped-features count."""
+        for metric, value in (
+            (self._interval_coverage, snap.interval_coverage),
+            (self._interval_width, snap.interval_width),
+        ):
+            if value is None:
+                _remove(metric, cluster)
+            else:
+                metric.labels(cluster).set(value)
+        self._mirror(
+            self._dropped_features, self._dropped_totals, cluster, snap.dropped_feature_values
+        )
 
     @staticmethod
     def _mirror(counter: Counter, totals: dict[str, float], cluster: str, total: int) -> None:
