@@ -60,10 +60,19 @@ class _Ring:
         self.n = 0
         self.pos = 0
 
-    def push(self, x: float) -> None:
-        self.buf[self.pos] = x
-        self.pos = (self.pos + 1) % len(self.buf)
-        self.n = min(self.n + 1, len(self.buf))
+    def extend(self, xs: list[float]) -> None:
+        size = len(self.buf)
+        x = np.asarray(xs[-size:], dtype=np.float64)
+        k = len(x)
+        end = self.pos + k
+        if end <= size:
+            self.buf[self.pos : end] = x
+        else:
+            first = size - self.pos
+            self.buf[self.pos :] = x[:first]
+            self.buf[: k - first] = x[first:]
+        self.pos = end % size
+        self.n = min(self.n + k, size)
 
     def values(self) -> FloatArray:
         return self.buf[: self.n]
@@ -107,10 +116,14 @@ class AdaptiveConformal:
         self._widths = _Ring(metrics_window)
         self._pending_ts: int | None = None
         self._pending: list[float] = []
+        self._pending_hits: list[float] = []
+        self._pending_widths: list[float] = []
         self._pending_misses = 0
         self._pending_served = 0
         self._q: float | None = None
         self._q_valid = False
+        self._q_alpha = self.alpha  # alpha and new scores since the quantile was computed
+        self._q_new = 0
         self.scored = 0  # events with an interval and a value, since start
         self.covered = 0  # of which inside their interval
 
@@ -123,6 +136,8 @@ class AdaptiveConformal:
             fresh.buf, fresh.n, fresh.pos = ring.buf.copy(), ring.n, ring.pos
             setattr(out, name, fresh)
         out._pending = list(self._pending)
+        out._pending_hits = list(self._pending_hits)
+        out._pending_widths = list(self._pending_widths)
         return out
 
     def fork(self) -> AdaptiveConformal:
@@ -131,6 +146,7 @@ class AdaptiveConformal:
         out._hits = _Ring(len(self._hits.buf))
         out._widths = _Ring(len(self._widths.buf))
         out._pending_ts, out._pending = None, []
+        out._pending_hits, out._pending_widths = [], []
         out._pending_misses = out._pending_served = 0
         out.scored = out.covered = 0
         return out
@@ -151,6 +167,7 @@ class AdaptiveConformal:
             else:
                 self._q = float(np.quantile(scores, min(1.0, 1.0 - self.alpha)))
             self._q_valid = True
+            self._q_alpha, self._q_new = self.alpha, 0
         return self._q
 
     def add(self, ts: int, score: float, hit: bool | None, width: float | None) -> None:
@@ -161,26 +178,39 @@ class AdaptiveConformal:
         if hit is not None and width is not None:
             self._pending_served += 1
             self._pending_misses += int(not hit)
-            self._hits.push(float(hit))
-            self._widths.push(width)
+            self._pending_hits.append(float(hit))
+            self._pending_widths.append(width)
             self.scored += 1
             self.covered += int(hit)
 
     def _flush(self) -> None:
-        for score in self._pending:
-            self._scores.push(score)
+        scores = self._pending
+        self._scores.extend(scores)
+        self._hits.extend(self._pending_hits)
+        self._widths.extend(self._pending_widths)
         n = self._pending_served
         if n:  # alpha adapts on the events that were served an interval
             miss_rate = self._pending_misses / n
             step = self.gamma * min(n, self.cap) * ((1.0 - self.coverage) - miss_rate)
             self.alpha = float(np.clip(self.alpha + step, *_ALPHA_RANGE))
         self._pending_ts, self._pending = None, []
+        self._pending_hits, self._pending_widths = [], []
         self._pending_misses = self._pending_served = 0
-        self._q_valid = False
+        # The quantile is recomputed once 1 % of the window is new or alpha moved by 0.01
+        # (every step would cost a quantile per event on a stream whose events never share an
+        # event time); both are counted in events, so it stays independent of batching.
+        self._q_new += len(scores)
+        if (
+            self._q is None
+            or self._q_new >= max(1, self._scores.n // 100)
+            or abs(self.alpha - self._q_alpha) >= 0.01
+        ):
+            self._q_valid = False
 
     @property
     def rolling_coverage(self) -> float | None:
-        """Share of the last `metrics_window` scored values inside their interval."""
+        """Share of the last `metrics_window` scored values inside their interval (of the event
+        times completed: the cluster's latest step counts once its next one begins)."""
         hits = self._hits.values()
         return float(hits.mean()) if len(hits) else None
 
@@ -198,10 +228,13 @@ class AdaptiveConformal:
             "widths": self._widths.state_dict(),
             "pending_ts": self._pending_ts,
             "pending": np.asarray(self._pending, dtype=np.float64),
+            "pending_hits": np.asarray(self._pending_hits, dtype=np.float64),
+            "pending_widths": np.asarray(self._pending_widths, dtype=np.float64),
             "pending_misses": self._pending_misses,
             "pending_served": self._pending_served,
             "scored": self.scored,
             "covered": self.covered,
+            "quantile": [self._q_valid, self._q, self._q_alpha, self._q_new],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -212,13 +245,16 @@ class AdaptiveConformal:
         ts = state["pending_ts"]
         self._pending_ts = None if ts is None else int(ts)
         self._pending = as_array(state["pending"], np.float64).reshape(-1).tolist()
+        self._pending_hits = as_array(state["pending_hits"], np.float64).reshape(-1).tolist()
+        self._pending_widths = as_array(state["pending_widths"], np.float64).reshape(-1).tolist()
         self._pending_misses = int(state["pending_misses"])
         self._pending_served = int(state["pending_served"])
         self.scored = int(state["scored"])
         self.covered = int(state["covered"])
-        self._q_valid = False
-        self._q = None
-        self.quantile()
+        valid, q, q_alpha, q_new = state["quantile"]
+        self._q_valid = bool(valid)
+        self._q = None if q is None else float(q)
+        self._q_alpha, self._q_new = float(q_alpha), int(q_new)
 
 
 def update_error_scale(r: float, n: int, error: float, horizon: int) -> float:
