@@ -258,9 +258,11 @@ class AdaptiveConformal:
 
 
 def update_error_scale(r: float, n: int, error: float, horizon: int) -> float:
-    """An asset's EW mean |error| (in its unit) after one more error, winsorised after 3."""
+    """An asset's EW mean |error| (in its unit) after one more error: winsorised at 10 scales
+    after 3 errors, and at 10 units before (an asset's first changes are measured in a unit
+    that is still a guess)."""
+    size = min(error, _ERR_WINSOR * r) if n >= 3 and math.isfinite(r) else min(error, _ERR_WINSOR)
     if n == 0 or not math.isfinite(r):
-        return max(error, 0.1)
+        return max(size, 0.1)
     weight = 1.0 / min(n + 1, horizon)
-    size = min(error, _ERR_WINSOR * r) if n >= 3 else error
     return max(r + weight * (size - r), _ERR_FLOOR)
