@@ -526,3 +526,22 @@ def test_stop_releases_the_port() -> None:
 
 def test_default_port_is_the_monitoring_setting() -> None:
     assert MetricsServer(CollectorRegistry()).port == MonitoringSettings().port == 9108
+
+
+def test_interval_gauges_and_dropped_features_follow_the_snapshots() -> None:
+    from dataclasses import replace
+
+    m = EngineMetrics()
+    r = m.registry
+    m.update_clusters([snapshot(0)])  # no interval yet: no gauge, counter at 0
+    assert value(r, "streamval_cluster_interval_coverage", cluster="0") is None
+    assert value(r, "streamval_cluster_dropped_feature_values_total", cluster="0") == 0
+    served = replace(
+        snapshot(0), interval_coverage=0.91, interval_width=3.2, dropped_feature_values=7
+    )
+    m.update_clusters([served])
+    assert value(r, "streamval_cluster_interval_coverage", cluster="0") == 0.91
+    assert value(r, "streamval_cluster_interval_width", cluster="0") == 3.2
+    assert value(r, "streamval_cluster_dropped_feature_values_total", cluster="0") == 7
+    m.retire_clusters([0])
+    assert value(r, "streamval_cluster_interval_coverage", cluster="0") is None

@@ -34,6 +34,12 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
     streamval_clustering_churn_ratio                   gauge      share of assets moved, last re-fit
     streamval_clustering_fits_total                    counter    fits (engine total)
     streamval_clustering_switches_total                counter    assets moved online (engine total)
+    streamval_cluster_interval_coverage{cluster}       gauge      share of values inside their
+                                                                  prediction interval (rolling)
+    streamval_cluster_interval_width{cluster}          gauge      mean interval width, in units
+    streamval_cluster_dropped_feature_values_total{cluster}
+                                                       counter    feature values beyond
+                                                                  engine.max_features, dropped
     streamval_processing_latency_seconds               histogram  receipt -> valuation acked
     streamval_event_time_lag_seconds                   histogram  wall clock - event time
     streamval_consumer_lag_messages{partition}         gauge      messages behind the log end
@@ -426,6 +432,29 @@ class EngineMetrics:
             registry=r,
         )
         self._clustering_totals: dict[str, float] = {}
+        # -- prediction intervals and dropped features (from the cluster snapshots) --
+        self._interval_coverage = Gauge(
+            "streamval_cluster_interval_coverage",
+            "Share of the cluster's last engine.metrics_window labelled values inside their "
+            "prediction interval (target: engine.interval_coverage).",
+            ["cluster"],
+            registry=r,
+        )
+        self._interval_width = Gauge(
+            "streamval_cluster_interval_width",
+            "Mean width (upper - lower) of those intervals, in each asset's unit (its robust "
+            "mean absolute change).",
+            ["cluster"],
+            registry=r,
+        )
+        self._dropped_features = Counter(
+            "streamval_cluster_dropped_feature_values",
+            "Feature values of the cluster's events dropped because their names came after "
+            "engine.max_features slots were in use (the names are logged once).",
+            ["cluster"],
+            registry=r,
+        )
+        self._dropped_totals: dict[str, float] = {}
         self._update_totals: dict[str, float] = {}
         self._skipped_totals: dict[str, float] = {}
         self._detectors: set[str] = set(KNOWN_DETECTORS)
@@ -520,6 +549,7 @@ class EngineMetrics:
                 previous = 0.0
             counter.inc(total - previous)
             self._clustering_totals[name] = total
+                self._set_intervals(cluster, snap)
 
     def retire_clusters(self, clusters: Iterable[int]) -> None:
         """Clusters that no longer exist (retired by a re-fit): drop their gauges now, their
@@ -543,6 +573,8 @@ class EngineMetrics:
                     self._model_version,
                     self._cluster_alarms,
                     self._silhouette,
+                    self._interval_coverage,
+                    self._interval_width,
                 ):
                     _remove(single, cluster)
             self._sweep_retired(now)
@@ -556,6 +588,8 @@ class EngineMetrics:
             del self._retired[cluster]
             self._update_totals.pop(cluster, None)
             self._skipped_totals.pop(cluster, None)
+            self._dropped_totals.pop(cluster, None)
+            _remove(self._dropped_features, cluster)
             _remove(self._updates, cluster)
             _remove(self._skipped, cluster)
             _remove(self._published, cluster)
@@ -646,6 +680,20 @@ class EngineMetrics:
                 _remove(metric, cluster, window)
             else:
                 metric.labels(cluster, window).set(value)
+
+    def _set_intervals(self, cluster: str, snap: ClusterSnapshot) -> None:
+        """Interval gauges (removed while the cluster has none) and the dropped-features count."""
+        for metric, value in (
+            (self._interval_coverage, snap.interval_coverage),
+            (self._interval_width, snap.interval_width),
+        ):
+            if value is None:
+                _remove(metric, cluster)
+            else:
+                metric.labels(cluster).set(value)
+        self._mirror(
+            self._dropped_features, self._dropped_totals, cluster, snap.dropped_feature_values
+        )
 
     @staticmethod
     def _mirror(counter: Counter, totals: dict[str, float], cluster: str, total: int) -> None:
