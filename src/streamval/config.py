@@ -209,7 +209,29 @@ class EngineSettings(_Section):
     fit_max_assets: int = Field(
         2000, ge=2, description="assets sampled for a (re-)fit; Ward needs O(n^2) memory"
     )
-    max_features: int = Field(8, ge=0, description="dynamic feature slots; later names are ignored")
+    # Clustering that converges and holds still (models/profiles.py, models/clustering.py).
+    profile_pseudo_count: float = Field(
+        6.0,
+        ge=0,
+        description="observations of population value an asset's series statistics "
+        "are shrunk toward (early noise does not decide its cluster)",
+    )
+    switch_margin: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="another centroid must be closer by this share of the "
+        "distance to the asset's own before it moves (online and at re-fits)",
+    )
+    switch_checks: int = Field(
+        4, ge=1, description="consecutive checks the margin must hold before an asset moves"
+    )
+    n_resamples: int = Field(
+        4, ge=1, description="bootstrap resamples whose agreement scores each K with 'auto'"
+    )
+    max_features: int = Field(
+        8, ge=0, description="dynamic feature slots; later names are dropped (warned, counted)"
+    )
     seq_len: int = Field(12, ge=2)
     cell: Literal["lstm", "gru", "linear"] = Field(
         "lstm", description="per-cluster model; linear = ridge-like model on the same window"
@@ -248,6 +270,31 @@ class EngineSettings(_Section):
     reset_moments_on_drift: bool = True
     drift_replay_fraction: float = Field(0.1, ge=0, lt=1)
     metrics_window: int = Field(500, ge=1)
+    # -- robust valuations and prediction intervals ------------------------------------------
+    scale: Literal["change", "level"] = Field(
+        "change",
+        description="per-asset unit of the model: change = robust mean |change| (default); "
+        "level = running mean |value| (the engine before this setting)",
+    )
+    scale_horizon: int = Field(50, ge=1, description="events: EW mean |change| of an asset")
+    scale_winsor: float = Field(5.0, gt=0, description="a change enters the scale clipped here")
+    scale_floor: float = Field(1e-4, ge=0, description="unit >= scale_floor * |last value|")
+    scale_prior_n: float = Field(
+        10.0, ge=0, description="changes' worth of the peers' relative scale in a short history"
+    )
+    spike_guard: float = Field(
+        50.0, ge=0, description="units: a larger change is held until the next value; 0 = off"
+    )
+    input_clip: float = Field(5.0, ge=0, description="units: a window step's change clip; 0 = off")
+    change_clip: float = Field(8.0, ge=0, description="units: served change bound; 0 = off")
+    loss: Literal["huber", "mse"] = "huber"
+    huber_delta: float = Field(1.0, gt=0, description="units: Huber loss threshold")
+    target_winsor: float = Field(5.0, ge=0, description="units: training target clip; 0 = off")
+    interval_coverage: float = Field(0.9, gt=0, lt=1, description="valuation interval coverage")
+    interval_gamma: float = Field(0.005, gt=0, description="ACI step per scored event")
+    interval_cap: int = Field(50, ge=1, description="events an event-time step counts at most")
+    interval_window: int = Field(2000, ge=20, description="conformity scores kept per cluster")
+    interval_horizon: int = Field(20, ge=1, description="events: an asset's EW mean |error|")
     torch_threads: int = Field(
         1,
         ge=0,

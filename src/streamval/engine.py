@@ -8,9 +8,12 @@
     1. window      the asset's last `seq_len` steps; a step holds the *lagged* value (the last
                    value known before this event: the model sees v(t-1), never v(t)) and the
                    dynamic features of the event (carried forward when an event omits one)
-    2. cluster     nearest centroid of the current clustering in the standardised profile space,
-                   re-checked when the asset's profile may have moved (its event count grew by
-                   an eighth since the last check, or its attributes changed) and at every fit
+    2. cluster     nearest centroid of the current clustering in the weighted profile space at
+                   the asset's first check; later checks (when its profile may have moved: its
+                   event count grew by an eighth since the last check, or its attributes
+                   changed) move it only with hysteresis (another centroid closer by
+                   `switch_margin` at `switch_checks` consecutive checks); re-fits keep assets
+                   in place unless the new fit is clearly better for them
     3. valuation   the cluster model's scale-free change, v_last + scale * change; `warming`
                    assets (window not yet full of known values) get the fallback instead
     4. record      a `Valuation` (cluster, model_version, warming, adapting, lr)
@@ -40,10 +43,13 @@ Warming fallback: the last known value (persistence). An asset with no value yet
 the median of its cluster's last `metrics_window` values (all clusters' if its cluster has
 none; 0.0 before any value). Valuations are always finite.
 
-Scale-free target: per asset, `scale` = running mean of |value| (exponential, span `seq_len`);
-the model predicts (v_t - v_last) / scale, the residual over persistence, with a zero-initialised
-output layer: an untrained model is exactly persistence. Ratios are formed as v/scale - w/scale
-and clipped, so no input (1e308 then -1e308) can overflow.
+Scale-free target: per asset, a robust unit (EW mean |change|, winsorised, shrunk towards the
+peers' relative scale while the history is short; `models/assets.py`); the model predicts
+(v_t - v_last) / unit, the residual over persistence, with a zero-initialised output layer: an
+untrained model is exactly persistence. The served change is bounded at `change_clip` units, a
+change beyond `spike_guard` units is held until the next value confirms it, and every
+model-made valuation carries conformal bounds (`models/intervals.py`). Ratios are formed as
+v/unit - w/unit and clipped, so no input (1e308 then -1e308) can overflow.
 
 Before the first clustering fit every asset is in the provisional cluster 0, whose single shared
 model already learns from all assets. The bootstrap fit runs once `bootstrap_assets` assets have
@@ -76,17 +82,26 @@ from numpy.typing import NDArray
 
 from streamval.config import EngineSettings
 from streamval.errors import CheckpointError
-from streamval.models.assets import FEATURE_LIMIT, MAX_RATIO, AssetTable, Rows, WindowStep
-from streamval.models.clustering import AssetClustering
+from streamval.models.assets import (
+    FEATURE_LIMIT,
+    MAX_RATIO,
+    AssetTable,
+    Rows,
+    ScaleRule,
+    WindowStep,
+)
+from streamval.models.clustering import AssetClustering, FitResult
 from streamval.models.drift import AdaptiveLearningRate, DriftMonitor
 from streamval.models.error_metrics import ErrorMetrics
+from streamval.models.intervals import AdaptiveConformal, update_error_scale
 from streamval.models.learner import Predictor, SequenceLearner
-from streamval.models.profiles import ProfileInputs, ProfileSpace, series_vector
+from streamval.models.profiles import ProfileInputs, ProfileSpace, series_counts, series_vector
 from streamval.models.state import rng_state, set_rng_state
 from streamval.models.trainer import Trainer
 from streamval.stream.contract.ordering import Order, order_of
 from streamval.stream.contract.outputs import (
     BatchResult,
+    ClusteringStats,
     ClusterSnapshot,
     DriftAlarm,
     Valuation,
@@ -97,10 +112,13 @@ __all__ = ["Engine", "set_torch_threads"]
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 # An asset's cluster is re-checked once its event count has grown by this share since the last
 # check (and at least by one): early on every event, later rarely, as its profile settles.
 _RECHECK_GROWTH = 8
+# Feature names beyond max_features remembered (with their dropped counts) for reports; more
+# are still counted, not named.
+_DROPPED_NAMES = 100
 # Settings a state must have been taken with (they shape the arrays and the networks).
 _SHAPING = ("seq_len", "max_features", "cell", "hidden", "buffer_size", "metrics_window")
 
@@ -122,7 +140,47 @@ class _Cluster:
 
     errors: ErrorMetrics
     predictor: Predictor
+    conformal: AdaptiveConformal
     expired: int = 0  # assets of this cluster forgotten after asset_ttl
+    dropped: int = 0  # feature values of its events beyond max_features
+
+
+@dataclass
+class _FitStats:
+    """What the clustering's fits and online switches did (snapshots, metrics, reports)."""
+
+    fits: int = 0
+    silhouette: float | None = None
+    cluster_silhouette: dict[int, float] = field(default_factory=dict)
+    churn: float | None = None  # share of live assets that changed cluster at the last re-fit
+    switches: int = 0
+    history: list[tuple[int, float]] = field(default_factory=list)  # (event time, churn)
+
+    def record(self, fit: FitResult, churn: float | None, ts: int) -> None:
+        self.fits += 1
+        self.silhouette = None if math.isnan(fit.silhouette) else fit.silhouette
+        self.cluster_silhouette = {
+            c: v for c, v in fit.cluster_silhouette.items() if not math.isnan(v)
+        }
+        if churn is not None:
+            self.churn = churn
+            self.history.append((ts, churn))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fits": self.fits,
+            "silhouette": self.silhouette,
+            "cluster_silhouette": {str(c): v for c, v in self.cluster_silhouette.items()},
+            "churn": self.churn,
+            "switches": self.switches,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fits = int(state["fits"])
+        self.silhouette = None if state["silhouette"] is None else float(state["silhouette"])
+        self.cluster_silhouette = {int(c): float(v) for c, v in state["cluster_silhouette"].items()}
+        self.churn = None if state["churn"] is None else float(state["churn"])
+        self.switches = int(state["switches"])
 
 
 @dataclass
@@ -145,6 +203,7 @@ class _Admitted:
     feature_at: list[tuple[int, int, float]] = field(default_factory=list)  # (event, slot, x)
     attributes: dict[int, list[tuple[str, Any]]] = field(default_factory=dict)  # event -> ...
     features: list[str] = field(default_factory=list)  # names first seen here
+    dropped: list[tuple[int, str]] = field(default_factory=list)  # (event, name) beyond slots
 
 
 @dataclass
@@ -174,7 +233,12 @@ class _Plan:
     windows: Float32Array  # (k, seq_len, 1 + max_features), NaN rows where warming
     targets: FloatArray  # NaN: no training sample
     ready: BoolArray  # the event gave its asset its `min_history`-th value
+    dropped: list[tuple[int, str]]  # (accepted event, feature name) beyond max_features
     valuations: FloatArray = field(default_factory=lambda: np.zeros(0))
+    lower: FloatArray = field(default_factory=lambda: np.zeros(0))  # NaN: no interval
+    upper: FloatArray = field(default_factory=lambda: np.zeros(0))
+    conformal: dict[int, AdaptiveConformal] = field(default_factory=dict)
+    err_start: tuple[FloatArray, NDArray[np.int32]] | None = None  # rows' error scales before
     versions: dict[int, int] = field(default_factory=dict)
     alarms: list[tuple[int, tuple[float, float]]] = field(default_factory=list)
     monitors: dict[int, DriftMonitor] = field(default_factory=dict)
@@ -209,11 +273,28 @@ class Engine:
             background=s.training == "background",
         )
         self._rng = np.random.default_rng(s.seed)
-        self._assets = AssetTable(s.seq_len)
+        rule = ScaleRule(
+            mode=s.scale,
+            horizon=s.scale_horizon,
+            winsor=s.scale_winsor,
+            floor=s.scale_floor,
+            prior_n=s.scale_prior_n,
+            spike_guard=s.spike_guard,
+            input_clip=s.input_clip,
+        )
+        self._assets = AssetTable(s.seq_len, rule=rule)
         self._features: dict[str, int] = {}
+        self.dropped_features: dict[str, int] = {}  # name -> values dropped (max_features)
+        self._prior = 0.0  # the peers' median relative scale (`AssetTable.relative_scale`)
+        self._events_since_prior = 0
+        self.spikes_held = 0  # values the spike guard held ...
+        self.spikes_dropped = 0  # ... that reverted (never learned from)
+        self.shifts_confirmed = 0  # ... that the next value confirmed
+        self.shifts_returned = 0  # big changes back to the level before a confirmed shift
         self._clustering = AssetClustering.from_settings(s)
-        self._space = ProfileSpace()
+        self._space = ProfileSpace(s.profile_pseudo_count)
         self._clusters: dict[int, _Cluster] = {}
+        self._fit_stats = _FitStats()
         self._add_cluster(0, self._new_learner(0))
         self._ready = 0  # live assets with at least min_history values
         self._events_since_fit = 0
@@ -232,12 +313,25 @@ class Engine:
     def _new_learner(self, cluster: int) -> SequenceLearner:
         return SequenceLearner.from_settings(self.settings, seed=self._cluster_seed(cluster))
 
-    def _add_cluster(self, cluster: int, learner: SequenceLearner) -> None:
+    def _add_cluster(
+        self, cluster: int, learner: SequenceLearner, parent: int | None = None
+    ) -> None:
+        """A cluster with this training copy; its intervals start from `parent`'s scores."""
         s = self.settings
         policy = AdaptiveLearningRate.from_settings(s, seed=learner.seed)
         self.trainer.add(cluster, learner, policy)
         predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden)
-        self._clusters[cluster] = _Cluster(ErrorMetrics(s.metrics_window), predictor)
+        if parent is not None and parent in self._clusters:
+            conformal = self._clusters[parent].conformal.fork()
+        else:
+            conformal = AdaptiveConformal(
+                s.interval_coverage,
+                gamma=s.interval_gamma,
+                cap=s.interval_cap,
+                window=s.interval_window,
+                metrics_window=s.metrics_window,
+            )
+        self._clusters[cluster] = _Cluster(ErrorMetrics(s.metrics_window), predictor, conformal)
 
     def close(self) -> None:
         """Stop the background trainer (the step in flight finishes). Idempotent."""
@@ -320,7 +414,7 @@ class Engine:
             if due is not None:
                 # Training steps and fits are not about one event: an error there propagates.
                 if self._act(due, learn):
-                    plan = None  # a fit moved assets between clusters: plan again
+                    plan = None  # see `_act`: plan again
                 continue
             self._commit(plan, result, learn, fit_due)
             pos, plan = plan.stop, None
@@ -328,6 +422,8 @@ class Engine:
             done = self.trainer.learner(c).own_updates - before.get(c, 0)
             if done > 0:
                 result.updates[c] = done
+        if learn and self.trainer.background:
+            self._refresh_prior()  # no deterministic points to wait for in background mode
         self._expire()
         return result
 
@@ -367,6 +463,7 @@ class Engine:
         live = self._assets["live"]
         clusters = self._assets["cluster"][live]
         counts = np.bincount(clusters, minlength=max(self._clusters) + 1)
+        stats = self.clustering_stats()
         out = []
         for cid in self.clusters:
             c = self._clusters[cid]
@@ -387,9 +484,30 @@ class Engine:
                     trained_samples=trained,
                     skipped_samples=skipped,
                     expired_assets=c.expired,
+                    silhouette=self._fit_stats.cluster_silhouette.get(cid),
+                    clustering=stats,
+                    interval_coverage=c.conformal.rolling_coverage,
+                    interval_width=c.conformal.rolling_width,
+                    dropped_feature_values=c.dropped,
                 )
             )
         return out
+
+    def clustering_stats(self) -> ClusteringStats:
+        """The clustering as a whole: fits, silhouette, churn at the last re-fit, switches."""
+        f = self._fit_stats
+        return ClusteringStats(
+            clusters=len(self._clusters),
+            fits=f.fits,
+            silhouette=f.silhouette,
+            churn=f.churn,
+            switches=f.switches,
+        )
+
+    @property
+    def churn_history(self) -> list[tuple[int, float]]:
+        """(event time, churn) of every re-fit this engine ran since it started or loaded."""
+        return list(self._fit_stats.history)
 
     # -- steps 0-2: the segment's assets, computed on a copy (pure) -----------------------------
 
@@ -448,7 +566,8 @@ class Engine:
                 if column is None:
                     if name not in out.features:
                         if n_known + len(out.features) >= s.max_features:
-                            continue  # beyond max_features: ignored
+                            out.dropped.append((position, name))  # counted at commit
+                            continue
                         out.features.append(name)
                     column = n_known + out.features.index(name)
                 out.feature_at.append((position, column, float(x)))
@@ -493,7 +612,7 @@ class Engine:
                         changed[j] |= rows.set_attribute(row, name, None, code)
                     else:
                         changed[j] |= rows.set_attribute(row, name, float(value), -1)
-            step = rows.shift(r, feats[sel], has_features[sel])
+            step = rows.shift(r, feats[sel], has_features[sel], self._prior)
             self._assign(rows, r, changed, vocabulary)
             targets, _ = rows.absorb(r, values[sel], step)
             out.fill(sel, rows["cluster"][r], step, targets)
@@ -524,6 +643,7 @@ class Engine:
             windows=out.windows,
             targets=out.targets,
             ready=out.ready,
+            dropped=a.dropped,
         )
 
     def _rows(self, slots: IntArray, n_features: int) -> Rows:
@@ -554,7 +674,17 @@ class Engine:
             return
         rd = r[due]
         inputs = self._inputs_of_rows(rows, rd, vocabulary)
-        rows["cluster"][rd] = self._clustering.assign_many(self._space.transform(inputs))
+        cluster, candidate, streak = self._clustering.reassign(
+            self._space.transform(inputs),
+            rows["cluster"][rd].astype(np.int64),
+            rows["candidate"][rd].astype(np.int64),
+            rows["streak"][rd].astype(np.int64),
+            rows["placed"][rd],
+        )
+        rows["cluster"][rd] = cluster
+        rows["candidate"][rd] = candidate
+        rows["streak"][rd] = streak
+        rows["placed"][rd] = True
         rows["next_check"][rd] = seen[due] + np.maximum(1, seen[due] // _RECHECK_GROWTH)
 
     def _inputs_of_rows(
@@ -574,6 +704,7 @@ class Engine:
                 feat_sum=a["st_fsum"][r],
                 feat_count=a["st_fcount"][r],
             ),
+            counts=series_counts(a["st_n"][r], a["st_pairs"][r], a["st_fcount"][r]),
             numeric={name: column[r] for name, column in rows.numeric.items()},
             categorical={
                 name: codes[r].astype(np.int64) for name, codes in rows.categorical.items()
@@ -643,7 +774,9 @@ class Engine:
     # -- steps 3-5 before the commit: valuations and the drift monitors (pure) ------------------
 
     def _value(self, plan: _Plan) -> None:
-        """Valuations of the segment's events, one forward pass per cluster."""
+        """Valuations of the segment's events, one forward pass per cluster (the served change
+        bounded at `change_clip` units), then their intervals."""
+        clip = self.settings.change_clip
         valuations = np.where(np.isnan(plan.v_last), 0.0, plan.v_last)
         model = ~plan.warming
         plan.versions = {}
@@ -654,12 +787,74 @@ class Engine:
             idx = np.flatnonzero(model & (plan.cluster == c))
             if len(idx):
                 change = cluster.predictor.predict(plan.windows[idx])
+                if clip:
+                    change = np.clip(change, -clip, clip)
                 with np.errstate(over="ignore", invalid="ignore"):
                     made = plan.v_last[idx] + plan.unit[idx] * change
                 valuations[idx] = np.where(np.isfinite(made), made, plan.v_last[idx])
         for p in np.flatnonzero(np.isnan(plan.v_last)).tolist():
             valuations[p] = self._median_before(plan, p)
         plan.valuations = valuations
+        self._intervals(plan)
+
+    def _intervals(self, plan: _Plan) -> None:
+        """Each event's interval and the conformal updates, in order, on copies of the clusters'
+        conformal states and of the rows' error scales (see `streamval.models.intervals`).
+
+        Model-valued events get an interval once their cluster has scores; every event with a
+        value and a last value updates its asset's error scale (warming ones too, so the scale
+        is ready when the model starts valuing); model-valued ones also give a score.
+        """
+        s = self.settings
+        k = plan.k
+        lower, upper = np.full(k, np.nan), np.full(k, np.nan)
+        states: dict[int, AdaptiveConformal] = {}
+        if plan.err_start is None:  # valuing a plan twice must not count its errors twice
+            plan.err_start = (plan.rows["err_scale"].copy(), plan.rows["err_n"].copy())
+        r_of, n_of = plan.err_start[0].copy(), plan.err_start[1].copy()
+        horizon = s.interval_horizon
+        with np.errstate(over="ignore", invalid="ignore"):
+            errors = np.abs(plan.values / plan.unit - plan.valuations / plan.unit)
+        errors = np.minimum(np.nan_to_num(errors, nan=MAX_RATIO), MAX_RATIO)
+        ts_list = plan.ts.tolist()
+        rows = plan.local.tolist()
+        clusters = plan.cluster.tolist()
+        model = (~plan.warming).tolist()
+        labelled = (~np.isnan(plan.values) & ~np.isnan(plan.v_last)).tolist()
+        units = plan.unit.tolist()
+        values = plan.valuations.tolist()
+        for p in range(k):
+            row = rows[p]
+            r = float(r_of[row])
+            has_r = n_of[row] > 0 and math.isfinite(r)
+            hw: float | None = None
+            if model[p]:
+                c = clusters[p]
+                state = states.get(c)
+                if state is None:
+                    state = states[c] = self._clusters[c].conformal.copy()
+                state.advance(ts_list[p])
+                q = state.quantile()
+                if q is not None:
+                    hw = q * (r if has_r else 1.0)
+                    half = hw * units[p]
+                    lo, hi = values[p] - half, values[p] + half
+                    if math.isfinite(lo) and math.isfinite(hi):
+                        lower[p], upper[p] = lo, hi
+                    else:
+                        hw = None
+                if labelled[p]:
+                    e = float(errors[p])
+                    hit = None if hw is None else e <= hw
+                    state.add(
+                        ts_list[p], e / (r if has_r else 1.0), hit, None if hw is None else 2 * hw
+                    )
+            if labelled[p]:
+                r_of[row] = update_error_scale(r, int(n_of[row]), float(errors[p]), horizon)
+                n_of[row] += 1
+        plan.lower, plan.upper, plan.conformal = lower, upper, states
+        plan.rows["err_scale"][:] = r_of
+        plan.rows["err_n"][:] = n_of
 
     def _median_before(self, plan: _Plan, p: int) -> float:
         """The median of the recent values of event p's cluster (of all clusters if it has
@@ -728,10 +923,23 @@ class Engine:
         slots = plan.slots.copy()
         if len(new):
             slots[new] = table.allocate([plan.names[i] for i in new.tolist()])
+        old = plan.slots >= 0
+        was_placed = table["placed"][plan.slots[old]]
+        moved = table["cluster"][plan.slots[old]] != plan.rows["cluster"][np.flatnonzero(old)]
+        self._fit_stats.switches += int((was_placed & moved).sum())
         table.scatter(slots, plan.rows)
         table["last_ts"][slots] = plan.last_ts
         self._watermark = plan.watermark
         self._events_since_fit += plan.k
+        self._events_since_prior += plan.k
+        self.spikes_held += plan.rows.held
+        self.spikes_dropped += plan.rows.dropped
+        self.shifts_confirmed += plan.rows.confirmed
+        self.shifts_returned += plan.rows.returned
+        for c, state in plan.conformal.items():
+            self._clusters[c].conformal = state
+        if plan.dropped:
+            self._count_dropped(plan)
         self._ready += int(plan.ready.sum())
         if learn:
             self._fit_due = fit_due
@@ -760,6 +968,8 @@ class Engine:
                     adapting=policy.adapting,
                     lr=policy.lr,
                     value=None if math.isnan(value) else float(value),
+                    lower=None if math.isnan(plan.lower[p]) else float(plan.lower[p]),
+                    upper=None if math.isnan(plan.upper[p]) else float(plan.upper[p]),
                 )
             )
             levels = alarms.get(p)
@@ -784,18 +994,49 @@ class Engine:
                 idx = np.flatnonzero(samples & (plan.cluster == c))
                 trainer.submit(c, plan.windows[idx], plan.targets[idx], plan.ts[idx])
 
+    def _count_dropped(self, plan: _Plan) -> None:
+        """Feature values beyond `max_features`: counted per cluster and per name (the first
+        `_DROPPED_NAMES` names), each new name warned about once."""
+        new: list[str] = []
+        for position, name in plan.dropped:
+            self._clusters[int(plan.cluster[position])].dropped += 1
+            if name in self.dropped_features:
+                self.dropped_features[name] += 1
+            elif len(self.dropped_features) < _DROPPED_NAMES:
+                self.dropped_features[name] = 1
+                new.append(name)
+        if new:
+            log.warning(
+                "features beyond engine.max_features are dropped: %s (slots in use: %s)",
+                ", ".join(new),
+                ", ".join(self._features),
+                extra={"dropped": new, "max_features": self.settings.max_features},
+            )
+
     # -- actions: training steps and fits -------------------------------------------------------
 
     def _act(self, ts: int, learn: bool) -> bool:
-        """Run what is due before an event at time `ts` (see `_find_cut`); whether a fit ran."""
+        """Run what is due before an event at time `ts` (see `_find_cut`); whether the segment
+        must be planned again (a fit moved assets between clusters, or the peers' relative
+        scale, which the units use, changed)."""
         if not learn:
             return False
+        moved = self._refresh_prior()
         if not self.trainer.background:
             self.trainer.run_due(ts)
         if self._fit_due is not None and self._fit_due != ts:
             self._fit()
             return True
-        return False
+        return moved
+
+    def _refresh_prior(self) -> bool:
+        """Re-estimate the peers' relative scale, at most once per eighth of the live assets in
+        events (at deterministic points: before a due training step or fit); whether it moved."""
+        if self._events_since_prior < max(1, self._assets.n_live // 8):
+            return False
+        self._events_since_prior = 0
+        before, self._prior = self._prior, self._assets.relative_scale()
+        return self._prior != before
 
     def refit(self) -> None:
         """(Re-)fit the clustering now on the assets with `min_history` values; ids stay stable."""
@@ -813,22 +1054,41 @@ class Engine:
         if len(ready) > s.fit_max_assets:
             pick = np.sort(self._rng.choice(len(ready), size=s.fit_max_assets, replace=False))
             ready = ready[pick]
-        space = ProfileSpace()
-        x = space.fit(self._inputs_of_slots(ready))
+        space = ProfileSpace(s.profile_pseudo_count)
+        previous = self._space
+
+        def weigh(blocks: list[FloatArray]) -> Sequence[float]:
+            """The block weights; those in use are a candidate while the blocks are the same."""
+            same = self._clustering.fitted and previous.blocks == space.blocks
+            current = previous.weights.tolist() if same else None
+            return self._clustering.block_weights(blocks, current)
+
+        x = space.fit(self._inputs_of_slots(ready), weigh=weigh)
+        refit = self._clustering.fitted
+        before = table["cluster"][live].astype(np.int64)
         fit = self._clustering.fit(x, table["cluster"][ready].astype(np.int64))
         with self.trainer.paused():
             for new_id, parent in sorted(fit.parents.items()):
                 self._add_cluster(
-                    new_id, self.trainer.learner(parent).fork(self._cluster_seed(new_id))
+                    new_id, self.trainer.learner(parent).fork(self._cluster_seed(new_id)), parent
                 )
             for cid in fit.removed:
                 self.trainer.remove(cid, fit.successors.get(cid))
                 del self._clusters[cid]
         self._space = space
-        labels = self._clustering.assign_many(space.transform(self._inputs_of_slots(live)))
+        profiles = space.transform(self._inputs_of_slots(live))
+        if refit:
+            labels = self._clustering.settle(profiles, before)
+        else:
+            labels = self._clustering.assign_many(profiles)
         fitted = np.searchsorted(live, ready)
         labels[fitted] = fit.labels
         table["cluster"][live] = labels
+        table["placed"][live] = True
+        table["candidate"][live] = -1
+        table["streak"][live] = 0
+        churn = float((labels != before).mean()) if refit else None
+        self._fit_stats.record(fit, churn, self._watermark or 0)
         seen = table["seen"][live]
         table["next_check"][live] = seen + np.maximum(1, seen // _RECHECK_GROWTH)
 
@@ -869,11 +1129,17 @@ class Engine:
                 "settings": {name: _plain(getattr(s, name)) for name in _SHAPING},
                 "rng": rng_state(self._rng),
                 "features": list(self._features),
+                "dropped_features": dict(self.dropped_features),
                 "assets": self._assets.state_dict(),
                 "clustering": self._clustering.state_dict(),
                 "space": self._space.state_dict(),
                 "clusters": {
-                    str(cid): {"errors": c.errors.state_dict(), "expired": c.expired}
+                    str(cid): {
+                        "errors": c.errors.state_dict(),
+                        "expired": c.expired,
+                        "dropped": c.dropped,
+                        "conformal": c.conformal.state_dict(),
+                    }
                     for cid, c in self._clusters.items()
                 },
                 "trainer": self.trainer.state_dict(),
@@ -883,7 +1149,16 @@ class Engine:
                     "fit_due": self._fit_due,
                     "watermark": self._watermark,
                     "expired_assets": self.expired_assets,
+                    "prior": self._prior,
+                    "events_since_prior": self._events_since_prior,
+                    "spikes": [
+                        self.spikes_held,
+                        self.spikes_dropped,
+                        self.shifts_confirmed,
+                        self.shifts_returned,
+                    ],
                 },
+                "fit_stats": self._fit_stats.state_dict(),
             }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -906,6 +1181,9 @@ class Engine:
             self._reset()
             set_rng_state(self._rng, state["rng"])
             self._features = {str(name): i for i, name in enumerate(state["features"])}
+            self.dropped_features = {
+                str(name): int(n) for name, n in state["dropped_features"].items()
+            }
             self._assets.load_state_dict(state["assets"])
             if self._assets.n_features != len(self._features):
                 raise ValueError("assets: feature slots do not match the feature names")
@@ -922,6 +1200,8 @@ class Engine:
                     cs = state["clusters"][str(cid)]
                     self._clusters[cid].errors.load_state_dict(cs["errors"])
                     self._clusters[cid].expired = int(cs["expired"])
+                    self._clusters[cid].dropped = int(cs["dropped"])
+                    self._clusters[cid].conformal.load_state_dict(cs["conformal"])
                     self.trainer.load_slot(cid, state["trainer"][str(cid)])
             counters = state["counters"]
             self._ready = int(counters["ready"])
@@ -929,6 +1209,12 @@ class Engine:
             self._fit_due = None if counters["fit_due"] is None else int(counters["fit_due"])
             self._watermark = None if counters["watermark"] is None else int(counters["watermark"])
             self.expired_assets = int(counters["expired_assets"])
+            self._fit_stats.load_state_dict(state["fit_stats"])
+            self._prior = float(counters["prior"])
+            self._events_since_prior = int(counters["events_since_prior"])
+            held, dropped, confirmed, returned = (int(x) for x in counters["spikes"])
+            self.spikes_held, self.spikes_dropped = held, dropped
+            self.shifts_confirmed, self.shifts_returned = confirmed, returned
         except CheckpointError:
             self._reset()
             raise

@@ -17,7 +17,12 @@ import pytest
 from tests.integration.prom import PrometheusServer, Query, alert_queries, dashboard_queries
 
 from streamval.monitoring import EngineMetrics, MetricsServer, ReplayMetrics
-from streamval.stream.contract.outputs import ClusterSnapshot, DriftAlarm, ErrorStats
+from streamval.stream.contract.outputs import (
+    ClusteringStats,
+    ClusterSnapshot,
+    DriftAlarm,
+    ErrorStats,
+)
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -81,6 +86,13 @@ class Feeder:
             m.drift_alarm(DriftAlarm(cluster, "adwin", int(now * 1000), 0.02, 0.06, 5e-3))
             self._alarms[cluster] += 1
         snapshots = []
+        clustering = ClusteringStats(
+            clusters=len(CLUSTERS),
+            fits=1 + tick // self.drift_every,
+            silhouette=0.6,
+            churn=0.01 if tick >= self.drift_every else None,
+            switches=tick // 5,
+        )
         for cluster in CLUSTERS:
             self._updates[cluster] += rng.randint(0, 3)
             rolling = ErrorStats(
@@ -98,6 +110,8 @@ class Feeder:
                     lr=1e-3 * (5 if self._alarms[cluster] else 1),
                     updates=self._updates[cluster],
                     model_version=self._updates[cluster],
+                    silhouette=0.5 + 0.1 * cluster,
+                    clustering=clustering,
                 )
             )
         m.update_clusters(snapshots)

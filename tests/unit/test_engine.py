@@ -348,15 +348,23 @@ def test_any_cut_into_batches_gives_the_same_valuations_learning_included() -> N
     for name, (valuations, alarms, snapshots, assignments) in outputs.items():
         # The forward pass over 1 or 500 windows may round differently in the last bit
         # (BLAS); everything else, the model versions included, is identical.
-        assert [replace(v, valuation=0.0) for v in valuations] == [
-            replace(v, valuation=0.0) for v in reference[0]
+        # So do the intervals (valuation +- a quantile of scores made of errors).
+        assert [replace(v, valuation=0.0, lower=None, upper=None) for v in valuations] == [
+            replace(v, valuation=0.0, lower=None, upper=None) for v in reference[0]
         ], name
-        assert [v.valuation for v in valuations] == pytest.approx(
-            [v.valuation for v in reference[0]], rel=1e-9
-        ), name
+        for field_name in ("valuation", "lower", "upper"):
+            got = [getattr(v, field_name) for v in valuations]
+            expected = [getattr(v, field_name) for v in reference[0]]
+            assert [x is None for x in got] == [x is None for x in expected], name
+            assert [x for x in got if x is not None] == pytest.approx(
+                [x for x in expected if x is not None], rel=1e-9
+            ), (name, field_name)
         assert (alarms, assignments) == (reference[1], reference[3]), name
         for snap, ref in zip(snapshots, reference[2], strict=True):
-            assert replace(snap, rolling=None, total=None) == replace(ref, rolling=None, total=None)
+            assert replace(snap, rolling=None, total=None, interval_width=None) == replace(
+                ref, rolling=None, total=None, interval_width=None
+            )
+            assert snap.interval_width == pytest.approx(ref.interval_width, rel=1e-9)
             assert snap.total.n == ref.total.n
             assert snap.total.mae == pytest.approx(ref.total.mae, rel=1e-9)
 

@@ -18,7 +18,12 @@ from streamval import __version__
 from streamval.config import MonitoringSettings
 from streamval.monitoring import EngineMetrics, MetricsServer, ReplayMetrics
 from streamval.monitoring.metrics import KNOWN_DETECTORS
-from streamval.stream.contract.outputs import ClusterSnapshot, DriftAlarm, ErrorStats
+from streamval.stream.contract.outputs import (
+    ClusteringStats,
+    ClusterSnapshot,
+    DriftAlarm,
+    ErrorStats,
+)
 
 ALLOWED_LABELS = {"cluster", "partition", "reason", "detector", "window", "kind", "name", "version"}
 
@@ -33,6 +38,8 @@ def snapshot(
     total_mae: float | None = 0.4,
     drift_alarms: int = 0,
     skipped: int = 0,
+    silhouette: float | None = 0.6,
+    clustering: ClusteringStats | None = None,
 ) -> ClusterSnapshot:
     def stats(mae: float | None, n: int) -> ErrorStats:
         if mae is None:
@@ -50,6 +57,8 @@ def snapshot(
         updates=updates,
         model_version=updates,
         skipped_samples=skipped,
+        silhouette=silhouette,
+        clustering=clustering or ClusteringStats(clusters=2, fits=1, silhouette=0.55),
     )
 
 
@@ -154,6 +163,11 @@ def test_expected_engine_metrics_are_exported() -> None:
         "streamval_last_checkpoint_timestamp_seconds",
         "streamval_batch_duration_seconds_bucket",
         "streamval_batch_events_bucket",
+        "streamval_cluster_silhouette",
+        "streamval_clustering_silhouette",
+        "streamval_clustering_churn_ratio",
+        "streamval_clustering_fits_total",
+        "streamval_clustering_switches_total",
     }
     assert expected <= names, expected - names
 
@@ -241,6 +255,29 @@ def test_model_updates_mirror_engine_totals() -> None:
     # restored from an older checkpoint: the counter restarts rather than going negative
     m.update_clusters([snapshot(0, updates=4)])
     assert value(r, "streamval_cluster_model_updates_total", cluster="0") == 4
+
+
+def test_clustering_series_follow_the_snapshots() -> None:
+    m = EngineMetrics()
+    r = m.registry
+    stats = ClusteringStats(clusters=2, fits=3, silhouette=0.7, churn=0.01, switches=5)
+    m.update_clusters([snapshot(0, silhouette=0.8, clustering=stats), snapshot(1, silhouette=None)])
+    assert value(r, "streamval_cluster_silhouette", cluster="0") == 0.8
+    assert value(r, "streamval_cluster_silhouette", cluster="1") is None  # no NaN series
+    assert value(r, "streamval_clustering_silhouette") == 0.7
+    assert value(r, "streamval_clustering_churn_ratio") == 0.01
+    assert value(r, "streamval_clustering_fits_total") == 3
+    assert value(r, "streamval_clustering_switches_total") == 5
+    later = ClusteringStats(clusters=2, fits=4, silhouette=0.6, churn=0.0, switches=9)
+    m.update_clusters([snapshot(0, clustering=later)])
+    assert value(r, "streamval_clustering_fits_total") == 4
+    assert value(r, "streamval_clustering_switches_total") == 9
+    assert value(r, "streamval_clustering_churn_ratio") == 0.0
+    # restored from an older checkpoint: the counters restart rather than going negative
+    m.update_clusters([snapshot(0, clustering=ClusteringStats(fits=1))])
+    assert value(r, "streamval_clustering_fits_total") == 1
+    m.retire_clusters([0])
+    assert value(r, "streamval_cluster_silhouette", cluster="0") is None
 
 
 def test_skipped_samples_mirror_engine_totals_and_start_at_zero() -> None:
@@ -489,3 +526,22 @@ def test_stop_releases_the_port() -> None:
 
 def test_default_port_is_the_monitoring_setting() -> None:
     assert MetricsServer(CollectorRegistry()).port == MonitoringSettings().port == 9108
+
+
+def test_interval_gauges_and_dropped_features_follow_the_snapshots() -> None:
+    from dataclasses import replace
+
+    m = EngineMetrics()
+    r = m.registry
+    m.update_clusters([snapshot(0)])  # no interval yet: no gauge, counter at 0
+    assert value(r, "streamval_cluster_interval_coverage", cluster="0") is None
+    assert value(r, "streamval_cluster_dropped_feature_values_total", cluster="0") == 0
+    served = replace(
+        snapshot(0), interval_coverage=0.91, interval_width=3.2, dropped_feature_values=7
+    )
+    m.update_clusters([served])
+    assert value(r, "streamval_cluster_interval_coverage", cluster="0") == 0.91
+    assert value(r, "streamval_cluster_interval_width", cluster="0") == 3.2
+    assert value(r, "streamval_cluster_dropped_feature_values_total", cluster="0") == 7
+    m.retire_clusters([0])
+    assert value(r, "streamval_cluster_interval_coverage", cluster="0") is None

@@ -5,9 +5,14 @@ slot, grown in chunks; slots of expired assets are reused. Per slot (L = seq_len
 slots in use, at most `max_features`; sizes in bytes):
 
     live, last_ts                   1 + 8    slot in use; event time of the last accepted event
-    last_value, n_values, scale     8 + 4 + 8  float64: valuations reproduce persistence exactly
+    last_value, n_values, scale     8 + 4 + 8  float64: valuations reproduce persistence exactly;
+                                    scale = running mean |value| (profiles, `scale="level"`)
+    step_scale, n_changes, held     8 + 4 + 8  the robust unit (below); a held suspect value
+    shifted_from                    8        the level before the last confirmed big shift
+    err_scale, err_n                8 + 4    EW mean |error| / unit (prediction intervals)
     filled, seen, next_check        2 + 4 + 4  window steps; events; when to re-check the cluster
-    cluster                         4
+    cluster, placed, candidate, streak   4 + 1 + 4 + 2  its cluster; hysteresis (the cluster it
+                                    would move to and for how many consecutive checks)
     lags [L]                        8 L      the lagged values of the window (float64)
     feats [L, F], last_feat [F]     4 L F + 4 F   dynamic features (float32, clipped to 1e30)
     series statistics               40 + 12 F   Welford count/mean/M2 of the scale-free change,
@@ -16,7 +21,18 @@ slots in use, at most `max_features`; sizes in bytes):
     attributes                      8 per numeric, 4 per categorical attribute (codes into a
                                     vocabulary per attribute)
 
-With L = 12 that is about 250 B + 64 B per feature slot, plus the id in a dict (about 100 B).
+With L = 12 that is about 290 B + 64 B per feature slot, plus the id in a dict (about 100 B).
+
+The unit of an asset (`ScaleRule`, mode "change") divides its window, its training target and
+its served change: the EW mean |change| over `horizon` changes, each change entering clipped at
+`winsor` units (one outlier moves it by at most winsor / horizon of itself), shrunk towards the
+peers' median relative scale (unit / |level|) with a pseudo-count of `prior_n` changes (a new
+asset starts at its peers' scale, not at its first noisy change), floored at `floor` x |level|.
+A change of more than `spike_guard` units is held: the asset's last value stays, and the next
+value either confirms it (nearer the held value: a level shift, accepted) or reverts (a one-row
+spike: dropped, never learned from). A big change back towards the level before the last
+confirmed shift (a stuck sensor coming back) is accepted at once. In the window, each step's
+change is clipped at `input_clip` units, so one bad step cannot saturate the whole window.
 
 The engine processes a batch on `Rows`: a copy of the touched slots' rows (`gather`), changed in
 waves (the k-th event of an asset in the batch is in wave k, so a wave touches each row once and
@@ -38,7 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -64,10 +80,19 @@ _FIELDS: dict[str, tuple[type, Any, str]] = {
     "last_value": (np.float64, np.nan, ""),
     "n_values": (np.int32, 0, ""),
     "scale": (np.float64, 0.0, ""),
+    "step_scale": (np.float64, 0.0, ""),
+    "n_changes": (np.int32, 0, ""),
+    "held": (np.float64, np.nan, ""),
+    "shifted_from": (np.float64, np.nan, ""),
+    "err_scale": (np.float64, np.nan, ""),
+    "err_n": (np.int32, 0, ""),
     "filled": (np.int16, 0, ""),
     "seen": (np.int32, 0, ""),
     "next_check": (np.int32, 0, ""),
     "cluster": (np.int32, 0, ""),
+    "placed": (np.bool_, False, ""),
+    "candidate": (np.int32, -1, ""),
+    "streak": (np.int16, 0, ""),
     "lags": (np.float64, np.nan, "L"),
     "feats": (np.float32, np.nan, "LF"),
     "last_feat": (np.float32, np.nan, "F"),
@@ -81,6 +106,26 @@ _FIELDS: dict[str, tuple[type, Any, str]] = {
     "st_fcount": (np.int32, 0, "F"),
 }
 FIELDS = tuple(_FIELDS)
+# Units are kept within [_TINY, _HUGE]: usable divisors whose products stay finite.
+_TINY = 1e-12
+_HUGE = 1e300
+# Changes an asset needs before the spike guard holds anything (its unit is a guess before).
+_GUARD_AFTER = 5
+# Changes after which an asset's scale counts among its peers' (`AssetTable.relative_scale`).
+PEER_CHANGES = 10
+
+
+@dataclass(frozen=True)
+class ScaleRule:
+    """How an asset's unit is kept (see the module docstring); the engine's `scale*` settings."""
+
+    mode: Literal["change", "level"] = "change"
+    horizon: int = 50
+    winsor: float = 5.0
+    floor: float = 1e-4
+    prior_n: float = 10.0
+    spike_guard: float = 50.0
+    input_clip: float = 5.0
 
 
 def _shape(kind: str, n: int, seq_len: int, n_features: int) -> tuple[int, ...]:
@@ -97,7 +142,8 @@ class WindowStep:
     """What step 1 (the window) says about each event of a wave."""
 
     v_last: FloatArray  # the last value known before the event (NaN: none yet)
-    unit: FloatArray  # the asset's scale, usable as a divisor
+    unit: FloatArray  # the asset's unit (see `ScaleRule`), usable as a divisor
+    level_unit: FloatArray  # its running mean |value| (profile statistics)
     warming: BoolArray  # window not yet full of known values: the fallback values the event
     window_values: FloatArray  # (n, L) (v_lag - v_last) / unit, clipped; NaN where unknown
     window_feats: Float32Array  # (n, L, F) the features of the window's steps
@@ -112,11 +158,18 @@ class Rows:
         numeric: dict[str, FloatArray],
         categorical: dict[str, NDArray[np.int32]],
         seq_len: int,
+        rule: ScaleRule | None = None,
     ) -> None:
         self.arrays = arrays
         self.numeric = numeric
         self.categorical = categorical
         self.seq_len = seq_len
+        self.rule = rule or ScaleRule()
+        # Spike guard outcomes in these rows (counted by the engine at commit).
+        self.held = 0
+        self.dropped = 0
+        self.confirmed = 0
+        self.returned = 0
 
     def __getitem__(self, name: str) -> NDArray[Any]:
         return self.arrays[name]
@@ -164,11 +217,32 @@ class Rows:
         codes[row] = code
         return True
 
-    def shift(self, rows: IntArray, features: Float32Array, has_features: BoolArray) -> WindowStep:
+    def unit(self, rows: IntArray, v_last: FloatArray, prior: float) -> FloatArray:
+        """The rows' robust units (mode "change"): own scale shrunk towards `prior` x |level|
+        (the peers' median relative scale; 0 = none yet), floored relative to |level|."""
+        a, rule = self.arrays, self.rule
+        level = np.abs(np.nan_to_num(v_last, nan=0.0))
+        scale = a["step_scale"][rows]
+        with np.errstate(over="ignore", invalid="ignore"):
+            if rule.prior_n > 0 and prior > 0:
+                n = a["n_changes"][rows].astype(np.float64)
+                scale = (n * scale + rule.prior_n * prior * level) / (n + rule.prior_n)
+            unit = np.maximum(scale, rule.floor * level + _TINY)
+        out: FloatArray = np.clip(np.nan_to_num(unit, nan=1.0, posinf=_HUGE), _TINY, _HUGE)
+        return out
+
+    def shift(
+        self,
+        rows: IntArray,
+        features: Float32Array,
+        has_features: BoolArray,
+        prior: float = 0.0,
+    ) -> WindowStep:
         """Step 1 for one wave: carry features forward, shift the window, say what is known.
 
         `features[i]` are event i's features (NaN = not carried), `has_features[i]` whether it
         carried any (only those events count in the per-feature means, as before the rewrite).
+        `prior` is the peers' relative scale (`AssetTable.relative_scale`).
         """
         a = self.arrays
         last_feat = a["last_feat"][rows]
@@ -192,34 +266,66 @@ class Rows:
         a["filled"][rows] = filled
         a["seen"][rows] += 1
         scale = a["scale"][rows]
-        unit = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+        level_unit = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+        unit = level_unit if self.rule.mode == "level" else self.unit(rows, v_last, prior)
         warming = np.isnan(v_last) | (filled < self.seq_len) | np.isnan(lags[:, 0])
         with np.errstate(over="ignore", invalid="ignore"):
             # Divided first, so that 1e308 - (-1e308) cannot overflow.
             values = lags / unit[:, None] - (v_last / unit)[:, None]
-        values = np.clip(values, -MAX_RATIO, MAX_RATIO)
-        return WindowStep(v_last, unit, warming, values, feats)
+            values = np.clip(values, -MAX_RATIO, MAX_RATIO)
+            clip = self.rule.input_clip
+            if clip > 0 and self.seq_len > 1:
+                # (v_lag - v_last) / unit rebuilt from the steps' changes, each clipped.
+                steps = np.clip(np.diff(values, axis=1), -clip, clip)
+                values[:, :-1] = -np.cumsum(steps[:, ::-1], axis=1)[:, ::-1]
+        return WindowStep(v_last, unit, level_unit, warming, values, feats)
 
     def absorb(
         self, rows: IntArray, values: FloatArray, step: WindowStep
     ) -> tuple[FloatArray, BoolArray]:
         """Step 5 for one wave: the events' own values become known (after their valuation).
 
-        Returns the scale-free targets (value - v_last) / unit (NaN where there is no sample)
-        and which rows just reached another value (so the caller can count `min_history`).
+        Returns the scale-free targets (value - v_last) / unit (NaN where there is no sample:
+        no value, the asset's first value, or a value the spike guard holds) and which rows
+        just reached another value (so the caller can count `min_history`).
         """
-        a = self.arrays
+        a, rule = self.arrays, self.rule
         has = ~np.isnan(values)
         if not has.any():
             return np.full(len(rows), np.nan), has
         r, value = rows[has], values[has]
-        v_last, unit = step.v_last[has], step.unit[has]
-        with np.errstate(over="ignore", invalid="ignore"):
-            change = value / unit - v_last / unit
-        change = np.clip(change, -MAX_RATIO, MAX_RATIO)
+        v_last, unit, level_unit = step.v_last[has], step.unit[has], step.level_unit[has]
         known = ~np.isnan(v_last)
-        # Running statistics of the scale-free change (Welford) and its lag-1 products.
-        cr, c = r[known], change[known]
+        with np.errstate(over="ignore", invalid="ignore"):
+            # Divided first, so that 1e308 - (-1e308) cannot overflow.
+            change = np.clip(value / unit - v_last / unit, -MAX_RATIO, MAX_RATIO)
+            level_change = value / level_unit - v_last / level_unit
+        level_change = np.clip(level_change, -MAX_RATIO, MAX_RATIO)
+        # Spike guard: a held value is confirmed by a value nearer to it than to the last one.
+        held = a["held"][r]
+        suspect = known & ~np.isnan(held)
+        with np.errstate(over="ignore", invalid="ignore"):
+            confirm = suspect & (np.abs(value / unit - held / unit) < np.abs(change))
+        self.confirmed += int(confirm.sum())
+        self.dropped += int((suspect & ~confirm).sum())
+        a["held"][r[suspect]] = np.nan
+        a["shifted_from"][r[confirm]] = v_last[confirm]
+        n_changes = a["n_changes"][r]
+        big = np.zeros(len(r), dtype=bool)
+        if rule.spike_guard > 0 and rule.mode == "change":
+            big = known & ~confirm & (np.abs(change) > rule.spike_guard)
+            big &= n_changes >= _GUARD_AFTER
+            before = a["shifted_from"][r]
+            with np.errstate(over="ignore", invalid="ignore"):
+                back = big & (np.abs(value / unit - before / unit) < np.abs(change))
+            a["shifted_from"][r[back]] = np.nan
+            self.returned += int(back.sum())
+            big &= ~back
+            a["held"][r[big]] = value[big]
+            self.held += int(big.sum())
+        accept = known & ~big
+        # Running statistics of the level-relative change (profiles) and its lag-1 products.
+        cr, c = r[accept], level_change[accept]
         prev = a["st_last"][cr]
         paired = ~np.isnan(prev)
         a["st_pairs"][cr[paired]] += 1
@@ -232,25 +338,36 @@ class Rows:
         mean = mean + delta / n
         a["st_mean"][cr] = mean
         a["st_m2"][cr] += delta * (c - mean)
-        # The scale: running mean of |value| (exponential, span seq_len).
+        # The unit's scale: EW mean |change|, winsorised once the asset has a few changes.
+        scale = a["step_scale"][r]
+        size = np.minimum(np.abs(change) * unit, _HUGE)
+        size = np.where(
+            n_changes >= 3, np.minimum(size, rule.winsor * np.maximum(scale, unit)), size
+        )
+        weight = 1.0 / np.minimum(n_changes + 1, rule.horizon)
+        a["step_scale"][r] = np.where(accept, scale + weight * (size - scale), scale)
+        a["n_changes"][r] += accept
+        # The level scale: running mean of |value| (exponential, span seq_len).
         first = a["n_values"][r] == 0
-        scale = a["scale"][r]
+        level = a["scale"][r]
         # The weight first: (|v| - scale) * 2 overflows for |v| near the double range.
         weight = 2.0 / (self.seq_len + 1)
-        a["scale"][r] = np.where(first, np.abs(value), scale + (np.abs(value) - scale) * weight)
-        a["last_value"][r] = value
+        moved = np.where(first, np.abs(value), level + (np.abs(value) - level) * weight)
+        a["scale"][r] = np.where(big, level, moved)
+        a["last_value"][r] = np.where(big, v_last, value)
         a["n_values"][r] += 1
         targets = np.full(len(rows), np.nan)
-        targets[has] = np.where(known, change, np.nan)
+        targets[has] = np.where(accept, change, np.nan)
         return targets, has
 
 
 class AssetTable:
     """Asset id -> slot, and every per-asset array indexed by slot (see the module docstring)."""
 
-    def __init__(self, seq_len: int, n_features: int = 0) -> None:
+    def __init__(self, seq_len: int, n_features: int = 0, rule: ScaleRule | None = None) -> None:
         self.seq_len = seq_len
         self.n_features = n_features
+        self.rule = rule or ScaleRule()
         self.capacity = 0
         self.ids: dict[str, int] = {}
         self.names: list[str | None] = []
@@ -270,6 +387,19 @@ class AssetTable:
 
     def live_slots(self) -> IntArray:
         return np.flatnonzero(self.arrays["live"]).astype(np.int64)
+
+    def relative_scale(self) -> float:
+        """The median relative scale (step scale / |last value|) of the live assets with at least
+        `PEER_CHANGES` changes and a non-zero level; 0.0 while fewer than 3 have."""
+        a = self.arrays
+        level = np.abs(a["last_value"])
+        ok = a["live"] & (a["n_changes"] >= PEER_CHANGES) & (level > 0) & np.isfinite(level)
+        if ok.sum() < 3:
+            return 0.0
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            ratio = a["step_scale"][ok] / level[ok]
+        ratio = ratio[np.isfinite(ratio)]
+        return float(np.median(ratio)) if len(ratio) >= 3 else 0.0
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -366,6 +496,7 @@ class AssetTable:
             {name: column[slots] for name, column in self.numeric.items()},
             {name: codes[slots] for name, codes in self.categorical.items()},
             self.seq_len,
+            self.rule,
         )
 
     def blank(self, n: int) -> Rows:
@@ -375,6 +506,7 @@ class AssetTable:
             {name: np.full(n, np.nan) for name in self.numeric},
             {name: np.full(n, -1, dtype=np.int32) for name in self.categorical},
             self.seq_len,
+            self.rule,
         )
 
     def scatter(self, slots: IntArray, rows: Rows) -> None:
@@ -419,7 +551,7 @@ class AssetTable:
         ids = [str(i) for i in state["ids"]]
         n = len(ids)
         n_features = int(state["n_features"])
-        fresh = AssetTable(self.seq_len, n_features)
+        fresh = AssetTable(self.seq_len, n_features, self.rule)
         if n:
             fresh._grow(n)
         arrays = state["arrays"]

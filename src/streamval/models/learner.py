@@ -6,10 +6,12 @@ Inputs and target are scale-free, so a 10 USD and a 3,000 USD asset share one mo
     window feature slots   dynamic features, standardised with running per-feature statistics
     target                 (v_t - v_last) / scale_asset              the residual over persistence
 
-`scale_asset` is the asset's running mean absolute value (the engine keeps it). Inside the model
+`scale_asset` is the asset's unit (the engine keeps it: a robust mean |change|). Inside the model
 the value channel and the target are further divided by the cluster's running RMS of the target
 (`Normaliser`), so the network works with numbers of order 1. The output layer starts at zero:
-an untrained model predicts a change of exactly 0, i.e. persistence.
+an untrained model predicts a change of exactly 0, i.e. persistence. Training is robust to bad
+values: targets are winsorised at `target_winsor` units before anything sees them (normaliser,
+loss, reservoir) and the loss is Huber with threshold `huber_delta` units (`loss="mse"`: squared).
 
 Two copies of each cluster's model, as a learner and a valuer would hold them:
 
@@ -250,6 +252,9 @@ class SequenceLearner(Estimator):
         batch_size: int = 32,
         buffer_size: int = 2048,
         replay_fraction: float = 0.5,
+        loss: Literal["huber", "mse"] = "huber",
+        huber_delta: float = 1.0,
+        target_winsor: float = 5.0,
         seed: int = 0,
     ) -> None:
         if cell != "linear" and not hidden:
@@ -264,6 +269,9 @@ class SequenceLearner(Estimator):
         self.batch_size = batch_size
         self.buffer_size = buffer_size
         self.replay_fraction = replay_fraction
+        self.loss = loss
+        self.huber_delta = huber_delta
+        self.target_winsor = target_winsor
         self.seed = seed
         self._reset()
 
@@ -314,6 +322,8 @@ class SequenceLearner(Estimator):
         reservoir. The normaliser absorbs the fresh samples first."""
         windows = np.asarray(windows, dtype=np.float32)
         targets = np.asarray(targets, dtype=np.float64)
+        if self.target_winsor > 0:
+            targets = np.clip(targets, -self.target_winsor, self.target_winsor)
         self.normaliser.observe(windows, targets)
         share = self.replay_fraction if replay_fraction is None else replay_fraction
         n_replay = self.replay_size(share)
@@ -334,7 +344,12 @@ class SequenceLearner(Estimator):
             group["lr"] = lr
         self._net.train()
         self._opt.zero_grad(set_to_none=True)
-        loss = torch.mean((self._net(x) - y) ** 2)
+        out = self._net(x)
+        if self.loss == "huber":
+            # The threshold is in target units; the network sees targets divided by `scale`.
+            loss = nn.functional.huber_loss(out, y, delta=self.huber_delta / scale)
+        else:
+            loss = torch.mean((out - y) ** 2)
         if self.cell == "linear" and self.ridge_alpha > 0:
             loss = loss + self.ridge_alpha * sum(
                 (p**2).sum() for n, p in self._net.named_parameters() if n.endswith("weight")

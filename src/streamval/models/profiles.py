@@ -1,17 +1,26 @@
 """Asset profiles: the vectors that clustering compares, built for many assets at once.
 
-A profile is an asset's static attributes plus summary statistics of its series:
+A profile is an asset's static attributes plus summary statistics of its series, in blocks:
 
-    numeric attributes          standardised (sklearn StandardScaler fitted at each (re-)fit)
-    categorical attributes      one-hot over the categories seen at the fit (a missing attribute
-                                is the category ""; unseen categories -> all zeros)
-    series statistics           mean and std of the scale-free one-step change, its lag-1
-                                autocorrelation (mean reversion shows up negative), mean of each
-                                dynamic feature; standardised with the numerics
+    numeric attribute           one block per attribute, standardised
+    categorical attribute       one block per attribute: one-hot over the categories seen at the
+                                fit (a missing attribute is the category ""; unseen -> all zeros)
+    series statistics           one block each: mean of the scale-free one-step change (drift),
+                                log of its std (volatility), its lag-1 autocorrelation (mean
+                                reversion shows up negative), the mean of each dynamic feature
 
-Missing numbers (an attribute the asset lacks, statistics of a series too short) are imputed with
-the fitted mean, i.e. 0 after standardisation. An attribute that is a string for any fitted asset
-is categorical (its numbers then count as the categories `str(number)`).
+Series statistics converge: each is shrunk toward the population value of the fit by a
+pseudo-count, `(c * own + k * population) / (c + k)` with `c` the observations behind it (the
+variance is shrunk, then logged), so an asset with little history sits near the population
+centre in those blocks and its attributes decide its cluster until its own numbers have weight.
+
+Every block is scaled to total variance 1 over the fitted assets (so a one-hot block, an
+attribute and a statistic start equal) and then multiplied by its weight: `fit(weigh=...)` takes
+the rule that chooses the weights from the blocks (`AssetClustering.block_weights`: silhouette
+over a Gaussian null); without one every block weighs 1. Missing numbers (an attribute the asset
+lacks, statistics of a series too short) take the population value. An attribute that is a
+string for any fitted asset is categorical (its numbers then count as the categories
+`str(number)`).
 
 The inputs are columns (`ProfileInputs`): the engine keeps attributes encoded per asset slot
 (numbers as floats, strings as integer codes into a vocabulary) and the running series
@@ -27,7 +36,7 @@ statistics as arrays, so a profile never passes through a per-asset Python dict.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,16 +86,31 @@ def series_vector(
     return np.column_stack([change_mean, std, auto, feat_mean])
 
 
+def series_counts(n: NDArray[Any], n_pairs: NDArray[Any], feat_count: NDArray[Any]) -> FloatArray:
+    """The observations behind each `series_vector` entry (what its shrinkage weighs)."""
+    n_f = np.asarray(n, dtype=np.float64)
+    return np.column_stack(
+        [
+            n_f,
+            np.maximum(n_f - 1, 0),
+            np.asarray(n_pairs, dtype=np.float64),
+            np.asarray(feat_count, dtype=np.float64),
+        ]
+    )
+
+
 @dataclass
 class ProfileInputs:
     """The raw material of n assets' profiles, as columns.
 
     `numeric[name]` holds the attribute's number per asset (NaN: missing, or not a number);
     `categorical[name]` its string as a code into `vocabularies[name]` (-1: missing, or not a
-    string); `stats` the `series_vector` rows.
+    string); `stats` the `series_vector` rows and `counts` the `series_counts` behind them
+    (None: as good as infinite, no shrinkage).
     """
 
     stats: FloatArray
+    counts: FloatArray | None = None
     numeric: dict[str, FloatArray] = field(default_factory=dict)
     categorical: dict[str, IntArray] = field(default_factory=dict)
     vocabularies: dict[str, Sequence[str]] = field(default_factory=dict)
@@ -130,28 +154,55 @@ class ProfileInputs:
         return out
 
 
-class ProfileSpace:
-    """The standardised profile space of one clustering fit.
+Weigh = Callable[[list[FloatArray]], Sequence[float]]
+_STD_FLOOR = 1e-12  # volatility is compared as log(std): a constant series is not -inf
 
-    `fit` learns which attributes exist (numeric vs categorical), their categories and the
-    scaler; `transform` maps assets into the space with vectorised numpy.
+
+class ProfileSpace:
+    """The weighted, block-standardised profile space of one clustering fit.
+
+    `fit` learns which attributes exist (numeric vs categorical), their categories, the
+    population values the statistics shrink toward, each column's centre and scale and each
+    block's scale and weight; `transform` maps assets into the space with vectorised numpy.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pseudo_count: float = 6.0) -> None:
+        if pseudo_count < 0:
+            raise ValueError(f"pseudo_count must be >= 0, got {pseudo_count}")
+        self.pseudo_count = pseudo_count
         self.numeric: list[str] = []
         self.categorical: list[str] = []
         self.categories: list[list[str]] = []
         self.n_stats = 0
+        self.population = np.zeros(0)  # per statistic: the value it shrinks toward
         self.mean = np.zeros(0)
         self.scale = np.ones(0)
+        self.block_scale = np.ones(0)  # per block: 1 / sqrt(its total variance at the fit)
+        self.weights = np.ones(0)  # per block
 
     @property
     def dim(self) -> int:
         """Coordinates of a profile."""
         return len(self.mean) + sum(len(c) for c in self.categories)
 
-    def fit(self, inputs: ProfileInputs) -> FloatArray:
-        """Fit on the assets' inputs and return their profiles."""
+    @property
+    def blocks(self) -> list[str]:
+        """Block names, in the order of `weights`."""
+        stats = ["change_mean", "volatility", "autocorrelation"][: self.n_stats]
+        stats += [f"feature{j}" for j in range(self.n_stats - N_SERIES_STATS)]
+        return [*self.numeric, *stats, *self.categorical]
+
+    def block_slices(self) -> list[slice]:
+        """Each block's columns in a profile."""
+        out = [slice(j, j + 1) for j in range(len(self.mean))]
+        at = len(self.mean)
+        for cats in self.categories:
+            out.append(slice(at, at + len(cats)))
+            at += len(cats)
+        return out
+
+    def fit(self, inputs: ProfileInputs, weigh: Weigh | None = None) -> FloatArray:
+        """Fit on the assets' inputs and return their profiles (weighted by `weigh`'s rule)."""
         categorical = {
             name for name, codes in inputs.categorical.items() if bool(np.any(codes >= 0))
         }
@@ -163,18 +214,49 @@ class ProfileSpace:
         self.numeric = sorted(numeric)
         self.categorical = sorted(categorical)
         self.n_stats = int(inputs.stats.shape[1])
+        self.population = _nanmean(self._raw_stats(inputs, shrink=False, log=False))
         raw = self._numeric_rows(inputs)
         # Impute before scaling: a column's missing entries take its mean (0 once standardised).
-        seen = ~np.isnan(raw)
-        col_mean = np.where(
-            seen.any(axis=0), np.where(seen, raw, 0.0).sum(axis=0) / np.maximum(seen.sum(0), 1), 0.0
-        )
-        filled = np.where(seen, raw, col_mean)
+        col_mean = _nanmean(raw)
+        filled = np.where(np.isnan(raw), col_mean, raw)
         scaler = StandardScaler().fit(filled)
         self.mean = np.asarray(scaler.mean_, dtype=np.float64)
         self.scale = np.asarray(scaler.scale_, dtype=np.float64)
         self.categories = [sorted(set(inputs.strings(name))) for name in self.categorical]
-        return self.transform(inputs)
+        n_blocks = len(self.mean) + len(self.categories)
+        self.block_scale = np.ones(n_blocks)
+        self.weights = np.ones(n_blocks)
+        x = self.transform(inputs)
+        slices = self.block_slices()
+        total = np.array([float(x[:, b].var(axis=0).sum()) for b in slices])
+        self.block_scale = np.where(total > 1e-12, 1.0 / np.sqrt(np.maximum(total, 1e-300)), 0.0)
+        x = self.transform(inputs)
+        if weigh is not None and n_blocks:
+            weights = np.asarray(weigh([x[:, b] for b in slices]), dtype=np.float64)
+            if weights.shape != (n_blocks,) or not np.all(np.isfinite(weights) & (weights >= 0)):
+                raise ValueError(f"block weights {weights!r} for {n_blocks} blocks")
+            self.weights = weights
+            x = self.transform(inputs)
+        return x
+
+    def _raw_stats(self, inputs: ProfileInputs, *, shrink: bool, log: bool = True) -> FloatArray:
+        """The statistics as compared: std as log(std), shrunk toward the population."""
+        width = min(self.n_stats, inputs.stats.shape[1])
+        stats = np.full((inputs.n, self.n_stats), np.nan)
+        stats[:, :width] = np.clip(inputs.stats[:, :width], -_RAW_LIMIT, _RAW_LIMIT)
+        vol = 1 if self.n_stats > 1 else None
+        if vol is not None:
+            stats[:, vol] = stats[:, vol] ** 2  # shrunk as a variance, compared as log(std)
+        if shrink and inputs.counts is not None and self.pseudo_count > 0:
+            counts = np.zeros_like(stats)
+            counts[:, :width] = np.nan_to_num(inputs.counts[:, :width])
+            counts[np.isnan(stats)] = 0.0
+            own = np.nan_to_num(stats)
+            k = self.pseudo_count
+            stats = (counts * own + k * self.population) / (counts + k)
+        if vol is not None and log:
+            stats[:, vol] = 0.5 * np.log(np.maximum(stats[:, vol], _STD_FLOOR**2))
+        return stats
 
     def _numeric_rows(self, inputs: ProfileInputs) -> FloatArray:
         rows = np.full((inputs.n, len(self.numeric) + self.n_stats), np.nan)
@@ -182,21 +264,24 @@ class ProfileSpace:
             column = inputs.numeric.get(name)
             if column is not None:
                 rows[:, j] = column
-        width = min(self.n_stats, inputs.stats.shape[1])
-        rows[:, len(self.numeric) : len(self.numeric) + width] = inputs.stats[:, :width]
+        if self.n_stats:
+            rows[:, len(self.numeric) :] = self._raw_stats(inputs, shrink=True)
         clipped: FloatArray = np.clip(rows, -_RAW_LIMIT, _RAW_LIMIT)
         return clipped
 
     def transform(self, inputs: ProfileInputs) -> FloatArray:
         """The assets' profile vectors (unknown numbers become the fitted mean)."""
+        factor = self.block_scale * self.weights
+        n_num = len(self.mean)
         z = (self._numeric_rows(inputs) - self.mean) / self.scale
         z[np.isnan(z)] = 0.0
         np.clip(z, -_Z_LIMIT, _Z_LIMIT, out=z)
+        z *= factor[:n_num]
         if not self.categories:
             return z
         parts = [z]
-        for name, cats in zip(self.categorical, self.categories, strict=True):
-            parts.append(self._onehot(inputs, name, cats))
+        for j, (name, cats) in enumerate(zip(self.categorical, self.categories, strict=True)):
+            parts.append(self._onehot(inputs, name, cats) * factor[n_num + j])
         return np.concatenate(parts, axis=1)
 
     @staticmethod
@@ -233,8 +318,12 @@ class ProfileSpace:
             "categorical": list(self.categorical),
             "categories": [list(c) for c in self.categories],
             "n_stats": self.n_stats,
+            "pseudo_count": self.pseudo_count,
+            "population": self.population.copy(),
             "mean": self.mean.copy(),
             "scale": self.scale.copy(),
+            "block_scale": self.block_scale.copy(),
+            "weights": self.weights.copy(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -244,13 +333,30 @@ class ProfileSpace:
         self.n_stats = int(state["n_stats"])
         self.mean = np.asarray(state["mean"], dtype=np.float64).reshape(-1)
         self.scale = np.asarray(state["scale"], dtype=np.float64).reshape(-1)
+        self.pseudo_count = float(state["pseudo_count"])
+        self.population = np.asarray(state["population"], dtype=np.float64).reshape(-1)
+        self.block_scale = np.asarray(state["block_scale"], dtype=np.float64).reshape(-1)
+        self.weights = np.asarray(state["weights"], dtype=np.float64).reshape(-1)
         if len(self.mean) != len(self.numeric) + self.n_stats or len(self.scale) != len(self.mean):
             raise ValueError("profile space: scaler of the wrong size")
         if len(self.categories) != len(self.categorical):
             raise ValueError("profile space: categories do not match the attributes")
+        n_blocks = len(self.mean) + len(self.categories)
+        if len(self.population) != self.n_stats or not (
+            len(self.block_scale) == len(self.weights) == n_blocks
+        ):
+            raise ValueError("profile space: population or block weights of the wrong size")
 
 
 def _as_float(value: Attribute | None) -> float:
     return (
         float(value) if isinstance(value, int | float) and not isinstance(value, bool) else np.nan
     )
+
+
+def _nanmean(x: FloatArray) -> FloatArray:
+    """Column means over the known entries (0 for a column with none)."""
+    seen = ~np.isnan(x)
+    total = np.where(seen, x, 0.0).sum(axis=0)
+    mean: FloatArray = np.where(seen.any(axis=0), total / np.maximum(seen.sum(axis=0), 1), 0.0)
+    return mean

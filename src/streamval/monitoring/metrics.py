@@ -29,6 +29,17 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
     streamval_cluster_skipped_samples_total{cluster}   counter    samples a lagging trainer skipped
     streamval_cluster_drift_alarms{cluster}            gauge      alarms in the engine's state
     streamval_drift_alarms_total{cluster,detector}     counter    alarms seen by this process
+    streamval_cluster_silhouette{cluster}              gauge      members' mean silhouette, last fit
+    streamval_clustering_silhouette                    gauge      silhouette of the last fit
+    streamval_clustering_churn_ratio                   gauge      share of assets moved, last re-fit
+    streamval_clustering_fits_total                    counter    fits (engine total)
+    streamval_clustering_switches_total                counter    assets moved online (engine total)
+    streamval_cluster_interval_coverage{cluster}       gauge      share of values inside their
+                                                                  prediction interval (rolling)
+    streamval_cluster_interval_width{cluster}          gauge      mean interval width, in units
+    streamval_cluster_dropped_feature_values_total{cluster}
+                                                       counter    feature values beyond
+                                                                  engine.max_features, dropped
     streamval_processing_latency_seconds               histogram  receipt -> valuation acked
     streamval_event_time_lag_seconds                   histogram  wall clock - event time
     streamval_consumer_lag_messages{partition}         gauge      messages behind the log end
@@ -82,7 +93,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from streamval import __version__
 from streamval.config import EngineSettings
-from streamval.stream.contract.outputs import ClusterSnapshot, DriftAlarm, ErrorStats
+from streamval.stream.contract.outputs import (
+    ClusteringStats,
+    ClusterSnapshot,
+    DriftAlarm,
+    ErrorStats,
+)
 
 __all__ = ["EngineMetrics", "ReplayMetrics"]
 
@@ -388,6 +404,57 @@ class EngineMetrics:
         for reason in ("io", "not_data"):
             self._ckpt_failures.labels(reason)
         self._delivery_seen: dict[str, float] = {}
+        # The clustering (from the snapshots' `silhouette` and `clustering`; engine totals).
+        self._silhouette = Gauge(
+            "streamval_cluster_silhouette",
+            "Mean silhouette of the cluster's members at the last clustering fit.",
+            ["cluster"],
+            registry=r,
+        )
+        self._fit_silhouette = Gauge(
+            "streamval_clustering_silhouette",
+            "Silhouette of the last clustering fit, in its profile space.",
+            registry=r,
+        )
+        self._churn = Gauge(
+            "streamval_clustering_churn_ratio",
+            "Share of the assets that changed cluster at the last re-fit (0..1).",
+            registry=r,
+        )
+        self._fits = Counter(
+            "streamval_clustering_fits",
+            "Clustering fits (bootstrap and re-fits), mirrored from the engine's own count.",
+            registry=r,
+        )
+        self._switches = Counter(
+            "streamval_clustering_switches",
+            "Assets that changed cluster online (hysteresis satisfied), mirrored from the engine.",
+            registry=r,
+        )
+        self._clustering_totals: dict[str, float] = {}
+        # -- prediction intervals and dropped features (from the cluster snapshots) --
+        self._interval_coverage = Gauge(
+            "streamval_cluster_interval_coverage",
+            "Share of the cluster's last engine.metrics_window labelled values inside their "
+            "prediction interval (target: engine.interval_coverage).",
+            ["cluster"],
+            registry=r,
+        )
+        self._interval_width = Gauge(
+            "streamval_cluster_interval_width",
+            "Mean width (upper - lower) of those intervals, in each asset's unit (its robust "
+            "mean absolute change).",
+            ["cluster"],
+            registry=r,
+        )
+        self._dropped_features = Counter(
+            "streamval_cluster_dropped_feature_values",
+            "Feature values of the cluster's events dropped because their names came after "
+            "engine.max_features slots were in use (the names are logged once).",
+            ["cluster"],
+            registry=r,
+        )
+        self._dropped_totals: dict[str, float] = {}
         self._update_totals: dict[str, float] = {}
         self._skipped_totals: dict[str, float] = {}
         self._detectors: set[str] = set(KNOWN_DETECTORS)
@@ -464,6 +531,25 @@ class EngineMetrics:
                 self._cluster_alarms.labels(cluster).set(snap.drift_alarms)
                 self._mirror(self._updates, self._update_totals, cluster, snap.updates)
                 self._mirror(self._skipped, self._skipped_totals, cluster, snap.skipped_samples)
+                _set_or_remove(self._silhouette, snap.silhouette, cluster)
+            if snapshots:
+                self._update_clustering(snapshots[0].clustering)
+
+    def _update_clustering(self, stats: ClusteringStats) -> None:
+        """The clustering-wide series (lock held)."""
+        _set_or_remove(self._fit_silhouette, stats.silhouette)
+        _set_or_remove(self._churn, stats.churn)
+        for name, counter, total in (
+            ("fits", self._fits, stats.fits),
+            ("switches", self._switches, stats.switches),
+        ):
+            previous = self._clustering_totals.get(name, 0.0)
+            if total < previous:  # restored from an older checkpoint: a counter reset
+                counter.reset()
+                previous = 0.0
+            counter.inc(total - previous)
+            self._clustering_totals[name] = total
+                self._set_intervals(cluster, snap)
 
     def retire_clusters(self, clusters: Iterable[int]) -> None:
         """Clusters that no longer exist (retired by a re-fit): drop their gauges now, their
@@ -481,7 +567,15 @@ class EngineMetrics:
                 for metric in (self._mae, self._rmse, self._r2, self._samples):
                     for window in WINDOWS:
                         _remove(metric, cluster, window)
-                for single in (self._lr, self._assets, self._model_version, self._cluster_alarms):
+                for single in (
+                    self._lr,
+                    self._assets,
+                    self._model_version,
+                    self._cluster_alarms,
+                    self._silhouette,
+                    self._interval_coverage,
+                    self._interval_width,
+                ):
                     _remove(single, cluster)
             self._sweep_retired(now)
 
@@ -494,6 +588,8 @@ class EngineMetrics:
             del self._retired[cluster]
             self._update_totals.pop(cluster, None)
             self._skipped_totals.pop(cluster, None)
+            self._dropped_totals.pop(cluster, None)
+            _remove(self._dropped_features, cluster)
             _remove(self._updates, cluster)
             _remove(self._skipped, cluster)
             _remove(self._published, cluster)
@@ -585,6 +681,20 @@ class EngineMetrics:
             else:
                 metric.labels(cluster, window).set(value)
 
+    def _set_intervals(self, cluster: str, snap: ClusterSnapshot) -> None:
+        """Interval gauges (removed while the cluster has none) and the dropped-features count."""
+        for metric, value in (
+            (self._interval_coverage, snap.interval_coverage),
+            (self._interval_width, snap.interval_width),
+        ):
+            if value is None:
+                _remove(metric, cluster)
+            else:
+                metric.labels(cluster).set(value)
+        self._mirror(
+            self._dropped_features, self._dropped_totals, cluster, snap.dropped_feature_values
+        )
+
     @staticmethod
     def _mirror(counter: Counter, totals: dict[str, float], cluster: str, total: int) -> None:
         """Make a per-cluster counter equal the engine's total (a counter cannot be set)."""
@@ -658,6 +768,14 @@ class ReplayMetrics:
             self._marker_event_time.labels(kind, name).set(event_ts_ms / 1000.0)
             self._marker_wall_time.labels(kind, name).set(time.time())
             self._markers.labels(kind).inc()
+
+
+def _set_or_remove(gauge: Gauge, value: float | None, *labels: str) -> None:
+    """Set a gauge, or drop it while there is no value (a panel shows a gap, not NaN)."""
+    if value is not None:
+        (gauge.labels(*labels) if labels else gauge).set(value)
+    elif labels:
+        _remove(gauge, *labels)
 
 
 def _remove(metric: Counter | Gauge, *labels: str) -> None:

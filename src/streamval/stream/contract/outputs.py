@@ -15,7 +15,12 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Valuation:
-    """The engine's valuation of one event, made before the event's own value was used."""
+    """The engine's valuation of one event, made before the event's own value was used.
+
+    `lower` and `upper` bound the value at the engine's `interval_coverage` (online conformal
+    prediction per cluster); None where no interval is available (a warming asset, a cluster
+    with too few scored events yet).
+    """
 
     asset_id: str
     ts_ms: int
@@ -26,6 +31,8 @@ class Valuation:
     adapting: bool
     lr: float
     value: float | None = None
+    lower: float | None = None
+    upper: float | None = None
 
     @property
     def error(self) -> float | None:
@@ -46,6 +53,8 @@ class Valuation:
             "warming": self.warming,
             "adapting": self.adapting,
             "lr": self.lr,
+            "lower": self.lower,
+            "upper": self.upper,
         }
         if self.value is not None:
             out["value"] = self.value
@@ -90,6 +99,26 @@ class ErrorStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusteringStats:
+    """The clustering as a whole, as of its last fit (repeated in every cluster's snapshot)."""
+
+    clusters: int = 1
+    fits: int = 0  # fits so far, the bootstrap included
+    silhouette: float | None = None  # of the last fit's sample, in its profile space
+    churn: float | None = None  # share of the live assets that changed cluster at the last re-fit
+    switches: int = 0  # assets moved online (hysteresis satisfied) since the start
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clusters": self.clusters,
+            "fits": self.fits,
+            "silhouette": self.silhouette,
+            "churn": self.churn,
+            "switches": self.switches,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
     """Periodic health of one cluster's model."""
 
@@ -106,6 +135,11 @@ class ClusterSnapshot:
     trained_samples: int = 0  # fresh samples trained since the cluster was created
     skipped_samples: int = 0  # samples dropped because training fell behind (overload)
     expired_assets: int = 0  # assets of the cluster forgotten after `engine.asset_ttl`
+    silhouette: float | None = None  # mean silhouette of its members at the last fit
+    clustering: ClusteringStats = field(default_factory=ClusteringStats)
+    interval_coverage: float | None = None  # share of the last metrics_window values inside
+    interval_width: float | None = None  # their intervals' mean width, in each asset's unit
+    dropped_feature_values: int = 0  # feature values beyond `engine.max_features`, dropped
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +157,11 @@ class ClusterSnapshot:
             "trained_samples": self.trained_samples,
             "skipped_samples": self.skipped_samples,
             "expired_assets": self.expired_assets,
+            "silhouette": self.silhouette,
+            "clustering": self.clustering.to_json(),
+            "interval_coverage": self.interval_coverage,
+            "interval_width": self.interval_width,
+            "dropped_feature_values": self.dropped_feature_values,
         }
 
 

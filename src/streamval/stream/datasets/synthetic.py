@@ -31,9 +31,10 @@ class Group:
     vol: float  # standard deviation of the daily log return
     drift: float = 0.0  # mean daily log return
     reversion: float = 0.0  # share of the log deviation from the start that reverts each step
-    volume: float = 1.0  # mean of the `volume` feature (standard deviation 0.2)
+    volume: float = 1.0  # mean of the dynamic feature (`volume` unless the panel names another)
     attributes: Mapping[str, Attribute] = field(default_factory=dict)
     prefix: str | None = None  # asset ids are `{prefix}{i}`; default `g{index of the group}-`
+    feature_sd: float = 0.2  # standard deviation of the dynamic feature around its mean
 
 
 # Quiet random walk; trending and volatile; mean-reverting. Sector and tier identify the group.
@@ -41,6 +42,17 @@ THREE_GROUPS = (
     Group(vol=0.004, volume=1.0, attributes={"sector": "bank", "tier": 0.0}),
     Group(vol=0.02, drift=0.003, volume=2.0, attributes={"sector": "tech", "tier": 1.0}),
     Group(vol=0.01, reversion=0.5, volume=3.0, attributes={"sector": "energy", "tier": 2.0}),
+)
+
+
+# Harder: groups that differ in a categorical segment, the level of a noisy `score` feature,
+# volatility 1% / 2% / 5% a day and dynamics (drift up, mean reversion, drift down), with levels
+# 5..3,000 and a score spread as wide as the gaps between its levels (clustering tests; use
+# `feature="score"`).
+HARD_THREE_GROUPS = (
+    Group(vol=0.01, drift=0.002, volume=0.0, feature_sd=1.0, attributes={"segment": "retail"}),
+    Group(vol=0.02, reversion=0.3, volume=1.0, feature_sd=1.0, attributes={"segment": "sme"}),
+    Group(vol=0.05, drift=-0.004, volume=2.0, feature_sd=1.0, attributes={"segment": "corp"}),
 )
 
 
@@ -53,10 +65,12 @@ class Panel:
     n_steps: int
 
     def steps(self) -> Iterator[list[AssetEvent]]:
-        """The events one step (event time) at a time."""
-        per_step = len(self.events) // self.n_steps if self.n_steps else 0
-        for i in range(self.n_steps):
-            yield self.events[i * per_step : (i + 1) * per_step]
+        """The events one step (event time) at a time (steps without events are skipped)."""
+        start = 0
+        for i in range(1, len(self.events) + 1):
+            if i == len(self.events) or self.events[i].ts_ms != self.events[start].ts_ms:
+                yield self.events[start:i]
+                start = i
 
 
 def grouped_panel(
@@ -73,11 +87,18 @@ def grouped_panel(
     shift_group: int | None = None,
     shift_at: int = 0,
     shift: float = 0.0,
+    feature: str = "volume",
+    late_share: float = 0.0,
+    late_from: int = 0,
+    noise_attributes: int = 0,
 ) -> Panel:
     """Every asset once per step, `steps` steps from `t0_ms`; see the module docstring.
 
     `attribute_noise` adds N(0, noise) to numeric attributes on every event; `shuffle` orders
-    each step's events at random (else by asset).
+    each step's events at random (else by asset); `feature` names the dynamic feature. A share
+    `late_share` of each group's assets (its last ones) first appears at step `late_from`.
+    `noise_attributes` adds that many static numeric attributes `noise{j}` ~ N(0, 1) per asset,
+    unrelated to the groups.
     """
     rng = np.random.default_rng(seed)
     ids = [
@@ -88,6 +109,9 @@ def grouped_panel(
     group_of = np.repeat(np.arange(len(groups)), n_per_group)
     logv = np.log(rng.uniform(5, 3000, len(ids)))
     start = logv.copy()
+    n_late = round(late_share * n_per_group)
+    first_step = np.where(np.arange(len(ids)) % n_per_group >= n_per_group - n_late, late_from, 0)
+    noise = rng.normal(0.0, 1.0, (len(ids), noise_attributes))
     events: list[AssetEvent] = []
     for t in range(steps):
         r = np.zeros(len(ids))
@@ -99,16 +123,16 @@ def grouped_panel(
         logv = logv + r
         order = rng.permutation(len(ids)) if shuffle else range(len(ids))
         for k in order:
+            if t < first_step[k]:
+                continue
             group = groups[group_of[k]]
-            attrs: dict[str, Attribute] = {}
+            attrs: dict[str, Attribute] = {f"noise{j}": float(x) for j, x in enumerate(noise[k])}
             if attributes:
                 for name, value in group.attributes.items():
                     noisy = isinstance(value, float) and attribute_noise > 0
                     attrs[name] = value + float(rng.normal(0, attribute_noise)) if noisy else value
-            volume = float(rng.normal(group.volume, 0.2))
+            x = float(rng.normal(group.volume, group.feature_sd))
             events.append(
-                AssetEvent(
-                    ids[k], t0_ms + t * step_ms, float(np.exp(logv[k])), {"volume": volume}, attrs
-                )
+                AssetEvent(ids[k], t0_ms + t * step_ms, float(np.exp(logv[k])), {feature: x}, attrs)
             )
     return Panel(events, dict(zip(ids, group_of.tolist(), strict=True)), steps)
