@@ -26,9 +26,12 @@ kafka-up:     ## start a local Kafka broker
 kafka-down:   ## stop it
 	$(BIN)/streamval kafka down
 
-bench:        ## regenerate the reports in docs/results/ (accuracy ~11 min, throughput ~10 min)
+bench:        ## regenerate the reports in docs/ (accuracy ~11 min, throughput ~10, clustering ~25, robust ~10, faults ~25)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.clustering
+	$(BIN)/python -m benchmarks.robust
+	$(BIN)/python -m benchmarks.faults
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist
