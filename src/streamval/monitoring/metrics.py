@@ -532,6 +532,7 @@ class EngineMetrics:
                 self._mirror(self._updates, self._update_totals, cluster, snap.updates)
                 self._mirror(self._skipped, self._skipped_totals, cluster, snap.skipped_samples)
                 _set_or_remove(self._silhouette, snap.silhouette, cluster)
+                self._set_intervals(cluster, snap)
             if snapshots:
                 self._update_clustering(snapshots[0].clustering)
 
@@ -549,7 +550,6 @@ class EngineMetrics:
                 previous = 0.0
             counter.inc(total - previous)
             self._clustering_totals[name] = total
-                self._set_intervals(cluster, snap)
 
     def retire_clusters(self, clusters: Iterable[int]) -> None:
         """Clusters that no longer exist (retired by a re-fit): drop their gauges now, their
