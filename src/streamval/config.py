@@ -166,6 +166,12 @@ class ConsumerSettings(_Section):
         description="how long the broker may be unreachable before the service exits with an "
         "error (it retries with backoff until then)",
     )
+    rejoin_after_s: float = Field(
+        120.0,
+        gt=0,
+        description="with no partition assigned for this long while the broker answers, the "
+        "group join is taken as stuck and the consumer is re-created (it joins afresh)",
+    )
     max_partition_wait_ms: int = Field(
         1000,
         ge=0,

@@ -145,6 +145,9 @@ class ValuationService:
         self._assigned: set[TopicPartition] = set()
         self._fetched: dict[TopicPartition, int] = {}
         self._paused_ahead: set[TopicPartition] = set()
+        self._static: dict[str, Any] = {}
+        self._unassigned_since: float | None = None
+        self.rejoins = 0
         self._last_snapshot = 0.0
         self._last_probe = time.monotonic()
         self._clusters_seen: set[int] = set()
@@ -199,11 +202,13 @@ class ValuationService:
         if s.consumer.group_instance_id:
             static["group_instance_id"] = s.consumer.group_instance_id
         try:
+            self._static = static
             processor = self._start(producer_config, static)
             idle = 0
             while not self._stop.is_set():
                 self._last_loop = time.monotonic()
                 got = self._poll()
+                self._check_membership(self._last_loop)
                 batch = self.merger.release(
                     s.consumer.max_poll_records, now=time.monotonic(), has_lag=self._has_lag
                 )
@@ -359,6 +364,41 @@ class ValuationService:
         m.delivery(delivery.stats)
         self.batches += 1
         delivery.checkpoint()
+
+    def _check_membership(self, now: float) -> None:
+        """Re-create the consumer when it has had no partition for `consumer.rejoin_after_s`
+        while the broker answers: kafka-python can stay outside its group for good after a
+        rebalance (its coordinator lookup never completes; the broker drops the member when
+        heartbeats stop), and without this the service would poll an empty assignment forever."""
+        if self._assigned or self.outage.active:
+            self._unassigned_since = None
+            return
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+            return
+        waited = now - self._unassigned_since
+        if waited < self.settings.consumer.rejoin_after_s:
+            return
+        log.warning(
+            "no partition assigned for %.0f s: re-creating the consumer to join the group afresh",
+            waited,
+            extra={"group": self.settings.consumer.group_id},
+        )
+        old = self._consumer
+        assert old is not None
+        try:
+            old.close(autocommit=False, timeout_ms=int(CLOSE_TIMEOUT_S * 1000))
+        except Exception as exc:
+            log.warning("closing the stuck consumer failed: %s", exc)
+        consumer = self._consumer = make_consumer(self.settings, **self._static)
+        if self._delivery is not None:
+            self._delivery.consumer = consumer
+        self._fetched.clear()
+        self._paused_ahead.clear()
+        consumer.subscribe([self.settings.topics.input], listener=_Rebalance(self))
+        self.rejoins += 1
+        self.metrics.consumer_rejoined()
+        self._unassigned_since = now
 
     def _has_lag(self, tp: TopicPartition) -> bool:
         consumer = self._consumer

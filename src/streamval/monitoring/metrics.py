@@ -48,6 +48,7 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
     streamval_batch_events                             histogram  events in one poll
     streamval_broker_reachable                         gauge      0 during a broker outage
     streamval_broker_outages_total                     counter    outages (broker unreachable)
+    streamval_consumer_rejoins_total                   counter    consumer re-created, join stuck
     streamval_broker_outage_seconds_total              counter    time spent in outages
     streamval_send_failures_total{kind}                counter    records that could not be
                                                                   produced (replaced or dropped)
@@ -334,6 +335,12 @@ class EngineMetrics:
             "Times the Kafka cluster became unreachable.",
             registry=r,
         )
+        self._rejoins = Counter(
+            "streamval_consumer_rejoins",
+            "Times the consumer was re-created because it stayed without partitions for "
+            "consumer.rejoin_after_s (a group join that never completed).",
+            registry=r,
+        )
         self._outage_seconds = Counter(
             "streamval_broker_outage_seconds",
             "Seconds spent in broker outages that ended.",
@@ -478,6 +485,10 @@ class EngineMetrics:
     def consumer_lag(self, partition: int, lag: int) -> None:
         """The consumer is `lag` messages behind the end of `partition`."""
         self._consumer_lag.labels(str(partition)).set(max(lag, 0))
+
+    def consumer_rejoined(self) -> None:
+        """The service re-created its consumer after a group join that never completed."""
+        self._rejoins.inc()
 
     def partitions_revoked(self, partitions: Iterable[int]) -> None:
         """Drop the series of partitions this process no longer owns (after a rebalance).
