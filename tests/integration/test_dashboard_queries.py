@@ -112,6 +112,9 @@ class Feeder:
                     model_version=self._updates[cluster],
                     silhouette=0.5 + 0.1 * cluster,
                     clustering=clustering,
+                    interval_coverage=0.88 + 0.01 * cluster,
+                    interval_width=1.5 + 0.2 * cluster,
+                    dropped_feature_values=tick,
                 )
             )
         m.update_clusters(snapshots)
