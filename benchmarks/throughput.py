@@ -378,9 +378,9 @@ def engine_run(events: Sequence[AssetEvent], steady: int, training: str) -> Engi
         _time_steps(engine.trainer.learner(c), train)
     add = engine._add_cluster
 
-    def add_timed(cluster: int, learner: Any) -> None:
+    def add_timed(cluster: int, learner: Any, parent: int | None = None) -> None:
         _time_steps(learner, train)
-        add(cluster, learner)
+        add(cluster, learner, parent)
 
     engine._add_cluster = add_timed  # type: ignore[method-assign]
     samples = 0
