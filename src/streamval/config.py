@@ -267,9 +267,51 @@ class EngineSettings(_Section):
     asset_ttl: int = Field(
         0, ge=0, description="event-time ms after which an idle asset is forgotten; 0 = never"
     )
-    detector: Literal["adwin", "page_hinkley", "kswin"] = "adwin"
+    detector: Literal["cross_sectional", "adwin", "page_hinkley", "kswin"] = Field(
+        "cross_sectional",
+        description="cross_sectional: a cluster's mean standardised error per event-time step "
+        "(models/shocks.py); adwin, page_hinkley, kswin: river detectors on each event's error",
+    )
     detector_params: dict[str, float] = Field(
         default_factory=dict, description="keyword arguments of the river detector, e.g. delta"
+    )
+    shock_rate: float = Field(
+        0.002, gt=0, lt=1, description="cross_sectional: false-alarm rate per step on calm data"
+    )
+    shock_calibration: int = Field(
+        250,
+        ge=5,
+        description="cross_sectional: a cluster's first steps (with min_assets), calibrating "
+        "the threshold; shorter calibrations gave heavy-tailed panels (equities) low thresholds",
+    )
+    shock_refractory: int = Field(10, ge=0, description="steps without a new alarm after one")
+    shock_min_assets: int = Field(2, ge=1, description="assets a step needs to be judged")
+    shock_step_ms: int = Field(
+        0, ge=0, description="event-time bucket of a step; 0 = events sharing an event time"
+    )
+    drift_response: Literal["fast_learner", "boost", "none"] = Field(
+        "fast_learner",
+        description="on an alarm: fast_learner = a shadow copy at a higher lr, served only once "
+        "it wins; boost = the cluster's lr raised (lr_boost, lr_half_life); none = count only",
+    )
+    persistence_expert: bool = Field(
+        True, description="serve a combination of persistence and the model (models/experts.py)"
+    )
+    combiner_eta: float = Field(10.0, gt=0, description="hedge learning rate per step")
+    combiner_share: float = Field(0.001, ge=0, lt=1, description="fixed share per step")
+    combiner_prior: float = Field(
+        0.1, gt=0, le=1, description="fixed-share target of the learned experts (rest: persistence)"
+    )
+    combiner_delta: float = Field(0.25, gt=0, description="units: Huber delta of expert losses")
+    fast_lr_mult: float = Field(10.0, gt=0, description="fast learner's lr / lr")
+    fast_shadow_steps: int = Field(5, ge=2, description="steps a fast learner is only scored")
+    fast_min_tstat: float = Field(
+        -2.0, lt=0, description="t-statistic of its loss minus the served loss needed to serve it"
+    )
+    fast_init_weight: float = Field(0.1, gt=0, lt=1, description="its weight once served")
+    fast_max_steps: int = Field(60, ge=2, description="steps after which it is folded or retired")
+    fast_fold_ratio: float = Field(
+        0.9, gt=0, description="folded into the stable model if its loss ratio is below this"
     )
     lr_boost: float = Field(5.0, ge=1)
     lr_half_life: float = Field(50.0, gt=0, description="optimizer updates for the boost to halve")

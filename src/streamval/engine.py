@@ -93,9 +93,11 @@ from streamval.models.assets import (
 from streamval.models.clustering import AssetClustering, FitResult
 from streamval.models.drift import AdaptiveLearningRate, DriftMonitor
 from streamval.models.error_metrics import ErrorMetrics
+from streamval.models.experts import EXPERTS, ExpertMix
 from streamval.models.intervals import AdaptiveConformal, update_error_scale
 from streamval.models.learner import Predictor, SequenceLearner
 from streamval.models.profiles import ProfileInputs, ProfileSpace, series_counts, series_vector
+from streamval.models.shocks import CrossSectionalDetector
 from streamval.models.state import rng_state, set_rng_state
 from streamval.models.trainer import Trainer
 from streamval.stream.contract.ordering import Order, order_of
@@ -112,7 +114,7 @@ __all__ = ["Engine", "set_torch_threads"]
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 # An asset's cluster is re-checked once its event count has grown by this share since the last
 # check (and at least by one): early on every event, later rarely, as its profile settles.
 _RECHECK_GROWTH = 8
@@ -141,6 +143,9 @@ class _Cluster:
     errors: ErrorMetrics
     predictor: Predictor
     conformal: AdaptiveConformal
+    shock: CrossSectionalDetector
+    mix: ExpertMix
+    fast_predictor: Predictor
     expired: int = 0  # assets of this cluster forgotten after asset_ttl
     dropped: int = 0  # feature values of its events beyond max_features
 
@@ -206,6 +211,17 @@ class _Admitted:
     dropped: list[tuple[int, str]] = field(default_factory=list)  # (event, name) beyond slots
 
 
+@dataclass(frozen=True)
+class _Alarm:
+    """What a detector reported at an event of a segment (see `DriftAlarm`)."""
+
+    ts: int  # event time of the shock step (the event's own for per-event detectors)
+    before: float
+    after: float
+    assets: int = 1
+    affected: int = 1
+
+
 @dataclass
 class _Plan:
     """One segment of a batch, computed but not yet committed (see `Engine._plan`)."""
@@ -240,8 +256,12 @@ class _Plan:
     conformal: dict[int, AdaptiveConformal] = field(default_factory=dict)
     err_start: tuple[FloatArray, NDArray[np.int32]] | None = None  # rows' error scales before
     versions: dict[int, int] = field(default_factory=dict)
-    alarms: list[tuple[int, tuple[float, float]]] = field(default_factory=list)
+    alarms: list[tuple[int, _Alarm]] = field(default_factory=list)
     monitors: dict[int, DriftMonitor] = field(default_factory=dict)
+    shocks: dict[int, CrossSectionalDetector] = field(default_factory=dict)
+    mixes: dict[int, ExpertMix] = field(default_factory=dict)
+    fast_events: list[tuple[int, int, str]] = field(default_factory=list)  # (event, cluster, what)
+    fast_served: BoolArray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
     def k(self) -> int:
@@ -318,12 +338,22 @@ class Engine:
     ) -> None:
         """A cluster with this training copy; its intervals start from `parent`'s scores."""
         s = self.settings
-        policy = AdaptiveLearningRate.from_settings(s, seed=learner.seed)
+        policy = AdaptiveLearningRate.from_settings(
+            s,
+            seed=learner.seed,
+            detector="adwin" if s.detector == "cross_sectional" else s.detector,
+            boost=s.lr_boost if s.drift_response == "boost" else 1.0,
+        )
         self.trainer.add(cluster, learner, policy)
         predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden)
+        fast_predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden)
         if parent is not None and parent in self._clusters:
             conformal = self._clusters[parent].conformal.fork()
+            shock = self._clusters[parent].shock.fork()
+            mix = self._clusters[parent].mix.fork()
         else:
+            shock = CrossSectionalDetector.from_settings(s)
+            mix = ExpertMix.from_settings(s)
             conformal = AdaptiveConformal(
                 s.interval_coverage,
                 gamma=s.interval_gamma,
@@ -331,7 +361,9 @@ class Engine:
                 window=s.interval_window,
                 metrics_window=s.metrics_window,
             )
-        self._clusters[cluster] = _Cluster(ErrorMetrics(s.metrics_window), predictor, conformal)
+        self._clusters[cluster] = _Cluster(
+            ErrorMetrics(s.metrics_window), predictor, conformal, shock, mix, fast_predictor
+        )
 
     def close(self) -> None:
         """Stop the background trainer (the step in flight finishes). Idempotent."""
@@ -368,6 +400,10 @@ class Engine:
         """Current cluster of every known asset."""
         clusters = self._assets["cluster"]
         return {name: int(clusters[slot]) for name, slot in self._assets.ids.items()}
+
+    def fast_learners(self) -> dict[int, str]:
+        """Per cluster, its fast learner: "none", "shadow" (scored, not served) or "served"."""
+        return {c: cluster.mix.fast for c, cluster in self._clusters.items()}
 
     def lr(self, cluster: int) -> float:
         """Current learning rate of a cluster."""
@@ -489,6 +525,11 @@ class Engine:
                     interval_coverage=c.conformal.rolling_coverage,
                     interval_width=c.conformal.rolling_width,
                     dropped_feature_values=c.dropped,
+                    fast_learner=c.mix.fast,
+                    fast_learners=c.mix.started,
+                    expert_weights=dict(
+                        zip(EXPERTS, c.mix.served_weights().round(6).tolist(), strict=True)
+                    ),
                 )
             )
         return out
@@ -774,9 +815,13 @@ class Engine:
     # -- steps 3-5 before the commit: valuations and the drift monitors (pure) ------------------
 
     def _value(self, plan: _Plan) -> None:
-        """Valuations of the segment's events, one forward pass per cluster (the served change
-        bounded at `change_clip` units), then their intervals."""
+        """Valuations of the segment's events: one forward pass per cluster for its stable model
+        (and for its fast learner while one lives), each change bounded at `change_clip` units,
+        the served change from the cluster's expert mix (`_mix`); then their intervals."""
         clip = self.settings.change_clip
+        k = plan.k
+        stable = np.zeros(k)
+        fast = np.full(k, np.nan)
         valuations = np.where(np.isnan(plan.v_last), 0.0, plan.v_last)
         model = ~plan.warming
         plan.versions = {}
@@ -785,17 +830,59 @@ class Engine:
             cluster.predictor.load(self.trainer.snapshot(c))
             plan.versions[c] = cluster.predictor.version
             idx = np.flatnonzero(model & (plan.cluster == c))
-            if len(idx):
-                change = cluster.predictor.predict(plan.windows[idx])
-                if clip:
-                    change = np.clip(change, -clip, clip)
-                with np.errstate(over="ignore", invalid="ignore"):
-                    made = plan.v_last[idx] + plan.unit[idx] * change
-                valuations[idx] = np.where(np.isfinite(made), made, plan.v_last[idx])
+            if not len(idx):
+                continue
+            change = cluster.predictor.predict(plan.windows[idx])
+            stable[idx] = np.clip(change, -clip, clip) if clip else change
+            snapshot = self.trainer.fast_snapshot(c)
+            if snapshot is not None and cluster.mix.fast != "none":
+                cluster.fast_predictor.load(snapshot)
+                change = cluster.fast_predictor.predict(plan.windows[idx])
+                fast[idx] = np.clip(change, -clip, clip) if clip else change
+        served = self._mix(plan, stable, fast)
+        idx = np.flatnonzero(model)
+        if len(idx):
+            with np.errstate(over="ignore", invalid="ignore"):
+                made = plan.v_last[idx] + plan.unit[idx] * served[idx]
+            valuations[idx] = np.where(np.isfinite(made), made, plan.v_last[idx])
         for p in np.flatnonzero(np.isnan(plan.v_last)).tolist():
             valuations[p] = self._median_before(plan, p)
         plan.valuations = valuations
         self._intervals(plan)
+
+    def _mix(self, plan: _Plan, stable: FloatArray, fast: FloatArray) -> FloatArray:
+        """The served change of each model-valued event, in order, on copies of the clusters'
+        expert mixes: a cluster's step closes (its weights move, its fast learner is judged)
+        when its next event has another step; labelled events score every expert."""
+        step_ms = self.settings.shock_step_ms
+        served = np.zeros(plan.k)
+        plan.mixes, plan.fast_events = {}, []
+        plan.fast_served = np.zeros(plan.k, dtype=bool)
+        model = np.flatnonzero(~plan.warming)
+        if not len(model):
+            return served
+        with np.errstate(over="ignore", invalid="ignore"):
+            targets = (plan.values - plan.v_last) / plan.unit
+        clusters = plan.cluster[model].tolist()
+        steps = (plan.ts[model] // step_ms if step_ms > 0 else plan.ts[model]).tolist()
+        ys = targets[model].tolist()
+        ms = stable[model].tolist()
+        fs = fast[model].tolist()
+        for j, p in enumerate(model.tolist()):
+            c = clusters[j]
+            mix = plan.mixes.get(c)
+            if mix is None:
+                mix = plan.mixes[c] = self._clusters[c].mix.copy()
+            what = mix.advance(steps[j])
+            if what is not None:
+                plan.fast_events.append((p, c, what))
+            f = fs[j] if mix.fast != "none" and not math.isnan(fs[j]) else ms[j]
+            out = mix.serve(ms[j], f)
+            served[p] = out
+            plan.fast_served[p] = mix.fast == "served"
+            if not math.isnan(ys[j]):
+                mix.add(ys[j], (0.0, ms[j], f), out)
+        return served
 
     def _intervals(self, plan: _Plan) -> None:
         """Each event's interval and the conformal updates, in order, on copies of the clusters'
@@ -876,29 +963,51 @@ class Engine:
         return float(np.median(pooled)) if len(pooled) else 0.0
 
     def _drift_cut(self, plan: _Plan, learn: bool) -> int | None:
-        """Feed the segment's model errors to copies of the drift monitors, in order. If an
-        alarm makes a re-fit due inside the segment, the accepted event before which it must
-        run (the segment is then shortened to end there)."""
-        monitors: dict[int, DriftMonitor] = {}
+        """Feed the segment's model errors to copies of the detectors, in order. If an alarm
+        makes a re-fit or a fast learner due inside the segment, the accepted event before which
+        it must start (the segment is then shortened to end there)."""
+        s = self.settings
         plan.alarms = []
         labelled = ~np.isnan(plan.values) & ~plan.warming
         with np.errstate(over="ignore", invalid="ignore"):
-            errors = np.abs(plan.values / plan.unit - plan.valuations / plan.unit)
-        errors = np.minimum(np.nan_to_num(errors, nan=MAX_RATIO), MAX_RATIO)
-        for p in np.flatnonzero(labelled).tolist():
-            c = int(plan.cluster[p])
-            monitor = monitors.get(c)
-            if monitor is None:
-                monitor = monitors[c] = self.trainer.policy(c).monitor.copy()
-            levels = monitor.update(float(errors[p]))
-            if levels is not None:
-                plan.alarms.append((p, levels))
-        plan.monitors = monitors
-        s = self.settings
-        if not (learn and s.refit_on_drift and self._clustering.fitted and plan.alarms):
+            signed = plan.values / plan.unit - plan.valuations / plan.unit
+        signed = np.clip(np.nan_to_num(signed, nan=MAX_RATIO), -MAX_RATIO, MAX_RATIO)
+        if s.detector == "cross_sectional":
+            shocks: dict[int, CrossSectionalDetector] = {}
+            ts = plan.ts.tolist()
+            for p in np.flatnonzero(labelled).tolist():
+                c = int(plan.cluster[p])
+                detector = shocks.get(c)
+                if detector is None:
+                    detector = shocks[c] = self._clusters[c].shock.copy()
+                shock = detector.observe(ts[p], float(signed[p]))
+                if shock is not None:
+                    alarm = _Alarm(
+                        shock.ts_ms,
+                        shock.error_before,
+                        shock.error_after,
+                        shock.assets,
+                        shock.affected,
+                    )
+                    plan.alarms.append((p, alarm))
+            plan.shocks = shocks
+        else:
+            monitors: dict[int, DriftMonitor] = {}
+            errors = np.abs(signed)
+            for p in np.flatnonzero(labelled).tolist():
+                c = int(plan.cluster[p])
+                monitor = monitors.get(c)
+                if monitor is None:
+                    monitor = monitors[c] = self.trainer.policy(c).monitor.copy()
+                levels = monitor.update(float(errors[p]))
+                if levels is not None:
+                    plan.alarms.append((p, _Alarm(int(plan.ts[p]), *levels)))
+            plan.monitors = monitors
+        if not (learn and plan.alarms):
             return None
-        if self._fit_due is not None:
-            return None  # a fit is already due: the cut before it is in the plan
+        refit = s.refit_on_drift and self._clustering.fitted and self._fit_due is None
+        if not refit and s.drift_response != "fast_learner":
+            return None  # (a fit already due has its cut in the plan)
         first = plan.alarms[0][0]
         later = np.flatnonzero(plan.ts[first + 1 :] != plan.ts[first])
         return first + 1 + int(later[0]) if len(later) else None
@@ -950,8 +1059,16 @@ class Engine:
             self._clusters[c].errors.observe(plan.values[idx], plan.valuations[idx])
         for c, monitor in plan.monitors.items():
             trainer.policy(c).monitor = monitor
+        for c, shock in plan.shocks.items():
+            self._clusters[c].shock = shock
+        for c, mix in plan.mixes.items():
+            self._clusters[c].mix = mix
+        for _, c, what in plan.fast_events:
+            if what in ("retired", "folded"):
+                trainer.end_fast(c, fold=what == "folded")
         alarms = dict(plan.alarms)
         policies = {c: trainer.policy(c) for c in np.unique(plan.cluster).tolist()}
+        fast_response = s.drift_response == "fast_learner"
         out = result.valuations
         for p in range(plan.k):
             c = int(plan.cluster[p])
@@ -965,26 +1082,36 @@ class Engine:
                     cluster=c,
                     model_version=plan.versions[c],
                     warming=bool(plan.warming[p]),
-                    adapting=policy.adapting,
+                    adapting=bool(plan.fast_served[p]) if fast_response else policy.adapting,
                     lr=policy.lr,
                     value=None if math.isnan(value) else float(value),
                     lower=None if math.isnan(plan.lower[p]) else float(plan.lower[p]),
                     upper=None if math.isnan(plan.upper[p]) else float(plan.upper[p]),
                 )
             )
-            levels = alarms.get(p)
-            if levels is not None:
-                trainer.boost(c)
+            alarm = alarms.get(p)
+            if alarm is not None:
+                trainer.boost(c)  # counts the alarm; raises the lr only with the boost response
+                response = s.drift_response
+                if fast_response and learn and self._clusters[c].mix.start_fast():
+                    seed = self._cluster_seed(c) + int(plan.ts[p]) % 1_000_003
+                    trainer.start_fast(c, seed, s.lr * s.fast_lr_mult)
+                elif fast_response:
+                    response = "none"  # one fast learner per cluster at a time
                 if s.refit_on_drift and learn and self._clustering.fitted and self._fit_due is None:
                     self._fit_due = int(plan.ts[p])
                 result.drift.append(
                     DriftAlarm(
                         cluster=c,
                         detector=s.detector,
-                        ts_ms=int(plan.ts[p]),
-                        error_before=levels[0],
-                        error_after=levels[1],
+                        ts_ms=alarm.ts,
+                        error_before=alarm.before,
+                        error_after=alarm.after,
                         lr=policy.lr,
+                        assets=alarm.assets,
+                        affected=alarm.affected,
+                        detected_ts_ms=int(plan.ts[p]),
+                        response=response,
                     )
                 )
         # Training samples.
@@ -1139,6 +1266,8 @@ class Engine:
                         "expired": c.expired,
                         "dropped": c.dropped,
                         "conformal": c.conformal.state_dict(),
+                        "shock": c.shock.state_dict(),
+                        "mix": c.mix.state_dict(),
                     }
                     for cid, c in self._clusters.items()
                 },
@@ -1202,6 +1331,8 @@ class Engine:
                     self._clusters[cid].expired = int(cs["expired"])
                     self._clusters[cid].dropped = int(cs["dropped"])
                     self._clusters[cid].conformal.load_state_dict(cs["conformal"])
+                    self._clusters[cid].shock.load_state_dict(cs["shock"])
+                    self._clusters[cid].mix.load_state_dict(cs["mix"])
                     self.trainer.load_slot(cid, state["trainer"][str(cid)])
             counters = state["counters"]
             self._ready = int(counters["ready"])

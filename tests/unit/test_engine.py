@@ -234,7 +234,11 @@ def _shift_run(
     )
     # 8 fresh samples per step: the boost decays per step, about as often as the test's
     # 10 assets per group give 8 samples.
-    engine = Engine(EngineSettings(**{**SMALL, "batch_size": 8}, lr_boost=boost, lr_half_life=10))
+    # The per-event detector with the plain boost (the engine before issue 12's shock detector).
+    legacy = {"detector": "adwin", "drift_response": "boost", "persistence_expert": False}
+    engine = Engine(
+        EngineSettings(**{**SMALL, "batch_size": 8}, **legacy, lr_boost=boost, lr_half_life=10)
+    )
     err = np.zeros(SHIFT_STEPS)
     count = np.zeros(SHIFT_STEPS)
     alarms: list[tuple[int, int, float]] = []
@@ -501,6 +505,8 @@ def test_same_seed_same_valuations_and_global_rng_untouched() -> None:
         {"lr_boost": 1.0},
         {"detector": "page_hinkley"},
         {"detector": "kswin"},
+        {"detector": "adwin", "drift_response": "boost"},
+        {"drift_response": "none", "persistence_expert": False},
     ],
 )
 def test_configurations_used_by_the_baselines_run(extra: dict[str, object]) -> None:

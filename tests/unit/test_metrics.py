@@ -305,7 +305,7 @@ def test_drift_counters_exist_at_zero_before_the_first_alarm() -> None:
     )
     assert value(r, "streamval_drift_alarms_total", cluster="1", detector="adwin") == 1.0
     assert value(r, "streamval_drift_alarms_total", cluster="0", detector="adwin") == 0.0
-    assert set(KNOWN_DETECTORS) == {"adwin", "page_hinkley", "kswin"}
+    assert set(KNOWN_DETECTORS) == {"cross_sectional", "adwin", "page_hinkley", "kswin"}
 
 
 def test_retired_clusters_lose_their_gauges_at_once_and_their_counters_later() -> None:

@@ -474,6 +474,15 @@ class SequenceLearner(Estimator):
         self._updates = int(state["updates"])
         self._own_updates = int(state["own_updates"])
 
+    def adopt(self, other: SequenceLearner) -> None:
+        """Take another learner's network, optimizer and normaliser (deep copies; a fast learner
+        folded into its stable model). The reservoir and counters stay this learner's."""
+        self._net.load_state_dict(
+            {k: v.detach().clone() for k, v in other._net.state_dict().items()}
+        )
+        self._opt.load_state_dict(copy.deepcopy(other._opt.state_dict()))
+        self.normaliser.load_state_dict(other.normaliser.state_dict())
+
     def fork(self, seed: int) -> SequenceLearner:
         """A deep copy of the model, optimizer and normaliser, with an empty reservoir and its
         own RNG. Used to start a new cluster from its nearest existing cluster (transfer)."""

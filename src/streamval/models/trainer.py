@@ -140,6 +140,9 @@ class _Slot:
     reset_pending: bool = False
     trained: int = 0  # fresh samples trained by this slot's learner
     skipped: int = 0  # samples dropped by overload thinning
+    fast: SequenceLearner | None = None  # a fast learner after a shock alarm (drift response)
+    fast_lr: float = 0.0
+    fast_snapshot: ModelSnapshot | None = None
 
 
 class Trainer:
@@ -209,6 +212,28 @@ class Trainer:
             if slot.policy.reset_moments_on_drift and slot.policy.boost > 1.0:
                 slot.reset_pending = True
 
+    def start_fast(self, cluster: int, seed: int, lr: float) -> None:
+        """A fast learner for this cluster: a deep copy of its model and optimizer (no shared
+        tensors), trained from now on the cluster's fresh samples only, at `lr`."""
+        with self.paused():
+            slot = self._slots[cluster]
+            slot.fast = slot.learner.fork(seed)
+            slot.fast_lr = lr
+            slot.fast_snapshot = slot.fast.snapshot()
+
+    def end_fast(self, cluster: int, fold: bool) -> None:
+        """The fast learner leaves; if `fold`, the stable model takes its weights first."""
+        with self.paused():
+            slot = self._slots[cluster]
+            if slot.fast is not None and fold:
+                slot.learner.adopt(slot.fast)
+                slot.snapshot = slot.learner.snapshot()
+            slot.fast, slot.fast_snapshot, slot.fast_lr = None, None, 0.0
+
+    def fast_snapshot(self, cluster: int) -> ModelSnapshot | None:
+        """The latest published fast learner of a cluster (None: none lives)."""
+        return self._slots[cluster].fast_snapshot
+
     def due_times(self, cluster: int) -> list[int]:
         """Sync mode: the latest event time of each full step waiting in the cluster's queue."""
         return self._slots[cluster].queue.due_times(self.batch_size)
@@ -266,6 +291,9 @@ class Trainer:
             slot.reset_pending = False
         slot.learner.step(x, y, lr=slot.policy.lr, replay_fraction=slot.policy.replay_fraction)
         slot.snapshot = slot.learner.snapshot()
+        if slot.fast is not None:
+            slot.fast.step(x, y, lr=slot.fast_lr, replay_fraction=0.0)
+            slot.fast_snapshot = slot.fast.snapshot()
         slot.policy.on_update()
         slot.trained += len(y)
 
@@ -292,12 +320,17 @@ class Trainer:
                 x, y, _ = slot.queue.pop(self.batch_size)
                 lr, share = slot.policy.lr, slot.policy.replay_fraction
                 reset, slot.reset_pending = slot.reset_pending, False
+                fast, fast_lr = slot.fast, slot.fast_lr
                 self._in_flight = cluster
             try:
                 if reset:
                     slot.learner.reset_moments()
                 slot.learner.step(x, y, lr=lr, replay_fraction=share)
                 snapshot = slot.learner.snapshot()
+                fast_snapshot = None
+                if fast is not None:
+                    fast.step(x, y, lr=fast_lr, replay_fraction=0.0)
+                    fast_snapshot = fast.snapshot()
             except BaseException as exc:  # surfaced on the valuing thread's next call
                 with self._cond:
                     self._error = exc
@@ -306,6 +339,8 @@ class Trainer:
                 return
             with self._cond:
                 slot.snapshot = snapshot
+                if fast is not None and slot.fast is fast:
+                    slot.fast_snapshot = fast_snapshot
                 slot.policy.on_update()
                 slot.trained += len(y)
                 self._in_flight = None
@@ -358,6 +393,8 @@ class Trainer:
                 "reset_pending": slot.reset_pending,
                 "trained": slot.trained,
                 "skipped": slot.skipped,
+                "fast": None if slot.fast is None else slot.fast.state_dict(),
+                "fast_lr": slot.fast_lr,
             }
         return out
 
@@ -377,6 +414,12 @@ class Trainer:
         slot.trained = int(state["trained"])
         slot.skipped = int(state["skipped"])
         slot.snapshot = slot.learner.snapshot()
+        slot.fast, slot.fast_snapshot = None, None
+        slot.fast_lr = float(state["fast_lr"])
+        if state["fast"] is not None:
+            slot.fast = slot.learner.fork(slot.learner.seed)
+            slot.fast.load_state_dict(state["fast"])
+            slot.fast_snapshot = slot.fast.snapshot()
 
 
 # Niceness added to the trainer thread: the valuing thread and the Kafka client come first on a

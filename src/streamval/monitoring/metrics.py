@@ -37,6 +37,12 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
     streamval_cluster_interval_coverage{cluster}       gauge      share of values inside their
                                                                   prediction interval (rolling)
     streamval_cluster_interval_width{cluster}          gauge      mean interval width, in units
+    streamval_cluster_fast_learner{cluster}            gauge      drift response's fast learner:
+                                                                  0 none, 1 shadow, 2 served
+    streamval_cluster_fast_learners_total{cluster}     counter    fast learners started (engine
+                                                                  total)
+    streamval_cluster_expert_weight{cluster,expert}    gauge      served weight of persistence,
+                                                                  the stable model, the fast one
     streamval_cluster_dropped_feature_values_total{cluster}
                                                        counter    feature values beyond
                                                                   engine.max_features, dropped
@@ -454,6 +460,27 @@ class EngineMetrics:
             ["cluster"],
             registry=r,
         )
+        self._fast = Gauge(
+            "streamval_cluster_fast_learner",
+            "The cluster's fast learner (drift_response = fast_learner): 0 none, 1 in shadow "
+            "(scored, not served), 2 served (it won its shadow test).",
+            ["cluster"],
+            registry=r,
+        )
+        self._fast_started = Counter(
+            "streamval_cluster_fast_learners",
+            "Fast learners started on shock alarms, mirrored from the engine.",
+            ["cluster"],
+            registry=r,
+        )
+        self._fast_totals: dict[str, float] = {}
+        self._expert_weight = Gauge(
+            "streamval_cluster_expert_weight",
+            "Served weight of each expert in the cluster's combination (persistence, the "
+            "stable model, the fast learner); they sum to 1.",
+            ["cluster", "expert"],
+            registry=r,
+        )
         self._dropped_features = Counter(
             "streamval_cluster_dropped_feature_values",
             "Feature values of the cluster's events dropped because their names came after "
@@ -544,6 +571,10 @@ class EngineMetrics:
                 self._mirror(self._skipped, self._skipped_totals, cluster, snap.skipped_samples)
                 _set_or_remove(self._silhouette, snap.silhouette, cluster)
                 self._set_intervals(cluster, snap)
+                self._fast.labels(cluster).set(_FAST_STATES.get(snap.fast_learner, 0))
+                self._mirror(self._fast_started, self._fast_totals, cluster, snap.fast_learners)
+                for expert, weight in snap.expert_weights.items():
+                    self._expert_weight.labels(cluster, expert).set(weight)
             if snapshots:
                 self._update_clustering(snapshots[0].clustering)
 
@@ -586,8 +617,11 @@ class EngineMetrics:
                     self._silhouette,
                     self._interval_coverage,
                     self._interval_width,
+                    self._fast,
                 ):
                     _remove(single, cluster)
+                for expert in EXPERTS:
+                    _remove(self._expert_weight, cluster, expert)
             self._sweep_retired(now)
 
     def _sweep_retired(self, now: float | None = None) -> None:
@@ -600,7 +634,9 @@ class EngineMetrics:
             self._update_totals.pop(cluster, None)
             self._skipped_totals.pop(cluster, None)
             self._dropped_totals.pop(cluster, None)
+            self._fast_totals.pop(cluster, None)
             _remove(self._dropped_features, cluster)
+            _remove(self._fast_started, cluster)
             _remove(self._updates, cluster)
             _remove(self._skipped, cluster)
             _remove(self._published, cluster)
@@ -779,6 +815,12 @@ class ReplayMetrics:
             self._marker_event_time.labels(kind, name).set(event_ts_ms / 1000.0)
             self._marker_wall_time.labels(kind, name).set(time.time())
             self._markers.labels(kind).inc()
+
+
+# The experts of a cluster's combination (models/experts.py), the `expert` label's values.
+EXPERTS = ("persistence", "stable", "fast")
+# streamval_cluster_fast_learner's values.
+_FAST_STATES = {"none": 0, "shadow": 1, "served": 2}
 
 
 def _set_or_remove(gauge: Gauge, value: float | None, *labels: str) -> None:

@@ -64,7 +64,16 @@ class Valuation:
 
 @dataclass(frozen=True, slots=True)
 class DriftAlarm:
-    """A drift detector fired on a cluster's prequential absolute error."""
+    """A drift detector fired on a cluster's prequential error.
+
+    `ts_ms` is the event time of the shock (for the cross-sectional detector: the step whose
+    errors alarmed; it is detected with the cluster's next event, at `detected_ts_ms`). Errors
+    are scale-free (in units of each asset's typical change): for the cross-sectional detector
+    the cluster's mean |error| over the steps before and in the shock step; for the per-event
+    detectors short rolling means. `assets`: assets in the step (1 for per-event detectors),
+    `affected`: of them with an error beyond 2 units. `response`: what the engine did
+    (fast_learner, boost, none).
+    """
 
     cluster: int
     detector: str
@@ -72,6 +81,10 @@ class DriftAlarm:
     error_before: float
     error_after: float
     lr: float
+    assets: int = 1
+    affected: int = 1
+    detected_ts_ms: int | None = None
+    response: str = "boost"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,9 +92,13 @@ class DriftAlarm:
             "cluster": self.cluster,
             "detector": self.detector,
             "ts": self.ts_ms,
+            "detected_ts": self.ts_ms if self.detected_ts_ms is None else self.detected_ts_ms,
+            "assets": self.assets,
+            "affected": self.affected,
             "error_before": self.error_before,
             "error_after": self.error_after,
             "lr": self.lr,
+            "response": self.response,
         }
 
 
@@ -140,6 +157,9 @@ class ClusterSnapshot:
     interval_coverage: float | None = None  # share of the last metrics_window values inside
     interval_width: float | None = None  # their intervals' mean width, in each asset's unit
     dropped_feature_values: int = 0  # feature values beyond `engine.max_features`, dropped
+    fast_learner: str = "none"  # the drift response's fast learner: none, shadow or served
+    fast_learners: int = 0  # fast learners started (drift_response = fast_learner)
+    expert_weights: dict[str, float] = field(default_factory=dict)  # served weights by expert
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,6 +182,9 @@ class ClusterSnapshot:
             "interval_coverage": self.interval_coverage,
             "interval_width": self.interval_width,
             "dropped_feature_values": self.dropped_feature_values,
+            "fast_learner": self.fast_learner,
+            "fast_learners": self.fast_learners,
+            "expert_weights": dict(self.expert_weights),
         }
 
 

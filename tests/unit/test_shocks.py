@@ -1,0 +1,314 @@
+"""Shock detection on a cluster's cross-sectional error and the drift response that must win."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+from tests.unit.test_engine import round_trip, run
+
+from streamval.config import EngineSettings
+from streamval.engine import Engine
+from streamval.models.experts import ExpertMix
+from streamval.models.learner import SequenceLearner
+from streamval.models.shocks import CrossSectionalDetector
+from streamval.models.trainer import Trainer
+from streamval.monitoring.metrics import EngineMetrics
+from streamval.stream.contract.schema import AssetEvent
+
+DAY = 86_400_000
+TINY = {"hidden": [8], "batch_size": 16, "training": "sync", "n_clusters": 1}
+
+
+def panel(
+    steps: int, n: int, shock_at: int | None, seed: int = 0, jump: float = -6.0
+) -> list[AssetEvent]:
+    """n random walks (each its own volatility and level); at `shock_at` all of them jump by
+    `jump` typical moves at once (a crash)."""
+    rng = np.random.default_rng(seed)
+    vol = rng.uniform(0.5, 2.0, n)
+    level = rng.uniform(50, 500, n)
+    events = []
+    for t in range(steps):
+        move = rng.normal(size=n) * vol
+        if t == shock_at:
+            move += jump * vol
+        level = level + move
+        events.extend(AssetEvent(f"a{i}", (t + 1) * DAY, float(level[i])) for i in range(n))
+    return events
+
+
+# -- the detector ---------------------------------------------------------------------------
+
+
+def test_calm_data_alarms_at_about_the_calibrated_rate() -> None:
+    rng = np.random.default_rng(3)
+    rate, steps = 0.02, 4000
+    det = CrossSectionalDetector(rate=rate, calibration=400, refractory=0)
+    alarms = 0
+    for t in range(400 + steps):
+        # Heavy-ish tails and a non-unit mean |z|: the robust calibration absorbs both.
+        z = rng.standard_t(5, size=25) * 0.7
+        for x in z.tolist():
+            alarms += det.observe(t, x) is not None
+    assert det.calibrated and det.steps == steps - 1  # the last step is still open
+    observed = alarms / det.steps
+    print(f"false-alarm rate {observed:.4f} (calibrated {rate})")
+    assert rate / 4 <= observed <= 2.5 * rate
+
+
+def test_a_cross_sectional_shock_alarms_at_its_event_time_with_its_record() -> None:
+    rng = np.random.default_rng(1)
+    det = CrossSectionalDetector(rate=0.004, calibration=50, refractory=5)
+    shocks = []
+    for t in range(120):
+        z = rng.normal(size=30)
+        if t == 90:
+            z[:24] -= 4.0  # 24 of 30 assets hit at once
+        for x in z.tolist():
+            shock = det.observe(1000 * t, x)
+            if shock is not None:
+                shocks.append(shock)
+    hit = [s for s in shocks if s.ts_ms == 90_000]
+    assert len(hit) == 1 and len(shocks) <= 2  # 70 judged calm steps: a false alarm is possible
+    s = hit[0]
+    assert s.assets == 30
+    assert 18 <= s.affected <= 30
+    assert s.error_after > 2 * s.error_before and s.score > 1
+
+
+def test_one_asset_alone_never_makes_a_shock() -> None:
+    det = CrossSectionalDetector(rate=0.004, calibration=20, min_assets=2)
+    for t in range(200):
+        assert det.observe(t, 5.0 if t == 150 else 0.1) is None
+
+
+def test_detector_state_round_trips_through_json() -> None:
+    rng = np.random.default_rng(2)
+    det = CrossSectionalDetector(rate=0.01, calibration=30)
+    for t in range(60):
+        for x in rng.normal(size=10).tolist():
+            det.observe(t, x)
+    copy = CrossSectionalDetector(rate=0.01, calibration=30)
+    state = det.state_dict()
+    state["calib"] = state["calib"].tolist()
+    copy.load_state_dict(json.loads(json.dumps(state)))
+    for t in range(60, 100):
+        for x in rng.normal(size=10).tolist():
+            assert det.observe(t, x) == copy.observe(t, x)
+    assert det.state_dict()["level"] == copy.state_dict()["level"]
+
+
+# -- through the engine ---------------------------------------------------------------------
+
+
+def test_the_engine_reports_the_shock_step_of_the_cluster() -> None:
+    events = panel(steps=140, n=30, shock_at=110)
+    engine = Engine(EngineSettings(**TINY, shock_calibration=50))
+    alarms = []
+    for i in range(0, len(events), 30):
+        alarms.extend(engine.process(events[i : i + 30]).drift)
+    shock = [a for a in alarms if a.ts_ms == 111 * DAY]
+    assert len(shock) == 1, alarms
+    a = shock[0]
+    assert a.detector == "cross_sectional" and a.cluster == 0
+    assert a.detected_ts_ms == 112 * DAY  # closed by the cluster's next step
+    assert a.assets == 30 and a.affected >= 20
+    assert a.error_after > 2 * a.error_before
+    assert a.response == "fast_learner"
+    record = a.to_json()
+    assert record["ts"] == 111 * DAY and record["assets"] == 30 and record["kind"] == "drift"
+    assert len(alarms) <= 2  # calm steps: at most one false alarm in 90 judged steps
+    snap = engine.snapshot()[0]
+    assert snap.fast_learners == 1 and snap.drift_alarms == len(alarms)
+    assert math.isclose(sum(snap.expert_weights.values()), 1.0)
+    engine.close()
+
+
+def test_any_cut_into_batches_gives_the_same_valuations_and_alarms() -> None:
+    events = panel(steps=100, n=12, shock_at=80, seed=4)
+    out = []
+    for chunk in (12, 7, 1000):
+        engine = Engine(EngineSettings(**TINY, shock_calibration=30))
+        values, alarms = [], []
+        for i in range(0, len(events), chunk):
+            result = engine.process(events[i : i + chunk])
+            values.extend(result.valuations)
+            alarms.extend(result.drift)
+        assert any(a.ts_ms == 81 * DAY for a in alarms)
+        snap = engine.snapshot()[0]
+        out.append(
+            (
+                [(v.asset_id, v.ts_ms, v.model_version, v.adapting) for v in values],
+                [v.valuation for v in values],
+                [(a.ts_ms, a.detected_ts_ms, a.assets, a.affected, a.response) for a in alarms],
+                [a.error_after for a in alarms],
+                (snap.fast_learner, snap.fast_learners, snap.drift_alarms, snap.model_version),
+                list(snap.expert_weights.values()),
+            )
+        )
+        engine.close()
+    # The forward pass over 1 or 500 windows may round differently in the last bit (BLAS).
+    for other in out[1:]:
+        for exact in (0, 2, 4):
+            assert other[exact] == out[0][exact]
+        for close in (1, 3, 5):
+            assert other[close] == pytest.approx(out[0][close], rel=1e-9)
+
+
+def test_state_with_a_live_fast_learner_round_trips_to_identical_valuations() -> None:
+    events = panel(steps=100, n=12, shock_at=70, seed=5)
+    cut = 12 * 75
+    settings = EngineSettings(**TINY, shock_calibration=30)
+    original = Engine(settings)
+    run(original, events[:cut], chunk=12)
+    assert original.snapshot()[0].fast_learner != "none"  # the shock started one
+    restored = Engine(settings)
+    restored.load_state_dict(round_trip(original.state_dict()))
+    assert restored.snapshot() == original.snapshot()
+    assert run(original, events[cut:], chunk=12) == run(restored, events[cut:], chunk=12)
+    assert restored.snapshot() == original.snapshot()
+
+
+@pytest.mark.parametrize("response", ["boost", "none"])
+def test_other_responses_never_start_a_fast_learner(response: str) -> None:
+    events = panel(steps=100, n=12, shock_at=70, seed=5)
+    engine = Engine(EngineSettings(**TINY, shock_calibration=30, drift_response=response))
+    alarms = [
+        a for i in range(0, len(events), 12) for a in engine.process(events[i : i + 12]).drift
+    ]
+    assert alarms and all(a.response == response for a in alarms)
+    snap = engine.snapshot()[0]
+    assert snap.fast_learners == 0 and snap.fast_learner == "none"
+    assert (snap.lr > engine.settings.lr) == (response == "boost")
+
+
+# -- the expert mix: served only once it wins -----------------------------------------------
+
+
+def _steps(mix: ExpertMix, n: int, fast_err: float, stable_err: float, start: int = 0) -> list[str]:
+    """n steps of 10 events: target 1, the stable model and the fast learner off by these."""
+    rng = np.random.default_rng(start)
+    events = []
+    for t in range(start, start + n):
+        what = mix.advance(t)
+        if what:
+            events.append(what)
+        for _ in range(10):
+            y = 1.0 + 0.05 * rng.normal()
+            f, m = 1.0 + fast_err, 1.0 + stable_err
+            mix.add(y, (0.0, m, f), mix.serve(m, f))
+    return events
+
+
+def test_a_fast_learner_is_not_served_before_it_wins_its_shadow_test() -> None:
+    mix = ExpertMix(persistence=False, shadow_steps=5)
+    assert mix.start_fast() and mix.fast == "shadow"
+    assert not mix.start_fast()  # one at a time
+    w_before = mix.served_weights()
+    assert w_before[2] == 0.0  # shadow: never served
+    events = _steps(mix, 3, fast_err=0.0, stable_err=0.5)
+    assert events == [] and mix.fast == "shadow" and mix.served_weights()[2] == 0.0
+    assert mix.serve(1.5, 1.0) == pytest.approx(1.5)  # what is served is the stable model's
+    events = _steps(mix, 10, fast_err=0.0, stable_err=0.5, start=3)
+    assert events[0] == "served" and mix.fast == "served"
+    assert mix.served_weights()[2] > 0.5  # it keeps winning: its weight grows
+
+
+def test_a_losing_fast_learner_is_retired_and_its_weight_returns() -> None:
+    mix = ExpertMix(shadow_steps=5)
+    before = mix.served_weights()
+    mix.start_fast()
+    events = _steps(mix, 8, fast_err=0.8, stable_err=0.0)
+    assert events == ["retired"] and mix.fast == "none"
+    assert mix.served_weights()[2] == 0.0
+    assert mix.retired == 1 and mix.served == 0
+    # Meanwhile the mix kept learning: the right stable model gained weight over persistence.
+    assert mix.served_weights()[1] > before[1]
+
+
+def test_a_served_fast_learner_that_falls_behind_is_retired() -> None:
+    mix = ExpertMix(persistence=False, shadow_steps=5)
+    mix.start_fast()
+    assert _steps(mix, 7, fast_err=0.0, stable_err=0.5)[0] == "served"
+    assert _steps(mix, 5, fast_err=0.6, stable_err=0.0, start=7) == ["retired"]
+    assert mix.fast == "none" and mix.served_weights()[1] == pytest.approx(1.0)
+
+
+def test_a_fast_learner_that_wins_to_the_end_is_folded_in() -> None:
+    mix = ExpertMix(persistence=False, shadow_steps=5, max_steps=12)
+    mix.start_fast()
+    assert _steps(mix, 14, fast_err=0.0, stable_err=0.5) == ["served", "folded"]
+    assert mix.folded == 1 and mix.fast == "none"
+
+
+def test_mix_state_round_trips_through_json() -> None:
+    mix = ExpertMix()
+    mix.start_fast()
+    _steps(mix, 3, fast_err=0.1, stable_err=0.2)
+    state = mix.state_dict()
+    state = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in state.items()}
+    copy = ExpertMix()
+    copy.load_state_dict(json.loads(json.dumps(state)))
+    assert copy.fast == "shadow"
+    assert _steps(mix, 6, 0.1, 0.2, start=3) == _steps(copy, 6, 0.1, 0.2, start=3)
+    assert np.array_equal(mix.weights(), copy.weights())
+
+
+# -- the fast learner's training copy --------------------------------------------------------
+
+
+def test_the_fast_learner_shares_no_optimizer_state_with_the_stable_model() -> None:
+    torch.manual_seed(0)
+    learner = SequenceLearner(0, seq_len=4, hidden=[4], batch_size=8, seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 4, 1)).astype(np.float32)
+    y = rng.normal(size=8)
+    learner.step(x, y)  # Adam has moments now
+    trainer = Trainer(batch_size=8, max_backlog=64, background=False)
+    from streamval.models.drift import AdaptiveLearningRate
+
+    trainer.add(0, learner, AdaptiveLearningRate(1e-3))
+    trainer.start_fast(0, seed=7, lr=1e-2)
+    stable_state = learner.state_dict()
+    fast = trainer._slots[0].fast
+    assert fast is not None
+    for p_fast, p_stable in zip(fast._opt.state.values(), learner._opt.state.values(), strict=True):
+        assert p_fast["exp_avg"].data_ptr() != p_stable["exp_avg"].data_ptr()
+        assert p_fast["exp_avg_sq"].data_ptr() != p_stable["exp_avg_sq"].data_ptr()
+    fast.step(x * 3, y * 3, lr=1e-2)  # trained alone: the stable copy must not move
+    after = learner.state_dict()
+    for a, b in zip(stable_state["adam"]["exp_avg"], after["adam"]["exp_avg"], strict=True):
+        assert torch.equal(a, b)
+    for k, v in stable_state["net"].items():
+        assert torch.equal(v, after["net"][k])
+    trainer.end_fast(0, fold=False)
+    assert trainer.fast_snapshot(0) is None
+
+
+# -- monitoring -----------------------------------------------------------------------------
+
+
+def test_fast_learner_state_and_expert_weights_are_exported() -> None:
+    events = panel(steps=100, n=12, shock_at=70, seed=5)
+    engine = Engine(EngineSettings(**TINY, shock_calibration=30))
+    run(engine, events[: 12 * 75], chunk=12)
+    m = EngineMetrics()
+    m.update_clusters(engine.snapshot())
+    r: CollectorRegistry = m.registry
+    state = r.get_sample_value("streamval_cluster_fast_learner", {"cluster": "0"})
+    assert state in (1.0, 2.0)
+    assert r.get_sample_value("streamval_cluster_fast_learners_total", {"cluster": "0"}) == 1.0
+    weights = [
+        r.get_sample_value("streamval_cluster_expert_weight", {"cluster": "0", "expert": e})
+        for e in ("persistence", "stable", "fast")
+    ]
+    assert all(w is not None for w in weights)
+    assert sum(w for w in weights if w is not None) == pytest.approx(1.0)
+    m.retire_clusters([0])
+    assert r.get_sample_value("streamval_cluster_fast_learner", {"cluster": "0"}) is None
+    engine.close()
