@@ -46,6 +46,7 @@ ENGINE_SETTINGS = [
     "engine.bootstrap_assets=12",
     "engine.min_history=8",
     "engine.batch_size=32",
+    "engine.shock_calibration=40",  # 110-step stream, shift at step 70 (default: 250 steps)
     "consumer.max_poll_records=100",
     "consumer.metrics_interval_s=1",
     "consumer.checkpoint_interval_s=2",

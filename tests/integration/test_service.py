@@ -42,6 +42,9 @@ def small_engine(settings: Settings, **extra: Any) -> Settings:
             "bootstrap_assets": 12,
             "min_history": 8,
             "batch_size": 32,
+            # The streams are 110 steps long with the shift at step 70: the shock detector
+            # calibrates on 40 steps instead of its default 250.
+            "shock_calibration": 40,
             **extra,
         }
     )
