@@ -300,7 +300,10 @@ class EngineSettings(_Section):
     combiner_eta: float = Field(10.0, gt=0, description="hedge learning rate per step")
     combiner_share: float = Field(0.001, ge=0, lt=1, description="fixed share per step")
     combiner_prior: float = Field(
-        0.1, gt=0, le=1, description="fixed-share target of the learned experts (rest: persistence)"
+        0.5,
+        gt=0,
+        le=1,
+        description="initial and fixed-share weight of the learned experts (rest: persistence)",
     )
     combiner_delta: float = Field(0.25, gt=0, description="units: Huber delta of expert losses")
     fast_lr_mult: float = Field(10.0, gt=0, description="fast learner's lr / lr")

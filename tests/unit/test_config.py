@@ -27,6 +27,7 @@ def test_defaults_follow_the_design() -> None:
     assert s.engine.hidden == [100, 50] and s.engine.seq_len == 12 and s.engine.lr == 1e-3
     assert s.engine.n_clusters == 3 and s.engine.detector == "cross_sectional"
     assert s.engine.drift_response == "fast_learner" and s.engine.persistence_expert
+    assert s.engine.combiner_prior == 0.5
     assert s.monitoring.host == "127.0.0.1"
 
 
