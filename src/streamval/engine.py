@@ -14,12 +14,16 @@
                    changed) move it only with hysteresis (another centroid closer by
                    `switch_margin` at `switch_checks` consecutive checks); re-fits keep assets
                    in place unless the new fit is clearly better for them
-    3. valuation   the cluster model's scale-free change, v_last + scale * change; `warming`
-                   assets (window not yet full of known values) get the fallback instead
+    3. valuation   the served scale-free change: the cluster's combination of persistence, its
+                   model and (while one lives) its fast learner (`models/experts.py`),
+                   v_last + scale * change; `warming` assets (window not yet full of known
+                   values) get the fallback instead
     4. record      a `Valuation` (cluster, model_version, warming, adapting, lr)
     5. if value    error; the cluster's error metrics (rolling `metrics_window` and since start);
-                   its drift monitor on the scale-free absolute error (an alarm boosts the
-                   cluster's lr); the (window, target) sample is handed to the cluster's trainer
+                   the experts' weights; its shock detector on the step's standardised errors
+                   (`models/shocks.py`; or a per-event detector), whose alarm starts the drift
+                   response (a fast learner in shadow, or an lr boost); the (window, target)
+                   sample is handed to the cluster's trainer
     6. learn       every sample is trained exactly once as a fresh sample, in steps of
                    `batch_size` per cluster (`streamval.models.trainer`); clustering (re-)fits
                    run when due (bootstrap, every `refit_every` events, after a drift alarm)
