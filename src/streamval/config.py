@@ -530,6 +530,9 @@ def secret_values(settings: Settings) -> list[str]:
     return out
 
 
+RECONNECT_BACKOFF_MAX_MS = 1000
+
+
 def kafka_client_config(
     settings: Settings, role: Literal["consumer", "producer", "admin"]
 ) -> dict[str, Any]:
@@ -539,7 +542,14 @@ def kafka_client_config(
             "kafka.bootstrap_servers is not set: set KAFKA_BOOTSTRAP_SERVERS, or run "
             "`streamval kafka up` and use the address it prints"
         )
-    config: dict[str, Any] = {"bootstrap_servers": settings.kafka.bootstrap_servers.split(",")}
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka.bootstrap_servers.split(","),
+        # kafka-python lets its reconnect backoff grow to 30 s and applies it to metadata
+        # refreshes too: after a broker outage a client stayed blind to the returned broker for
+        # up to 30 s (longer than a short consumer.outage_timeout_s). 1 s is the Java client's
+        # default ceiling. User settings below still override it.
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+    }
     if role == "admin":
         from kafka import KafkaAdminClient
 

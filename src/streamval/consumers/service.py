@@ -56,6 +56,7 @@ from streamval.stream.datasets.readers import read_long_table
 from streamval.stream.kafka.clients import (
     check_reachable,
     close_producer,
+    is_reachable,
     make_consumer,
     make_producer,
 )
@@ -266,6 +267,7 @@ class ValuationService:
             on_checkpoint_pause=self.metrics.checkpoint_pause,
             sleep=self._sleep,
             new_producer=lambda: make_producer(s, **producer_config),
+            reachable=lambda: is_reachable(s),
         )
         processor = BatchProcessor(
             self.engine,
