@@ -81,6 +81,22 @@ FETCH_RECORDS = 100_000
 CLOSE_TIMEOUT_S = 10.0
 
 
+def _idle_member(consumer: Any) -> bool:
+    """Whether the consumer is a settled member that was given no partition (a group with more
+    members than partitions), not one stuck joining: re-creating it would only rebalance the
+    whole group again. Reads kafka-python's coordinator; unknown internals count as not idle."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    try:
+        return bool(
+            coordinator is not None
+            and coordinator.stable()
+            and not coordinator.rejoining
+            and not coordinator.need_rejoin()
+        )
+    except Exception:
+        return False
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: ValuationService) -> None:
         self.service = service
@@ -372,7 +388,7 @@ class ValuationService:
         while the broker answers: kafka-python can stay outside its group for good after a
         rebalance (its coordinator lookup never completes; the broker drops the member when
         heartbeats stop), and without this the service would poll an empty assignment forever."""
-        if self._assigned or self.outage.active:
+        if self._assigned or self.outage.active or _idle_member(self._consumer):
             self._unassigned_since = None
             return
         if self._unassigned_since is None:
