@@ -70,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         "protocol and full tables are in its report (linked). One engine configuration for all: "
         "the defaults, sync training. Errors in z-units fitted on the first 20 % of the steps "
         "(not scored); MASE is MAE over persistence's on the same events (below 1 beats it); "
-        "worst move: the largest |valuation - last value| in the asset's typical one-step moves; "
+        "worst move: the largest distance of a valuation from the nearer of the asset's last two "
+        "values, in the asset's typical one-step moves (warm-up mean |change|); "
         "alarm precision: alarms within 5 steps after a listed event / alarms after the warm-up; "
         "adapting away: share of valuations made while adapting outside the 20 steps after each "
-        "listed event. Run times on the shared 2-core machine, "
+        "listed event (all valuations where none is listed). Run times on the shared 2-core "
+        "machine, loaded by other work at the time, "
         f"{time.strftime('%d %B %Y', time.gmtime())}.",
+        "",
         "",
     ]
     text = "\n".join(header) + summary(results, engine.interval_coverage, link="online/")

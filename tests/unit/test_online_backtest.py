@@ -19,6 +19,7 @@ from streamval.backtest.online_scores import (
     alarm_scores,
     near_events,
     score,
+    worst_move,
 )
 from streamval.cli import main
 from streamval.config import EngineSettings
@@ -163,3 +164,16 @@ def test_cli_online_help_and_a_tiny_run_writes_the_report(
     assert numbers["scored_events"] == 24 * 3 and numbers["windows"][0]["step"] == 19
     assert (out / "tiny.png").stat().st_size > 0
     assert main(["backtest", "--online", "--dataset", "nope", "--out", str(out)]) == 2
+
+
+def test_worst_move_does_not_count_valuing_through_a_one_row_spike(walk: np.ndarray) -> None:
+    run = run_online(panel_of(np.ones((20, 1)) * np.arange(20.0)[:, None]), config())
+    f = run.frame
+    f["value"] = np.arange(20.0)
+    f.loc[10, "value"] = 500.0  # a one-row spike; the next valuation is back at the clean level
+    f["valuation"] = np.concatenate([[0.0], np.arange(19.0) + 1.0])
+    f.loc[11, "valuation"] = 10.0
+    run.scale["typical_move"] = 1.0
+    assert worst_move(run, f["scored"].to_numpy() & (f["step"] > 0))["moves"] <= 1.0
+    f.loc[15, "valuation"] = 40.0  # a wild valuation: 26 moves from both of the last two values
+    assert worst_move(run, f["scored"].to_numpy())["moves"] == 26.0

@@ -44,6 +44,15 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def share(x: float | None) -> str:
+    """A share as a percentage ('-' when missing).
+
+    >>> share(0.8993), share(None)
+    ('89.9%', '-')
+    """
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
 def _day(ts: int | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts / 1000))
 
@@ -72,7 +81,7 @@ def losses(s: dict[str, Any], coverage_target: float) -> list[str]:
         out.append(f"MASE above 1 on {len(worse)} of {len(s['per_asset'])} assets.")
     cov = s["interval"]["coverage"]
     if cov is not None and abs(cov - coverage_target) > 0.02:
-        out.append(f"interval coverage {fmt(cov)} (target {coverage_target}).")
+        out.append(f"interval coverage {share(cov)} (target {share(coverage_target)}).")
     a = s["alarms"]
     if a["listed"] and a["alarms"] and (a["precision"] or 0.0) < 0.5:
         out.append(
@@ -82,7 +91,7 @@ def losses(s: dict[str, Any], coverage_target: float) -> list[str]:
         )
     away = s["adapting_share_away"]
     if away is not None and away >= 0.2:
-        out.append(f"adapting for {fmt(away)} of the valuations away from the listed events.")
+        out.append(f"adapting for {share(away)} of the valuations away from the listed events.")
     return out
 
 
@@ -112,7 +121,7 @@ def markdown(s: dict[str, Any]) -> str:
     changed = {k: v for k, v in c["engine"].items() if k != "training"}
     coverage_target = c["interval_coverage"]
     season = f"season {c['season']} steps" if c["season"] else "off"
-    model_made = fmt(s["engine_share_model_made"])
+    model_made = share(s["engine_share_model_made"])
     lines = [
         f"# Online backtest: {s['dataset']}",
         "",
@@ -144,10 +153,11 @@ def markdown(s: dict[str, Any]) -> str:
         ),
         "",
         f"Intervals (target {coverage_target:.0%}): coverage "
-        f"{fmt(s['interval']['coverage'])}, mean width {fmt(s['interval']['width'])} z, on "
-        f"{fmt(s['interval']['with_interval'])} of the scored events.",
+        f"{share(s['interval']['coverage'])}, mean width {fmt(s['interval']['width'])} z, on "
+        f"{share(s['interval']['with_interval'])} of the scored events.",
         "",
-        f"Largest valuation move: {fmt(s['worst_move']['moves'])} typical one-step moves "
+        f"Largest valuation move (from the nearer of the asset's last two values): "
+        f"{fmt(s['worst_move']['moves'])} typical one-step moves "
         f"(asset {s['worst_move']['asset_id']}, {_day(s['worst_move']['ts'])}).",
         "",
         "## Drift alarms and adaptation",
@@ -162,8 +172,8 @@ def markdown(s: dict[str, Any]) -> str:
             if a["listed"]
             else "no listed events to score them against."
         )
-        + f" Adapting: {fmt(s['adapting_share'])} of the scored valuations, "
-        f"{fmt(s['adapting_share_away'])} outside the {c['window']} steps after each listed "
+        + f" Adapting: {share(s['adapting_share'])} of the scored valuations, "
+        f"{share(s['adapting_share_away'])} outside the {c['window']} steps after each listed "
         "event."
     )
     if s["windows"]:

@@ -121,14 +121,20 @@ def near_events(steps: np.ndarray, event_steps: list[int], window: int) -> np.nd
     return near
 
 
-def worst_move(run: OnlineRun, mask: np.ndarray, preds: pd.DataFrame) -> dict[str, Any]:
-    """The scored valuation furthest from the asset's previous value, in typical one-step moves
-    (the asset's mean |change| over the warm-up)."""
+def worst_move(run: OnlineRun, mask: np.ndarray) -> dict[str, Any]:
+    """The scored valuation furthest from the nearer of the asset's last two values, in typical
+    one-step moves (the asset's mean |change| over the warm-up). The nearer of two, so that
+    valuing through a one-row spike (back at the clean level) is not counted as a move."""
     f = run.frame[mask]
     if f.empty:
         return {"moves": math.nan, "asset_id": None, "ts": None}
+    by_asset = run.frame.groupby("asset_id", sort=False)["value"]
+    last = by_asset.shift(1)[mask].to_numpy(dtype=float)
+    before = by_asset.shift(2)[mask].to_numpy(dtype=float)
+    before = np.where(np.isnan(before), last, before)
     typ = f["asset_id"].map(run.scale["typical_move"]).to_numpy(dtype=float)
-    move = np.abs(f["valuation"].to_numpy(dtype=float) - preds[PERSISTENCE][mask].to_numpy(float))
+    v = f["valuation"].to_numpy(dtype=float)
+    move = np.minimum(np.abs(v - last), np.abs(v - before))
     ratio = np.where(typ > 0, move / np.where(typ > 0, typ, 1.0), 0.0)
     at = int(np.argmax(ratio))
     return {
@@ -195,7 +201,7 @@ def score(run: OnlineRun) -> dict[str, Any]:
         "alarms_in_warmup": int((alarm_steps < run.warm_steps).sum()),
         "adapting_share": float(adapting.mean()) if len(adapting) else math.nan,
         "adapting_share_away": float(adapting[~near].mean()) if (~near).any() else math.nan,
-        "worst_move": worst_move(run, mask, preds),
+        "worst_move": worst_move(run, mask),
         "windows": windows,
         "per_asset": per_asset,
     }
