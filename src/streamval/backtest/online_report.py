@@ -34,14 +34,29 @@ class OnlineResult:
 
 
 def _plain(x: Any) -> Any:
-    """JSON-safe: NaN and infinities become null."""
+    """JSON-safe: NaN and infinities become null, floats rounded to 6 significant digits."""
     if isinstance(x, dict):
         return {str(k): _plain(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [_plain(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
+    if isinstance(x, float):
+        return float(f"{x:.6g}") if math.isfinite(x) else None
     return x
+
+
+def dump_json(scores: dict[str, Any]) -> str:
+    """The scores as JSON: NaN as null, floats to 6 significant digits, one line per top key.
+
+    >>> print(dump_json({"a": 1 / 3, "b": float("nan")}), end="")
+    {
+    "a":0.333333,
+    "b":null
+    }
+    """
+    body = ",\n".join(
+        f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'))}" for k, v in _plain(scores).items()
+    )
+    return "{\n" + body + "\n}\n"
 
 
 def share(x: float | None) -> str:
@@ -242,7 +257,7 @@ def write_run(panel: Panel, config: OnlineConfig, out: Path, command: str) -> On
         coverage_target=config.engine.interval_coverage,
         path=out / f"{panel.name}.png",
     )
-    (out / f"{panel.name}.json").write_text(json.dumps(s, indent=1) + "\n")
+    (out / f"{panel.name}.json").write_text(dump_json(s))
     md = out / f"{panel.name}.md"
     md.write_text(markdown(s))
     return OnlineResult(panel.name, s, md)
