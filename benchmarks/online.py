@@ -7,8 +7,8 @@ baseline uses a 24-step season on the hourly ett_h1 and is off on the daily and 
 baseline's period, not an engine setting). Writes `docs/results/online/<name>.md/.json/.png` and
 `docs/results/online.md` (every data set side by side, from the JSON files present, so data sets
 may be run separately with `--datasets`). The committed reports: `python -m benchmarks.online
---max-assets 60` (about 25 minutes on the shared two cores). The data folder is `../shared/data` beside the clone
-unless STREAMVAL_SHARED_DATA names another.
+--max-assets 60` (about 25 minutes on the shared two cores). The data folder is `../shared/data`
+beside the clone unless STREAMVAL_SHARED_DATA names another.
 """
 
 from __future__ import annotations
