@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,7 @@ from streamval.models.error_metrics import ErrorMetrics
 from streamval.models.intervals import AdaptiveConformal, update_error_scale
 from streamval.models.learner import Predictor, SequenceLearner
 from streamval.models.profiles import ProfileInputs, ProfileSpace, series_counts, series_vector
+from streamval.models.shared import SharedClustering
 from streamval.models.state import rng_state, set_rng_state
 from streamval.models.trainer import Trainer
 from streamval.stream.contract.ordering import Order, order_of
@@ -258,6 +260,9 @@ class Engine:
     def __init__(self, settings: EngineSettings, *, accept_late: bool = False) -> None:
         self.settings = settings
         self.accept_late = accept_late
+        # False: this process follows a clustering fitted elsewhere (`adopt_clustering`) and
+        # never fits its own (scale-out: one clustering per deployment).
+        self.fits_clustering = True
         self._trainer: Trainer | None = None
         self._reset()
 
@@ -295,6 +300,10 @@ class Engine:
         self._space = ProfileSpace(s.profile_pseudo_count)
         self._clusters: dict[int, _Cluster] = {}
         self._fit_stats = _FitStats()
+        # Every cluster's parent and every removed cluster's successor (shared clusterings).
+        self._parents: dict[int, int] = {}
+        self._successors: dict[int, int] = {}
+        self.clustering_version = 0  # of the shared clustering adopted last (0: none)
         self._add_cluster(0, self._new_learner(0))
         self._ready = 0  # live assets with at least min_history values
         self._events_since_fit = 0
@@ -1046,6 +1055,8 @@ class Engine:
         s = self.settings
         self._events_since_fit = 0
         self._fit_due = None
+        if not self.fits_clustering:
+            return
         table = self._assets
         live = table.live_slots()
         ready = live[table["n_values"][live] >= s.min_history]
@@ -1067,6 +1078,8 @@ class Engine:
         refit = self._clustering.fitted
         before = table["cluster"][live].astype(np.int64)
         fit = self._clustering.fit(x, table["cluster"][ready].astype(np.int64))
+        self._parents.update(fit.parents)
+        self._successors.update(fit.successors)
         with self.trainer.paused():
             for new_id, parent in sorted(fit.parents.items()):
                 self._add_cluster(
@@ -1091,6 +1104,104 @@ class Engine:
         self._fit_stats.record(fit, churn, self._watermark or 0)
         seen = table["seen"][live]
         table["next_check"][live] = seen + np.maximum(1, seen // _RECHECK_GROWTH)
+
+    # -- one clustering for several processes (`streamval.models.shared`) -----------------------
+
+    @property
+    def clustering_fits(self) -> int:
+        """Fits of this engine's own clustering so far (a new one is worth publishing)."""
+        return self._fit_stats.fits
+
+    def export_clustering(self, *, version: int, owner: str) -> SharedClustering | None:
+        """The current clustering as data for other processes (None before the first fit)."""
+        if not self._clustering.fitted:
+            return None
+        state = self._clustering.state_dict()
+        return SharedClustering(
+            version=version,
+            owner=owner,
+            ids=[int(i) for i in state["ids"]],
+            centroids=np.asarray(state["centroids"], dtype=np.float64),
+            next_id=int(state["next_id"]),
+            space=self._space.state_dict(),
+            parents=dict(self._parents),
+            successors=dict(self._successors),
+            created_ms=int(time.time() * 1000),
+        )
+
+    def adopt_clustering(self, shared: SharedClustering) -> None:
+        """Assign assets with a clustering fitted elsewhere, in place of this engine's own.
+
+        New cluster ids start as copies of their nearest known ancestor's model (as after a
+        fit), removed ones hand their pending samples to their successor; live assets keep their
+        cluster unless another centroid is closer by the switch margin (as after a re-fit), and
+        assets still in the provisional cluster go to the nearest centroid.
+        """
+        space = shared.profile_space()
+        if space.dim != shared.centroids.shape[1]:
+            raise ValueError(
+                f"clustering v{shared.version}: centroids of {shared.centroids.shape[1]} "
+                f"coordinates for a profile space of {space.dim}"
+            )
+        self._parents.update(shared.parents)
+        self._successors.update(shared.successors)
+        table = self._assets
+        live = table.live_slots()
+        before = table["cluster"][live].astype(np.int64)
+        placed = table["placed"][live].copy()
+        new_ids = [int(i) for i in shared.ids]
+        with self.trainer.paused():
+            for cid in new_ids:
+                if cid not in self._clusters:
+                    parent = self._ancestor(cid)
+                    learner = self.trainer.learner(parent).fork(self._cluster_seed(cid))
+                    self._add_cluster(cid, learner, parent)
+            for cid in [c for c in self._clusters if c not in new_ids]:
+                self.trainer.remove(cid, self._heir(cid, new_ids))
+                del self._clusters[cid]
+        self._clustering.load_state_dict(
+            {
+                "ids": new_ids,
+                "centroids": shared.centroids,
+                "dim": int(shared.centroids.shape[1]),
+                "next_id": shared.next_id,
+                "fitted": True,
+            }
+        )
+        self._space = space
+        self.clustering_version = shared.version
+        if not len(live):
+            return
+        profiles = space.transform(self._inputs_of_slots(live))
+        settled = self._clustering.settle(profiles, before)
+        nearest = self._clustering.assign_many(profiles)
+        labels = np.where(placed, settled, nearest)
+        table["cluster"][live] = labels
+        table["placed"][live] = True
+        table["candidate"][live] = -1
+        table["streak"][live] = 0
+
+    def _ancestor(self, cluster: int) -> int:
+        """The nearest known ancestor of a new cluster (cluster 0 or the lowest id if none)."""
+        seen = {cluster}
+        at = self._parents.get(cluster)
+        while at is not None and at not in seen:
+            if at in self._clusters:
+                return at
+            seen.add(at)
+            at = self._parents.get(at)
+        return 0 if 0 in self._clusters else min(self._clusters)
+
+    def _heir(self, cluster: int, ids: list[int]) -> int | None:
+        """Where a removed cluster's pending samples go: its successor among `ids`, if any."""
+        seen = {cluster}
+        at = self._successors.get(cluster)
+        while at is not None and at not in seen:
+            if at in ids:
+                return at
+            seen.add(at)
+            at = self._successors.get(at)
+        return None
 
     # -- idle assets ----------------------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""One clustering for several engines: the message round-trips, followers assign like the owner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from streamval.config import EngineSettings
+from streamval.engine import Engine
+from streamval.models.shared import FORMAT, SharedClustering
+from streamval.stream.datasets.synthetic import THREE_GROUPS, grouped_panel
+
+SMALL = {"hidden": [8], "batch_size": 16, "training": "sync", "bootstrap_assets": 12}
+
+
+def _halves(steps: int = 60) -> tuple[list, list, dict[str, int]]:
+    """Three groups of assets; the events of even- and odd-numbered assets (two partitions)."""
+    panel = grouped_panel(THREE_GROUPS, 10, steps, seed=0, attributes=True, attribute_noise=0.1)
+    names = sorted({e.asset_id for e in panel.events})
+    even = {n for i, n in enumerate(names) if i % 2 == 0}
+    a = [e for e in panel.events if e.asset_id in even]
+    b = [e for e in panel.events if e.asset_id not in even]
+    return a, b, panel.truth
+
+
+def _run(engine: Engine, events: list) -> None:
+    for i in range(0, len(events), 60):
+        engine.process(events[i : i + 60])
+
+
+def test_message_round_trips_through_json() -> None:
+    a, _, _ = _halves()
+    owner = Engine(EngineSettings(**SMALL))
+    _run(owner, a)
+    shared = owner.export_clustering(version=7, owner="p1")
+    assert shared is not None
+    back = SharedClustering.from_json(shared.to_json())
+    assert (back.version, back.owner, back.ids, back.next_id) == (7, "p1", shared.ids, 3)
+    np.testing.assert_array_equal(back.centroids, shared.centroids)
+    for name, value in shared.space.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(back.space[name], value)
+        else:
+            assert back.space[name] == value
+    assert back.parents == shared.parents
+
+
+def test_unfitted_engine_exports_nothing() -> None:
+    assert Engine(EngineSettings(**SMALL)).export_clustering(version=1, owner="x") is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"\xff\xfe",
+        b"not json",
+        b"[1, 2]",
+        b'{"format": "other/1"}',
+        json.dumps({"format": FORMAT, "version": 1}).encode(),
+    ],
+)
+def test_malformed_messages_raise_value_error(value: bytes | None) -> None:
+    with pytest.raises(ValueError):
+        SharedClustering.from_json(value)
+
+
+def test_wrong_sizes_and_values_are_refused() -> None:
+    a, _, _ = _halves()
+    owner = Engine(EngineSettings(**SMALL))
+    _run(owner, a)
+    shared = owner.export_clustering(version=1, owner="p1")
+    assert shared is not None
+    good = json.loads(shared.to_json())
+    for change in (
+        lambda b: b["centroids"].pop(),
+        lambda b: b["centroids"][0].append(1.0),
+        lambda b: b["space"]["mean"].pop(),
+        lambda b: b.update(next_id=0),
+        lambda b: b.update(ids=[0, 0, 1]),
+        lambda b: b.update(version="x"),
+        lambda b: b.update(version=True),
+    ):
+        body = json.loads(json.dumps(good))
+        change(body)
+        with pytest.raises(ValueError):
+            SharedClustering.from_json(json.dumps(body).encode())
+
+
+def test_follower_assigns_every_asset_like_the_owner_and_never_fits() -> None:
+    a, b, truth = _halves()
+    owner = Engine(EngineSettings(**SMALL))
+    follower = Engine(EngineSettings(**SMALL))
+    follower.fits_clustering = False
+    _run(owner, a)
+    _run(follower, b)
+    assert owner.fitted and not follower.fitted and follower.clustering_fits == 0
+    shared = owner.export_clustering(version=1, owner="owner")
+    assert shared is not None
+    follower.adopt_clustering(SharedClustering.from_json(shared.to_json()))
+    assert follower.fitted and follower.clusters == owner.clusters
+    assert follower.clustering_version == 1
+    # The same asset valued by either engine lands in the same cluster id: the follower's
+    # assets against the truth, via the owner's ids of the same group.
+    group_id = {truth[n]: c for n, c in owner.assignments().items()}
+    assert len(group_id) == 3
+    for name, cluster in follower.assignments().items():
+        assert cluster == group_id[truth[name]], name
+    # A takeover: the owner gets the follower's assets (new to it) and agrees on every one.
+    _run(owner, b)
+    got = owner.assignments()
+    for name, cluster in follower.assignments().items():
+        assert got[name] == cluster, name
+    assert follower.clustering_fits == 0
+
+
+def test_follower_keeps_models_across_versions_and_forks_new_clusters() -> None:
+    a, b, _ = _halves()
+    owner = Engine(EngineSettings(**SMALL))
+    follower = Engine(EngineSettings(**SMALL))
+    follower.fits_clustering = False
+    _run(owner, a)
+    _run(follower, b)
+    first = owner.export_clustering(version=1, owner="o")
+    assert first is not None
+    follower.adopt_clustering(first)
+    version = {c: follower.snapshot()[i].model_version for i, c in enumerate(follower.clusters)}
+    # A later version with one cluster more (as a re-fit would add): its model is a copy of
+    # the parent's, the others keep theirs.
+    extra = SharedClustering(
+        version=2,
+        owner="o",
+        ids=[*first.ids, first.next_id],
+        centroids=np.vstack([first.centroids, first.centroids[:1] + 100.0]),
+        next_id=first.next_id + 1,
+        space=first.space,
+        parents={**first.parents, first.next_id: first.ids[0]},
+    )
+    follower.adopt_clustering(extra)
+    assert follower.clusters == [*first.ids, first.next_id]
+    snaps = {s.cluster: s for s in follower.snapshot()}
+    for c, v in version.items():
+        assert snaps[c].model_version == v
+    assert snaps[first.next_id].model_version == snaps[first.ids[0]].model_version
