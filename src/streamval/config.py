@@ -94,6 +94,11 @@ class TopicSettings(_Section):
     dlq: str = "asset-events.dlq"
     valuations: str = "valuations"
     metrics: str = "valuation-metrics"
+    clusterings: str = Field(
+        "",
+        description="compacted, 1 partition: the deployment's latest clustering (scale-out); "
+        "empty = '<consumer.group_id>.clusterings', one per consumer group",
+    )
     partitions: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1)
 
@@ -365,6 +370,11 @@ class Settings(_Section):
         """A copy pointing at `bootstrap` (e.g. the local broker that was just started)."""
         kafka = self.kafka.model_copy(update={"bootstrap_servers": bootstrap})
         return self.model_copy(update={"kafka": kafka})
+
+    def clusterings_topic(self) -> str:
+        """The clusterings topic: `topics.clusterings`, else one named after the consumer group
+        (as Kafka Streams names its internal topics after the application id)."""
+        return self.topics.clusterings or f"{self.consumer.group_id}.clusterings"
 
 
 def _parse_scalar(text: str) -> Any:
