@@ -41,16 +41,29 @@ def configure(settings: Settings) -> Settings:
         }
     )
     consumer = settings.consumer.model_copy(
-        update={"max_poll_records": 200, "metrics_interval_s": 0.5, "poll_timeout_ms": 200}
+        update={
+            "max_poll_records": 200,
+            "metrics_interval_s": 0.5,
+            "profile_interval_s": 0.5,
+            "poll_timeout_ms": 200,
+        }
     )
     topics = settings.topics.model_copy(update={"partitions": PARTITIONS})
     return settings.model_copy(update={"engine": engine, "consumer": consumer, "topics": topics})
 
 
-def produce(settings: Settings, events: list[AssetEvent]) -> None:
+def produce(
+    settings: Settings, events: list[AssetEvent], partition: dict[str, int] | None = None
+) -> None:
+    """Keyed by asset; to `partition[asset]` where given, else by the key's hash."""
     producer = make_producer(settings)
     for e in events:
-        producer.send(settings.topics.input, key=e.asset_id.encode(), value=e.to_bytes())
+        producer.send(
+            settings.topics.input,
+            key=e.asset_id.encode(),
+            value=e.to_bytes(),
+            partition=(partition or {}).get(e.asset_id),
+        )
     producer.flush()
     producer.close()
 
@@ -92,6 +105,92 @@ class Member:
         self.thread.join(timeout=60)
         assert not self.thread.is_alive()
         assert not self.failure, self.failure
+
+
+def start_pair(settings: Settings) -> tuple[Member, Member]:
+    """Two members of one group, once the group has split the partitions: (owner, follower)."""
+    t = settings.topics
+    topics = [t.input, t.dlq, t.valuations, t.metrics]
+    ensure_topics(settings, [*topics, settings.clusterings_topic(), settings.profiles_topic()])
+    members = [Member(settings, "a"), Member(settings, "b")]
+    try:
+        wait_for(
+            lambda: (
+                all(m.partitions() for m in members)
+                and sorted(members[0].partitions() | members[1].partitions())
+                == list(range(PARTITIONS))
+                and not members[0].partitions() & members[1].partitions()
+            ),
+            60,
+            "the group to split the partitions",
+        )
+    except BaseException:
+        for m in members:
+            m.service.stop()
+        raise
+    owner, follower = sorted(members, key=lambda m: 0 not in m.partitions())
+    return owner, follower
+
+
+def test_the_owner_fits_on_the_other_processes_assets_through_the_profiles_topic(
+    kafka_settings: Settings,
+) -> None:
+    """One group's assets only in the follower's partitions: the owner's fit still gives it a
+    cluster of its own (it read their profiles), and both processes agree on every id."""
+    settings = configure(kafka_settings)
+    # More than the follower's 15 assets: the owner bootstraps once its own have arrived too.
+    engine = settings.engine.model_copy(update={"bootstrap_assets": 20})
+    settings = settings.model_copy(update={"engine": engine})
+    panel = grouped_panel(
+        THREE_GROUPS, 10, 40, seed=0, t0_ms=T0, attributes=True, attribute_noise=0.1
+    )
+    owner, follower = start_pair(settings)
+    try:
+        mine, theirs = sorted(owner.partitions()), sorted(follower.partitions())
+        names = sorted(panel.truth)
+        # Group 2 and half of group 1 to the follower's partitions, the rest to the owner's.
+        to_follower = [
+            n for i, n in enumerate(names) if panel.truth[n] == 2 or (panel.truth[n] == 1 and i % 2)
+        ]
+        where = {n: theirs[i % len(theirs)] for i, n in enumerate(to_follower)}
+        rest = [n for n in names if n not in where]
+        where.update({n: mine[i % len(mine)] for i, n in enumerate(rest)})
+        # The follower's assets start first (10 days, enough to be ready), so their profiles
+        # are on the topic, of about the maturity of the owner's own when it bootstraps.
+        early = T0 + 10 * DAY_MS
+        head = [e for e in panel.events if e.asset_id in to_follower and e.ts_ms < early]
+        produce(settings, head, where)
+        profiles = owner.service._profiles
+        assert profiles is not None
+        wait_for(
+            lambda: len(profiles.profiles()) >= len(to_follower), 60, "the follower's profiles"
+        )
+        assert not owner.engine.fitted  # nothing of its own yet
+        produce(
+            settings, [e for e in panel.events if e.ts_ms >= early or e.asset_id in rest], where
+        )
+        wait_for(
+            lambda: (
+                sum(m.service.published for m in (owner, follower)) >= len(panel.events)
+                and follower.engine.clustering_version >= 1
+            ),
+            90,
+            "every event valued and the clustering shared",
+        )
+        owner.stop()
+        follower.stop()
+    finally:
+        for m in (owner, follower):
+            m.service.stop()
+            m.thread.join(timeout=60)
+    assert follower.engine.clustering_fits == 0
+    by_group: dict[int, set[int]] = {}
+    for m in (owner, follower):
+        for asset, cluster in m.engine.assignments().items():
+            by_group.setdefault(panel.truth[asset], set()).add(cluster)
+    assert all(len(c) == 1 for c in by_group.values()), by_group
+    assert len({next(iter(c)) for c in by_group.values()}) == 3, by_group
+    assert not set(owner.engine.assignments()) & set(to_follower)
 
 
 def test_two_processes_share_one_clustering_and_a_takeover_keeps_it(

@@ -9,7 +9,7 @@ import pytest
 
 from streamval.config import EngineSettings
 from streamval.engine import Engine
-from streamval.models.shared import FORMAT, SharedClustering
+from streamval.models.shared import FORMAT, AssetProfile, SharedClustering
 from streamval.stream.datasets.synthetic import THREE_GROUPS, grouped_panel
 
 SMALL = {"hidden": [8], "batch_size": 16, "training": "sync", "bootstrap_assets": 12}
@@ -144,3 +144,46 @@ def test_follower_keeps_models_across_versions_and_forks_new_clusters() -> None:
     for c, v in version.items():
         assert snaps[c].model_version == v
     assert snaps[first.next_id].model_version == snaps[first.ids[0]].model_version
+
+
+def test_profile_message_round_trips_and_refuses_garbage() -> None:
+    a, _, _ = _halves()
+    engine = Engine(EngineSettings(**SMALL))
+    _run(engine, a)
+    ready = engine.ready_counts()
+    profiles = engine.asset_profiles(ready, "p1")
+    assert len(profiles) == len(ready) > 0
+    for p in profiles:
+        back = AssetProfile.from_json(p.to_json())
+        assert (back.asset, back.instance, back.n_values) == (p.asset, "p1", ready[p.asset])
+        assert back.attributes == p.attributes
+        np.testing.assert_allclose(back.stats, p.stats, equal_nan=True)
+        assert back.features.keys() == p.features.keys()
+    for bad in (None, b"{}", b"[]", b'{"format": "streamval.profile/1", "asset": "x"}'):
+        with pytest.raises(ValueError):
+            AssetProfile.from_json(bad)
+
+
+def test_owner_fits_on_the_other_processes_assets_through_their_profiles() -> None:
+    """The owner holds two groups, the follower the third: with the follower's profiles the
+    owner's fit finds all three groups, and the follower's assets get their group's cluster."""
+    panel = grouped_panel(THREE_GROUPS, 10, 60, seed=0, attributes=True, attribute_noise=0.1)
+    mine = [e for e in panel.events if panel.truth[e.asset_id] != 2]
+    theirs = [e for e in panel.events if panel.truth[e.asset_id] == 2]
+    follower = Engine(EngineSettings(**SMALL))
+    follower.fits_clustering = False
+    _run(follower, theirs)
+    for with_profiles in (False, True):
+        owner = Engine(EngineSettings(**{**SMALL, "bootstrap_assets": 30}))
+        if with_profiles:
+            owner.profile_source = lambda: follower.asset_profiles(follower.ready_counts(), "f")
+        _run(owner, mine)
+        assert not owner.fitted  # 20 assets of its own: below bootstrap_assets
+        assert owner.bootstrap_shared() == with_profiles
+    shared = owner.export_clustering(version=1, owner="o")
+    assert shared is not None
+    follower.adopt_clustering(shared)
+    group_id = {panel.truth[n]: c for n, c in owner.assignments().items()}
+    assert len(set(group_id.values())) == 2  # the owner's own two groups ...
+    third = set(follower.assignments().values())
+    assert len(third) == 1 and not third & set(group_id.values())  # ... and the third

@@ -15,7 +15,8 @@ One iteration:
    by this process's instance id and the cluster (several processes do not overwrite each other);
 6. between batches, the deployment's clustering is synchronised (`clusterings.ClusteringSync`):
    the member assigned input partition 0 fits and publishes it, the others adopt its latest
-   version.
+   version; every `consumer.profile_interval_s` this process's changed asset profiles go to
+   the profiles topic (`profiles.ProfileSync`), from which the owner fits on all assets.
 
 Failures: a bad record is dead-lettered, never raised; a broker outage is retried with backoff
 (`outage.Outage`) for up to `consumer.outage_timeout_s`, then the service exits with a clear
@@ -51,6 +52,7 @@ from streamval.consumers.clusterings import ClusteringSync
 from streamval.consumers.delivery import Delivery
 from streamval.consumers.order import UNORDERED, EventTimeMerger
 from streamval.consumers.outage import Outage
+from streamval.consumers.profiles import ProfileSync
 from streamval.consumers.recovery import Recovery
 from streamval.consumers.warmup import warm_up
 from streamval.engine import Engine
@@ -177,12 +179,18 @@ class ValuationService:
         # One clustering per deployment (module docstring of `clusterings`); only for the real
         # engine with more than one cluster. Nobody fits until the group says who owns it.
         self._clusterings: ClusteringSync | None = None
+        self._profiles: ProfileSync | None = None
         self._fits_published = 0
+        self._last_profiles = 0.0
         if isinstance(self.engine, Engine) and settings.engine.n_clusters != 1:
             self.engine.fits_clustering = False
             self._clusterings = ClusteringSync(
                 settings, self.instance, on_rejected=self.metrics.clustering_rejected
             )
+            self._profiles = ProfileSync(
+                settings, self.instance, on_rejected=self.metrics.profile_rejected
+            )
+            self.engine.profile_source = self._profiles.profiles
         self.metrics.identify(self.instance, settings.consumer.group_id)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -210,7 +218,10 @@ class ValuationService:
         s = self.settings
         t = s.topics
         check_reachable(s)
-        ensure_topics(s, [t.input, t.dlq, t.valuations, t.metrics, s.clusterings_topic()])
+        ensure_topics(
+            s,
+            [t.input, t.dlq, t.valuations, t.metrics, s.clusterings_topic(), s.profiles_topic()],
+        )
         producer_config: dict[str, Any] = {}
         if s.consumer.exactly_once:
             producer_config["transactional_id"] = transactional_id(s)
@@ -299,6 +310,8 @@ class ValuationService:
             dlq_max_bytes=s.consumer.dlq_max_bytes,
             already_done=self.recovery.already_done,
         )
+        if self._profiles is not None:
+            self._profiles.start()
         if self._clusterings is not None:
             self._clusterings.start()
             self._sync_clustering()
@@ -530,11 +543,30 @@ class ValuationService:
 
     def _periodic(self) -> None:
         now = time.monotonic()
+        if (
+            self._profiles is not None
+            and not self.outage.active
+            and now - self._last_profiles >= self.settings.consumer.profile_interval_s
+        ):
+            self._last_profiles = now
+            self._publish_profiles(self._profiles)
+            if self.engine.fits_clustering:  # bootstrap on the other processes' assets too
+                self.engine.bootstrap_shared()
         if now - self._last_snapshot >= self.settings.consumer.metrics_interval_s:
             self._last_snapshot = now
             self._publish_snapshots()
         if self._delivery is not None and not self.outage.active:
             self._delivery.checkpoint()
+
+    def _publish_profiles(self, sync: ProfileSync) -> None:
+        """Send the profiles of this process's assets that changed materially."""
+        due = sync.due(self.engine.ready_counts())
+        if not due:
+            return
+        try:
+            sync.publish(self.engine.asset_profiles(due, self.instance))
+        except Exception as exc:  # sent again at the next interval
+            self._log_once("profiles_publish", f"publishing asset profiles failed: {exc}")
 
     def _publish_snapshots(self) -> None:
         snapshots = self.engine.snapshot()
@@ -639,6 +671,8 @@ class ValuationService:
             )
             if self._clusterings is not None:
                 self._clusterings.close()
+            if self._profiles is not None:
+                self._profiles.close()
             close = getattr(self.engine, "close", None)
             if callable(close):
                 close()

@@ -134,3 +134,88 @@ def _floats(value: Any) -> NDArray[np.float64]:
     if not isinstance(value, list):
         raise TypeError(f"{type(value).__name__} where a list of numbers belongs")
     return np.asarray(value, dtype=np.float64).reshape(-1)
+
+
+PROFILE_FORMAT = "streamval.profile/1"
+_STAT_NAMES = ("change_mean", "change_std", "autocorrelation")
+
+
+@dataclass
+class AssetProfile:
+    """One asset's profile material, as a process publishes it on the profiles topic so the
+    clustering owner can fit on every asset of the deployment, not only its own partitions'.
+
+    `stats`/`counts`: change mean, std, autocorrelation and the observations behind each
+    (`series_vector`/`series_counts`, NaN where unknown); `features`: name -> (mean, count) of
+    each dynamic feature; `attributes`: the static attributes (numbers or strings).
+    """
+
+    asset: str
+    instance: str
+    n_values: int
+    stats: list[float]
+    counts: list[float]
+    features: dict[str, tuple[float, float]] = field(default_factory=dict)
+    attributes: dict[str, float | str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        body = {
+            "format": PROFILE_FORMAT,
+            "asset": self.asset,
+            "instance": self.instance,
+            "n_values": self.n_values,
+            "stats": dict(zip(_STAT_NAMES, (_finite(v) for v in self.stats), strict=True)),
+            "counts": dict(zip(_STAT_NAMES, self.counts, strict=True)),
+            "features": {k: [_finite(m), c] for k, (m, c) in sorted(self.features.items())},
+            "attributes": dict(sorted(self.attributes.items())),
+        }
+        return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | None) -> AssetProfile:
+        """Parse and check a message value; `ValueError` says what is wrong with it."""
+        if data is None:
+            raise ValueError("empty message")
+        try:
+            body = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from exc
+        if not isinstance(body, dict) or body.get("format") != PROFILE_FORMAT:
+            got = body.get("format") if isinstance(body, dict) else type(body).__name__
+            raise ValueError(f"format {got!r}, expected {PROFILE_FORMAT!r}")
+        try:
+            attributes: dict[str, float | str] = {}
+            for name, value in dict(body["attributes"]).items():
+                if isinstance(value, str):
+                    attributes[str(name)] = value
+                elif isinstance(value, int | float) and not isinstance(value, bool):
+                    attributes[str(name)] = float(value)
+                else:
+                    raise TypeError(f"attribute {name!r}: {value!r}")
+            return cls(
+                asset=str(body["asset"]),
+                instance=str(body["instance"]),
+                n_values=_int(body["n_values"]),
+                stats=[_number(body["stats"][n]) for n in _STAT_NAMES],
+                counts=[_number(body["counts"][n]) for n in _STAT_NAMES],
+                features={
+                    str(k): (_number(v[0]), _number(v[1]))
+                    for k, v in dict(body["features"]).items()
+                },
+                attributes=attributes,
+            )
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"missing or wrong field: {type(exc).__name__}: {exc}") from exc
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _number(value: Any) -> float:
+    """A float from JSON; null is NaN (unknown)."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)

@@ -68,6 +68,7 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
                                                                   publishes the clustering
     streamval_clustering_version                       gauge      shared clustering version in use
     streamval_clusterings_rejected_total{reason}       counter    clusterings-topic messages ignored
+    streamval_profiles_rejected_total{reason}          counter    profiles-topic messages ignored
 
 Several processes of one consumer group: each serves its own /metrics, and Prometheus's scrape
 label `instance` (the target) tells their series apart, as the alert rules' `by (job, instance)`
@@ -447,6 +448,13 @@ class EngineMetrics:
         )
         for reason in ("invalid", "unusable"):
             self._clusterings_rejected.labels(reason)
+        self._profiles_rejected = Counter(
+            "streamval_profiles_rejected",
+            "Messages on the profiles topic ignored, by reason (invalid: not a profile).",
+            ["reason"],
+            registry=r,
+        )
+        self._profiles_rejected.labels("invalid")
         # The clustering (from the snapshots' `silhouette` and `clustering`; engine totals).
         self._silhouette = Gauge(
             "streamval_cluster_silhouette",
@@ -537,6 +545,10 @@ class EngineMetrics:
     def clustering_rejected(self, reason: str) -> None:
         """A message on the clusterings topic was ignored (`invalid` or `unusable`)."""
         self._clusterings_rejected.labels(reason).inc()
+
+    def profile_rejected(self, reason: str) -> None:
+        """A message on the profiles topic was ignored (`invalid`)."""
+        self._profiles_rejected.labels(reason).inc()
 
     def consumer_rejoined(self) -> None:
         """The service re-created its consumer after a group join that never completed."""

@@ -19,13 +19,25 @@ log = logging.getLogger(__name__)
 def topic_names(settings: Settings) -> list[str]:
     """The four topics of the event contract and the internal ones, as configured."""
     t = settings.topics
-    return [t.input, t.dlq, t.valuations, t.metrics, settings.clusterings_topic()]
+    return [
+        t.input,
+        t.dlq,
+        t.valuations,
+        t.metrics,
+        settings.clusterings_topic(),
+        settings.profiles_topic(),
+    ]
 
 
 def internal_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     """Topics whose shape is fixed, whatever `topics.partitions` says: name -> (partitions,
-    configs). The clusterings topic holds one key, and compaction keeps its latest value."""
-    return {settings.clusterings_topic(): (1, {"cleanup.policy": "compact"})}
+    configs). The clusterings topic holds one key, and compaction keeps its latest value; the
+    profiles topic one key per asset."""
+    compact = {"cleanup.policy": "compact"}
+    return {
+        settings.clusterings_topic(): (1, compact),
+        settings.profiles_topic(): (settings.topics.partitions, compact),
+    }
 
 
 def admin_client(settings: Settings) -> KafkaAdminClient:
