@@ -759,7 +759,7 @@ class Engine:
         ready = self._ready
         since_fit = self._events_since_fit
         fitted = self._clustering.fitted
-        multi = s.n_clusters != 1
+        multi = s.n_clusters != 1 and self.fits_clustering  # a follower schedules no fit
         samples = plan.samples
         for p in range(plan.k):
             ts = int(plan.ts[p])

@@ -89,14 +89,20 @@ def test_wrong_sizes_and_values_are_refused() -> None:
             SharedClustering.from_json(json.dumps(body).encode())
 
 
-def test_follower_assigns_every_asset_like_the_owner_and_never_fits() -> None:
+def test_follower_assigns_every_asset_like_the_owner_and_never_fits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     a, b, truth = _halves()
     owner = Engine(EngineSettings(**SMALL))
     follower = Engine(EngineSettings(**SMALL))
     follower.fits_clustering = False
+    fit_calls: list[int] = []
+    fit = follower._fit
+    monkeypatch.setattr(follower, "_fit", lambda: fit_calls.append(1) or fit())
     _run(owner, a)
     _run(follower, b)
     assert owner.fitted and not follower.fitted and follower.clustering_fits == 0
+    assert not fit_calls  # no fit is even scheduled (it would cut every segment short)
     shared = owner.export_clustering(version=1, owner="owner")
     assert shared is not None
     follower.adopt_clustering(SharedClustering.from_json(shared.to_json()))

@@ -432,7 +432,7 @@ class ValuationService:
                     "adopted clustering",
                     extra={"version": latest.version, "owner": latest.owner, "ids": latest.ids},
                 )
-        if owner and engine.clustering_fits > self._fits_published:
+        if owner and engine.clustering_fits > self._fits_published and not self.outage.active:
             version = max(engine.clustering_version, latest.version if latest else 0) + 1
             shared = engine.export_clustering(version=version, owner=self.instance)
             if shared is None:
