@@ -595,12 +595,17 @@ class ValuationService:
         )
 
     def _warm_up(self, path: Path) -> None:
+        """Run the history through the engine. It fits its own clustering on it, whatever its
+        role turns out to be: the deployment's clustering, once there is one, replaces it."""
         from tqdm import tqdm
 
         table = read_long_table(path)
         bar = tqdm(
             total=len(table), unit="ev", desc="history", file=sys.stderr, disable=not self.progress
         )
+        follower = self._clusterings is not None and not self.engine.fits_clustering
+        if follower:
+            self.engine.fits_clustering = True
         try:
             warm_up(
                 self.engine,
@@ -610,6 +615,8 @@ class ValuationService:
             )
         finally:
             bar.close()
+            if follower:
+                self.engine.fits_clustering = False
 
     def _sleep(self, seconds: float) -> None:
         """Back off, but wake up at once when asked to stop."""
