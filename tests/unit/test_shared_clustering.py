@@ -82,6 +82,7 @@ def test_wrong_sizes_and_values_are_refused() -> None:
         lambda b: b.update(ids=[0, 0, 1]),
         lambda b: b.update(version="x"),
         lambda b: b.update(version=True),
+        lambda b: b["space"]["scale"].__setitem__(0, float("nan")),
     ):
         body = json.loads(json.dumps(good))
         change(body)

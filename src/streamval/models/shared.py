@@ -95,6 +95,8 @@ class SharedClustering:
             space = dict(space_in)
             for name in _ARRAYS:
                 space[name] = _floats(space[name])
+                if not np.all(np.isfinite(space[name])):
+                    raise ValueError(f"space {name} is not finite")
             ProfileSpace().load_state_dict(space)  # raises on inconsistent sizes
             dim = len(space["mean"]) + sum(len(c) for c in space["categories"])
             centroids = np.array(body["centroids"], dtype=np.float64).reshape(len(ids), dim)
