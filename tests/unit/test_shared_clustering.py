@@ -194,3 +194,18 @@ def test_owner_fits_on_the_other_processes_assets_through_their_profiles() -> No
     assert len(set(group_id.values())) == 2  # the owner's own two groups ...
     third = set(follower.assignments().values())
     assert len(third) == 1 and not third & set(group_id.values())  # ... and the third
+
+
+def test_profiles_due_first_ready_then_after_growth_and_bounded_per_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streamval.config import load_settings
+    from streamval.consumers import profiles as module
+
+    sync = module.ProfileSync(load_settings(environ={}), "me")
+    assert sync.due({"a": 8, "b": 16}) == ["a", "b"]
+    sync._sent.update(a=8, b=16)
+    assert sync.due({"a": 8, "b": 17}) == []  # b grew by less than an eighth
+    assert sync.due({"a": 9, "b": 18}) == ["a", "b"]
+    monkeypatch.setattr(module, "MAX_PER_INTERVAL", 2)
+    assert sync.due({"a": 9, "b": 40, "new": 8}) == ["new", "b"]

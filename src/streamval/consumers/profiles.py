@@ -29,6 +29,9 @@ POLL_TIMEOUT_MS = 500
 FLUSH_TIMEOUT_S = 30.0
 BACKOFF_S = 1.0
 GROWTH = 8  # republish once an asset's values grew by 1/GROWTH since its last profile
+# At most this many profiles per interval (about 60 us each on the poll loop): a start with a
+# million ready assets spreads their first profiles over intervals instead of stalling the loop.
+MAX_PER_INTERVAL = 5000
 
 
 class ProfileSync:
@@ -79,13 +82,18 @@ class ProfileSync:
             return list(self._profiles.values())
 
     def due(self, counts: dict[str, int]) -> list[str]:
-        """The assets (of `counts`: asset -> values seen) whose profile should go out now."""
+        """The assets (of `counts`: asset -> values seen) whose profile should go out now, at
+        most `MAX_PER_INTERVAL` (never published first, then the most grown)."""
         sent = self._sent
-        return [
+        due = [
             a
             for a, n in counts.items()
             if a not in sent or n >= sent[a] + max(1, sent[a] // GROWTH)
         ]
+        if len(due) > MAX_PER_INTERVAL:
+            due.sort(key=lambda a: (a in sent, sent.get(a, 0) - counts[a]))
+            due = due[:MAX_PER_INTERVAL]
+        return due
 
     def publish(self, profiles: Sequence[AssetProfile]) -> None:
         """Send the profiles and wait until the broker has them all."""
