@@ -209,3 +209,29 @@ def test_profiles_due_first_ready_then_after_growth_and_bounded_per_interval(
     assert sync.due({"a": 9, "b": 18}) == ["a", "b"]
     monkeypatch.setattr(module, "MAX_PER_INTERVAL", 2)
     assert sync.due({"a": 9, "b": 40, "new": 8}) == ["new", "b"]
+
+
+def test_clustering_sync_logs_a_bad_message_once_and_keeps_the_highest_version(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from streamval.config import load_settings
+    from streamval.consumers.clusterings import ClusteringSync
+
+    rejected: list[str] = []
+    sync = ClusteringSync(load_settings(environ={}), "me", on_rejected=rejected.append)
+    space = Engine(EngineSettings(**SMALL))._space.state_dict()
+
+    def version(v: int) -> bytes:
+        return SharedClustering(
+            version=v, owner="o", ids=[0], centroids=np.zeros((1, 0)), next_id=1, space=space
+        ).to_json()
+
+    with caplog.at_level("WARNING"):
+        assert sync.receive(b"garbage") is None
+        assert sync.receive(version(2)) is not None
+        assert sync.receive(b"more garbage") is None
+        assert sync.receive(version(1)) is not None  # older: read, not taken
+    assert sync.rejected == 2 and rejected == ["invalid", "invalid"]
+    assert len([r for r in caplog.records if "not a usable clustering" in r.getMessage()]) == 1
+    latest = sync.latest()
+    assert latest is not None and latest.version == 2
