@@ -67,14 +67,22 @@ class ProfileSync:
             client_id=f"{self.settings.consumer.client_id}-profiles",
             auto_offset_reset="earliest",
         )
+        self._assign(consumer)
+        self._thread = threading.Thread(target=self._loop, name="profiles", daemon=True)
+        self._thread.start()
+
+    def _assign(self, consumer: KafkaConsumer) -> bool:
+        """Read every partition from the beginning; False while the topic's metadata is not
+        known yet (the reader tries again)."""
         partitions = [
             TopicPartition(self.topic, p)
             for p in sorted(consumer.partitions_for_topic(self.topic) or ())
         ]
+        if not partitions:
+            return False
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        self._thread = threading.Thread(target=self._loop, name="profiles", daemon=True)
-        self._thread.start()
+        return True
 
     def profiles(self) -> list[AssetProfile]:
         """The latest profile of every asset read so far (any process's)."""
@@ -136,6 +144,9 @@ class ProfileSync:
         assert consumer is not None
         while not self._stop.is_set():
             try:
+                if not consumer.assignment() and not self._assign(consumer):
+                    self._stop.wait(BACKOFF_S)
+                    continue
                 records = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
             except Exception as exc:  # the broker away: keep what was read, retry
                 self._log_once(f"poll:{type(exc).__name__}", f"reading {self.topic} failed: {exc}")
