@@ -94,6 +94,16 @@ class TopicSettings(_Section):
     dlq: str = "asset-events.dlq"
     valuations: str = "valuations"
     metrics: str = "valuation-metrics"
+    clusterings: str = Field(
+        "",
+        description="compacted, 1 partition: the deployment's latest clustering (scale-out); "
+        "empty = '<consumer.group_id>.clusterings', one per consumer group",
+    )
+    profiles: str = Field(
+        "",
+        description="compacted, key asset id: each process's assets' profiles, so the "
+        "clustering owner fits on all assets; empty = '<consumer.group_id>.profiles'",
+    )
     partitions: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1)
 
@@ -141,6 +151,12 @@ class ConsumerSettings(_Section):
         "attributes) the engine learns from before consuming, unless a checkpoint restores it",
     )
     metrics_interval_s: float = Field(10.0, gt=0)
+    profile_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="how often this process publishes the profiles of its assets that changed "
+        "(first ready, then grown by 1/8 in values) on the profiles topic",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     min_event_time: str = Field(
         "1900-01-01T00:00:00Z",
@@ -365,6 +381,15 @@ class Settings(_Section):
         """A copy pointing at `bootstrap` (e.g. the local broker that was just started)."""
         kafka = self.kafka.model_copy(update={"bootstrap_servers": bootstrap})
         return self.model_copy(update={"kafka": kafka})
+
+    def clusterings_topic(self) -> str:
+        """The clusterings topic: `topics.clusterings`, else one named after the consumer group
+        (as Kafka Streams names its internal topics after the application id)."""
+        return self.topics.clusterings or f"{self.consumer.group_id}.clusterings"
+
+    def profiles_topic(self) -> str:
+        """The profiles topic: `topics.profiles`, else one named after the consumer group."""
+        return self.topics.profiles or f"{self.consumer.group_id}.profiles"
 
 
 def _parse_scalar(text: str) -> Any:
