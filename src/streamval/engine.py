@@ -74,6 +74,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,6 +187,39 @@ class _FitStats:
 
 
 @dataclass
+class _Fitted:
+    """A fit's outcome: the profile space, the clustering fitted in it, the fit's labels."""
+
+    space: ProfileSpace
+    clustering: AssetClustering
+    fit: FitResult
+
+
+@dataclass
+class _FitJob:
+    """Everything a fit needs, copied from the engine, so it can run on another thread."""
+
+    pseudo_count: float
+    previous: ProfileSpace
+    clustering: AssetClustering  # a copy of the one in use, fitted in place
+    inputs: ProfileInputs
+    old: IntArray
+
+    def run(self) -> _Fitted:
+        space = ProfileSpace(self.pseudo_count)
+        previous, clustering = self.previous, self.clustering
+
+        def weigh(blocks: list[FloatArray]) -> Sequence[float]:
+            """The block weights; those in use are a candidate while the blocks are the same."""
+            same = clustering.fitted and previous.blocks == space.blocks
+            current = previous.weights.tolist() if same else None
+            return clustering.block_weights(blocks, current)
+
+        x = space.fit(self.inputs, weigh=weigh)
+        return _Fitted(space, clustering, clustering.fit(x, self.old))
+
+
+@dataclass
 class _Admitted:
     """What the Python pass over a segment's events found (see `Engine._admit`)."""
 
@@ -260,6 +294,8 @@ class Engine:
     def __init__(self, settings: EngineSettings, *, accept_late: bool = False) -> None:
         self.settings = settings
         self.accept_late = accept_late
+        self._fitter: ThreadPoolExecutor | None = None  # runs re-fits (background training)
+        self._pending_fit: Future[_Fitted] | None = None
         # False: this process follows a clustering fitted elsewhere (`adopt_clustering`) and
         # never fits its own (scale-out: one clustering per deployment).
         self.fits_clustering = True
@@ -310,6 +346,9 @@ class Engine:
         self._ready = 0  # live assets with at least min_history values
         self._events_since_fit = 0
         self._fit_due: int | None = None  # event time of the event that made a fit due
+        # A re-fit computed off the valuing thread (background training), applied between
+        # batches once done; None when none is running. A running one's result is dropped.
+        self._pending_fit = None
         self._watermark: int | None = None
         self.expired_assets = 0
 
@@ -345,8 +384,13 @@ class Engine:
         self._clusters[cluster] = _Cluster(ErrorMetrics(s.metrics_window), predictor, conformal)
 
     def close(self) -> None:
-        """Stop the background trainer (the step in flight finishes). Idempotent."""
+        """Stop the background trainer (the step in flight finishes) and the fitting thread
+        (a running re-fit finishes, its result is dropped). Idempotent."""
         self.trainer.close()
+        self._pending_fit = None
+        if self._fitter is not None:
+            self._fitter.shutdown(wait=True)
+            self._fitter = None
 
     # -- public surface -------------------------------------------------------------------------
 
@@ -396,6 +440,8 @@ class Engine:
         no training step or fit runs (a frozen model).
         """
         result = BatchResult()
+        if self._pending_fit is not None and self._pending_fit.done():
+            self._apply_pending_fit()
         before = {c: self.trainer.learner(c).own_updates for c in self._clusters}
         pos, n = 0, len(events)
         one_by_one = False
@@ -467,6 +513,8 @@ class Engine:
         self.trainer.drain()
         if self._fit_due is not None:
             self._fit()
+        if self._pending_fit is not None:
+            self._apply_pending_fit()
 
     def snapshot(self, ts_ms: int | None = None) -> list[ClusterSnapshot]:
         """Per-cluster health for the metrics topic (at `ts_ms`, default: the latest event time)."""
@@ -1036,8 +1084,7 @@ class Engine:
         if not self.trainer.background:
             self.trainer.run_due(ts)
         if self._fit_due is not None and self._fit_due != ts:
-            self._fit()
-            return True
+            return self._fit() or moved
         return moved
 
     def _refresh_prior(self) -> bool:
@@ -1051,35 +1098,36 @@ class Engine:
 
     def refit(self) -> None:
         """(Re-)fit the clustering now on the assets with `min_history` values; ids stay stable."""
-        self._fit()
+        if self._pending_fit is not None:
+            self._apply_pending_fit()
+        self._fit(inline=True)
 
-    def _fit(self) -> None:
+    def _fit(self, *, inline: bool = False) -> bool:
+        """(Re-)fit the clustering on the ready assets; whether assets moved now.
+
+        With background training a re-fit (not the first fit) runs on a thread of its own and
+        is applied between batches once done (`_apply_pending_fit`): a fit of
+        `fit_max_assets` profiles takes about a second, which the valuing thread would
+        otherwise stall for. Sync training fits inline, at the same point of event time
+        however the stream is cut."""
         s = self.settings
         self._events_since_fit = 0
         self._fit_due = None
-        if not self.fits_clustering:
-            return
+        if not self.fits_clustering or self._pending_fit is not None:
+            return False  # a follower; or a re-fit is running already
         table = self._assets
         live = table.live_slots()
         ready = live[table["n_values"][live] >= s.min_history]
         others = self._others()
         if len(ready) + len(others) < 2 or s.n_clusters == 1:
-            return
+            return False
         if len(ready) + len(others) > s.fit_max_assets:
             pick = np.sort(
                 self._rng.choice(len(ready) + len(others), size=s.fit_max_assets, replace=False)
             )
             others = [others[i - len(ready)] for i in pick[pick >= len(ready)].tolist()]
             ready = ready[pick[pick < len(ready)]]
-        space = ProfileSpace(s.profile_pseudo_count)
         previous = self._space
-
-        def weigh(blocks: list[FloatArray]) -> Sequence[float]:
-            """The block weights; those in use are a candidate while the blocks are the same."""
-            same = self._clustering.fitted and previous.blocks == space.blocks
-            current = previous.weights.tolist() if same else None
-            return self._clustering.block_weights(blocks, current)
-
         inputs = self._inputs_of_slots(ready)
         old = table["cluster"][ready].astype(np.int64)
         if others:
@@ -1090,10 +1138,33 @@ class Engine:
                 theirs = np.zeros(len(others), dtype=np.int64)
             inputs = _concat_inputs(inputs, external)
             old = np.concatenate([old, theirs])
-        x = space.fit(inputs, weigh=weigh)
+        clustering = self._clustering.clone()
+        clustering.load_state_dict(self._clustering.state_dict())
+        job = _FitJob(s.profile_pseudo_count, previous, clustering, inputs, old)
+        if self.trainer.background and self._clustering.fitted and not inline:
+            if self._fitter is None:
+                self._fitter = ThreadPoolExecutor(1, thread_name_prefix="streamval-fit")
+            self._pending_fit = self._fitter.submit(job.run)
+            return False
+        self._apply_fit(job.run(), ready)
+        return True
+
+    def _apply_pending_fit(self) -> None:
+        """Apply the re-fit that ran on the fitting thread (waits for it if still running)."""
+        pending, self._pending_fit = self._pending_fit, None
+        if pending is not None:
+            self._apply_fit(pending.result(), None)
+
+    def _apply_fit(self, fitted: _Fitted, ready: IntArray | None) -> None:
+        """Make a fit the clustering in use: clusters added and removed, every live asset
+        placed. `ready`: the slots the fit labelled, when they still hold the same assets
+        (inline fits); a fit from the fitting thread settles every asset afresh instead."""
+        table = self._assets
+        live = table.live_slots()
         refit = self._clustering.fitted
         before = table["cluster"][live].astype(np.int64)
-        fit = self._clustering.fit(x, old)
+        fit = fitted.fit
+        self._clustering = fitted.clustering
         self._parents.update(fit.parents)
         self._successors.update(fit.successors)
         with self.trainer.paused():
@@ -1104,14 +1175,15 @@ class Engine:
             for cid in fit.removed:
                 self.trainer.remove(cid, fit.successors.get(cid))
                 del self._clusters[cid]
-        self._space = space
-        profiles = space.transform(self._inputs_of_slots(live))
+        self._space = fitted.space
+        profiles = fitted.space.transform(self._inputs_of_slots(live))
         if refit:
             labels = self._clustering.settle(profiles, before)
         else:
             labels = self._clustering.assign_many(profiles)
-        fitted = np.searchsorted(live, ready)
-        labels[fitted] = fit.labels[: len(ready)]
+        if ready is not None:
+            fitted_rows = np.searchsorted(live, ready)
+            labels[fitted_rows] = fit.labels[: len(ready)]
         table["cluster"][live] = labels
         table["placed"][live] = True
         table["candidate"][live] = -1
@@ -1153,6 +1225,7 @@ class Engine:
         cluster unless another centroid is closer by the switch margin (as after a re-fit), and
         assets still in the provisional cluster go to the nearest centroid.
         """
+        self._pending_fit = None  # a re-fit of this engine's own is superseded
         space = shared.profile_space()
         if space.dim != shared.centroids.shape[1]:
             raise ValueError(
