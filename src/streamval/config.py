@@ -94,6 +94,16 @@ class TopicSettings(_Section):
     dlq: str = "asset-events.dlq"
     valuations: str = "valuations"
     metrics: str = "valuation-metrics"
+    clusterings: str = Field(
+        "",
+        description="compacted, 1 partition: the deployment's latest clustering (scale-out); "
+        "empty = '<consumer.group_id>.clusterings', one per consumer group",
+    )
+    profiles: str = Field(
+        "",
+        description="compacted, key asset id: each process's assets' profiles, so the "
+        "clustering owner fits on all assets; empty = '<consumer.group_id>.profiles'",
+    )
     partitions: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1)
 
@@ -141,6 +151,12 @@ class ConsumerSettings(_Section):
         "attributes) the engine learns from before consuming, unless a checkpoint restores it",
     )
     metrics_interval_s: float = Field(10.0, gt=0)
+    profile_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="how often this process publishes the profiles of its assets that changed "
+        "(first ready, then grown by 1/8 in values) on the profiles topic",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     min_event_time: str = Field(
         "1900-01-01T00:00:00Z",
@@ -411,6 +427,15 @@ class Settings(_Section):
         kafka = self.kafka.model_copy(update={"bootstrap_servers": bootstrap})
         return self.model_copy(update={"kafka": kafka})
 
+    def clusterings_topic(self) -> str:
+        """The clusterings topic: `topics.clusterings`, else one named after the consumer group
+        (as Kafka Streams names its internal topics after the application id)."""
+        return self.topics.clusterings or f"{self.consumer.group_id}.clusterings"
+
+    def profiles_topic(self) -> str:
+        """The profiles topic: `topics.profiles`, else one named after the consumer group."""
+        return self.topics.profiles or f"{self.consumer.group_id}.profiles"
+
 
 def _parse_scalar(text: str) -> Any:
     """Env and --set values: JSON when it parses (numbers, lists, objects), else the string."""
@@ -575,6 +600,9 @@ def secret_values(settings: Settings) -> list[str]:
     return out
 
 
+RECONNECT_BACKOFF_MAX_MS = 1000
+
+
 def kafka_client_config(
     settings: Settings, role: Literal["consumer", "producer", "admin"]
 ) -> dict[str, Any]:
@@ -584,7 +612,14 @@ def kafka_client_config(
             "kafka.bootstrap_servers is not set: set KAFKA_BOOTSTRAP_SERVERS, or run "
             "`streamval kafka up` and use the address it prints"
         )
-    config: dict[str, Any] = {"bootstrap_servers": settings.kafka.bootstrap_servers.split(",")}
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka.bootstrap_servers.split(","),
+        # kafka-python lets its reconnect backoff grow to 30 s and applies it to metadata
+        # refreshes too: after a broker outage a client stayed blind to the returned broker for
+        # up to 30 s (longer than a short consumer.outage_timeout_s). 1 s is the Java client's
+        # default ceiling. User settings below still override it.
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+    }
     if role == "admin":
         from kafka import KafkaAdminClient
 

@@ -76,7 +76,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +103,7 @@ from streamval.models.experts import EXPERTS, ExpertMix
 from streamval.models.intervals import AdaptiveConformal, update_error_scale
 from streamval.models.learner import Predictor, SequenceLearner
 from streamval.models.profiles import ProfileInputs, ProfileSpace, series_counts, series_vector
+from streamval.models.shared import AssetProfile, SharedClustering
 from streamval.models.shocks import CrossSectionalDetector
 from streamval.models.state import rng_state, set_rng_state
 from streamval.models.trainer import Trainer
@@ -193,6 +196,39 @@ class _FitStats:
 
 
 @dataclass
+class _Fitted:
+    """A fit's outcome: the profile space, the clustering fitted in it, the fit's labels."""
+
+    space: ProfileSpace
+    clustering: AssetClustering
+    fit: FitResult
+
+
+@dataclass
+class _FitJob:
+    """Everything a fit needs, copied from the engine, so it can run on another thread."""
+
+    pseudo_count: float
+    previous: ProfileSpace
+    clustering: AssetClustering  # a copy of the one in use, fitted in place
+    inputs: ProfileInputs
+    old: IntArray
+
+    def run(self) -> _Fitted:
+        space = ProfileSpace(self.pseudo_count)
+        previous, clustering = self.previous, self.clustering
+
+        def weigh(blocks: list[FloatArray]) -> Sequence[float]:
+            """The block weights; those in use are a candidate while the blocks are the same."""
+            same = clustering.fitted and previous.blocks == space.blocks
+            current = previous.weights.tolist() if same else None
+            return clustering.block_weights(blocks, current)
+
+        x = space.fit(self.inputs, weigh=weigh)
+        return _Fitted(space, clustering, clustering.fit(x, self.old))
+
+
+@dataclass
 class _Admitted:
     """What the Python pass over a segment's events found (see `Engine._admit`)."""
 
@@ -282,6 +318,13 @@ class Engine:
     def __init__(self, settings: EngineSettings, *, accept_late: bool = False) -> None:
         self.settings = settings
         self.accept_late = accept_late
+        self._fitter: ThreadPoolExecutor | None = None  # runs re-fits (background training)
+        self._pending_fit: Future[_Fitted] | None = None
+        # False: this process follows a clustering fitted elsewhere (`adopt_clustering`) and
+        # never fits its own (scale-out: one clustering per deployment).
+        self.fits_clustering = True
+        # Other processes' assets for this one's fits (the profiles topic); None: own only.
+        self.profile_source: Callable[[], Sequence[AssetProfile]] | None = None
         self._trainer: Trainer | None = None
         self._reset()
 
@@ -319,10 +362,17 @@ class Engine:
         self._space = ProfileSpace(s.profile_pseudo_count)
         self._clusters: dict[int, _Cluster] = {}
         self._fit_stats = _FitStats()
+        # Every cluster's parent and every removed cluster's successor (shared clusterings).
+        self._parents: dict[int, int] = {}
+        self._successors: dict[int, int] = {}
+        self.clustering_version = 0  # of the shared clustering adopted last (0: none)
         self._add_cluster(0, self._new_learner(0))
         self._ready = 0  # live assets with at least min_history values
         self._events_since_fit = 0
         self._fit_due: int | None = None  # event time of the event that made a fit due
+        # A re-fit computed off the valuing thread (background training), applied between
+        # batches once done; None when none is running. A running one's result is dropped.
+        self._pending_fit = None
         self._watermark: int | None = None
         self.expired_assets = 0
 
@@ -370,8 +420,13 @@ class Engine:
         )
 
     def close(self) -> None:
-        """Stop the background trainer (the step in flight finishes). Idempotent."""
+        """Stop the background trainer (the step in flight finishes) and the fitting thread
+        (a running re-fit finishes, its result is dropped). Idempotent."""
         self.trainer.close()
+        self._pending_fit = None
+        if self._fitter is not None:
+            self._fitter.shutdown(wait=True)
+            self._fitter = None
 
     # -- public surface -------------------------------------------------------------------------
 
@@ -425,6 +480,8 @@ class Engine:
         no training step or fit runs (a frozen model).
         """
         result = BatchResult()
+        if self._pending_fit is not None and self._pending_fit.done():
+            self._apply_pending_fit()
         before = {c: self.trainer.learner(c).own_updates for c in self._clusters}
         pos, n = 0, len(events)
         one_by_one = False
@@ -496,6 +553,8 @@ class Engine:
         self.trainer.drain()
         if self._fit_due is not None:
             self._fit()
+        if self._pending_fit is not None:
+            self._apply_pending_fit()
 
     def snapshot(self, ts_ms: int | None = None) -> list[ClusterSnapshot]:
         """Per-cluster health for the metrics topic (at `ts_ms`, default: the latest event time)."""
@@ -793,7 +852,7 @@ class Engine:
         ready = self._ready
         since_fit = self._events_since_fit
         fitted = self._clustering.fitted
-        multi = s.n_clusters != 1
+        multi = s.n_clusters != 1 and self.fits_clustering  # a follower schedules no fit
         samples = plan.samples
         for p in range(plan.k):
             ts = int(plan.ts[p])
@@ -1156,8 +1215,7 @@ class Engine:
         if not self.trainer.background:
             self.trainer.run_due(ts)
         if self._fit_due is not None and self._fit_due != ts:
-            self._fit()
-            return True
+            return self._fit() or moved
         return moved
 
     def _refresh_prior(self) -> bool:
@@ -1171,33 +1229,75 @@ class Engine:
 
     def refit(self) -> None:
         """(Re-)fit the clustering now on the assets with `min_history` values; ids stay stable."""
-        self._fit()
+        if self._pending_fit is not None:
+            self._apply_pending_fit()
+        self._fit(inline=True)
 
-    def _fit(self) -> None:
+    def _fit(self, *, inline: bool = False) -> bool:
+        """(Re-)fit the clustering on the ready assets; whether assets moved now.
+
+        With background training a re-fit (not the first fit) runs on a thread of its own and
+        is applied between batches once done (`_apply_pending_fit`): a fit of
+        `fit_max_assets` profiles takes about a second, which the valuing thread would
+        otherwise stall for. Sync training fits inline, at the same point of event time
+        however the stream is cut."""
         s = self.settings
         self._events_since_fit = 0
         self._fit_due = None
+        if not self.fits_clustering or self._pending_fit is not None:
+            return False  # a follower; or a re-fit is running already
         table = self._assets
         live = table.live_slots()
         ready = live[table["n_values"][live] >= s.min_history]
-        if len(ready) < 2 or s.n_clusters == 1:
-            return
-        if len(ready) > s.fit_max_assets:
-            pick = np.sort(self._rng.choice(len(ready), size=s.fit_max_assets, replace=False))
-            ready = ready[pick]
-        space = ProfileSpace(s.profile_pseudo_count)
+        others = self._others()
+        if len(ready) + len(others) < 2 or s.n_clusters == 1:
+            return False
+        if len(ready) + len(others) > s.fit_max_assets:
+            pick = np.sort(
+                self._rng.choice(len(ready) + len(others), size=s.fit_max_assets, replace=False)
+            )
+            others = [others[i - len(ready)] for i in pick[pick >= len(ready)].tolist()]
+            ready = ready[pick[pick < len(ready)]]
         previous = self._space
+        inputs = self._inputs_of_slots(ready)
+        old = table["cluster"][ready].astype(np.int64)
+        if others:
+            external = self._external_inputs(others)
+            if self._clustering.fitted:  # their current cluster, as this process sees them
+                theirs = self._clustering.assign_many(previous.transform(external))
+            else:
+                theirs = np.zeros(len(others), dtype=np.int64)
+            inputs = _concat_inputs(inputs, external)
+            old = np.concatenate([old, theirs])
+        clustering = self._clustering.clone()
+        clustering.load_state_dict(self._clustering.state_dict())
+        job = _FitJob(s.profile_pseudo_count, previous, clustering, inputs, old)
+        if self.trainer.background and self._clustering.fitted and not inline:
+            if self._fitter is None:
+                self._fitter = ThreadPoolExecutor(1, thread_name_prefix="streamval-fit")
+            self._pending_fit = self._fitter.submit(job.run)
+            return False
+        self._apply_fit(job.run(), ready)
+        return True
 
-        def weigh(blocks: list[FloatArray]) -> Sequence[float]:
-            """The block weights; those in use are a candidate while the blocks are the same."""
-            same = self._clustering.fitted and previous.blocks == space.blocks
-            current = previous.weights.tolist() if same else None
-            return self._clustering.block_weights(blocks, current)
+    def _apply_pending_fit(self) -> None:
+        """Apply the re-fit that ran on the fitting thread (waits for it if still running)."""
+        pending, self._pending_fit = self._pending_fit, None
+        if pending is not None:
+            self._apply_fit(pending.result(), None)
 
-        x = space.fit(self._inputs_of_slots(ready), weigh=weigh)
+    def _apply_fit(self, fitted: _Fitted, ready: IntArray | None) -> None:
+        """Make a fit the clustering in use: clusters added and removed, every live asset
+        placed. `ready`: the slots the fit labelled, when they still hold the same assets
+        (inline fits); a fit from the fitting thread settles every asset afresh instead."""
+        table = self._assets
+        live = table.live_slots()
         refit = self._clustering.fitted
         before = table["cluster"][live].astype(np.int64)
-        fit = self._clustering.fit(x, table["cluster"][ready].astype(np.int64))
+        fit = fitted.fit
+        self._clustering = fitted.clustering
+        self._parents.update(fit.parents)
+        self._successors.update(fit.successors)
         with self.trainer.paused():
             for new_id, parent in sorted(fit.parents.items()):
                 self._add_cluster(
@@ -1206,22 +1306,207 @@ class Engine:
             for cid in fit.removed:
                 self.trainer.remove(cid, fit.successors.get(cid))
                 del self._clusters[cid]
-        self._space = space
-        profiles = space.transform(self._inputs_of_slots(live))
+        self._space = fitted.space
+        profiles = fitted.space.transform(self._inputs_of_slots(live))
         if refit:
             labels = self._clustering.settle(profiles, before)
         else:
             labels = self._clustering.assign_many(profiles)
-        fitted = np.searchsorted(live, ready)
-        labels[fitted] = fit.labels
+        if ready is not None:
+            fitted_rows = np.searchsorted(live, ready)
+            labels[fitted_rows] = fit.labels[: len(ready)]
         table["cluster"][live] = labels
         table["placed"][live] = True
         table["candidate"][live] = -1
         table["streak"][live] = 0
-        churn = float((labels != before).mean()) if refit else None
+        churn = float((labels != before).mean()) if refit and len(live) else None
         self._fit_stats.record(fit, churn, self._watermark or 0)
         seen = table["seen"][live]
         table["next_check"][live] = seen + np.maximum(1, seen // _RECHECK_GROWTH)
+
+    # -- one clustering for several processes (`streamval.models.shared`) -----------------------
+
+    @property
+    def clustering_fits(self) -> int:
+        """Fits of this engine's own clustering so far (a new one is worth publishing)."""
+        return self._fit_stats.fits
+
+    def export_clustering(self, *, version: int, owner: str) -> SharedClustering | None:
+        """The current clustering as data for other processes (None before the first fit)."""
+        if not self._clustering.fitted:
+            return None
+        state = self._clustering.state_dict()
+        return SharedClustering(
+            version=version,
+            owner=owner,
+            ids=[int(i) for i in state["ids"]],
+            centroids=np.asarray(state["centroids"], dtype=np.float64),
+            next_id=int(state["next_id"]),
+            space=self._space.state_dict(),
+            parents=dict(self._parents),
+            successors=dict(self._successors),
+            created_ms=int(time.time() * 1000),
+        )
+
+    def adopt_clustering(self, shared: SharedClustering) -> None:
+        """Assign assets with a clustering fitted elsewhere, in place of this engine's own.
+
+        New cluster ids start as copies of their nearest known ancestor's model (as after a
+        fit), removed ones hand their pending samples to their successor; live assets keep their
+        cluster unless another centroid is closer by the switch margin (as after a re-fit), and
+        assets still in the provisional cluster go to the nearest centroid.
+        """
+        self._pending_fit = None  # a re-fit of this engine's own is superseded
+        space = shared.profile_space()
+        if space.dim != shared.centroids.shape[1]:
+            raise ValueError(
+                f"clustering v{shared.version}: centroids of {shared.centroids.shape[1]} "
+                f"coordinates for a profile space of {space.dim}"
+            )
+        self._parents.update(shared.parents)
+        self._successors.update(shared.successors)
+        table = self._assets
+        live = table.live_slots()
+        before = table["cluster"][live].astype(np.int64)
+        placed = table["placed"][live].copy()
+        new_ids = [int(i) for i in shared.ids]
+        with self.trainer.paused():
+            for cid in new_ids:
+                if cid not in self._clusters:
+                    parent = self._ancestor(cid)
+                    learner = self.trainer.learner(parent).fork(self._cluster_seed(cid))
+                    self._add_cluster(cid, learner, parent)
+            for cid in [c for c in self._clusters if c not in new_ids]:
+                self.trainer.remove(cid, self._heir(cid, new_ids))
+                del self._clusters[cid]
+        self._clustering.load_state_dict(
+            {
+                "ids": new_ids,
+                "centroids": shared.centroids,
+                "dim": int(shared.centroids.shape[1]),
+                "next_id": shared.next_id,
+                "fitted": True,
+            }
+        )
+        self._space = space
+        self.clustering_version = shared.version
+        if not len(live):
+            return
+        profiles = space.transform(self._inputs_of_slots(live))
+        settled = self._clustering.settle(profiles, before)
+        nearest = self._clustering.assign_many(profiles)
+        labels = np.where(placed, settled, nearest)
+        table["cluster"][live] = labels
+        table["placed"][live] = True
+        table["candidate"][live] = -1
+        table["streak"][live] = 0
+
+    def ready_counts(self) -> dict[str, int]:
+        """Values seen per live asset with at least `min_history` of them (fit material)."""
+        table = self._assets
+        live = table.live_slots()
+        n = table["n_values"][live]
+        keep = n >= self.settings.min_history
+        return {
+            str(table.names[slot]): int(count)
+            for slot, count in zip(live[keep].tolist(), n[keep].tolist(), strict=True)
+        }
+
+    def asset_profiles(self, assets: Iterable[str], instance: str) -> list[AssetProfile]:
+        """The profile material of these live assets, for the profiles topic."""
+        table = self._assets
+        slots = [table.ids[a] for a in assets if a in table.ids]
+        if not slots:
+            return []
+        index = np.asarray(slots, dtype=np.int64)
+        inputs = self._inputs_of_slots(index)
+        counts = inputs.counts if inputs.counts is not None else np.zeros_like(inputs.stats)
+        n_values = table["n_values"][index]
+        features = list(self._features)
+        out = []
+        for i, slot in enumerate(slots):
+            attributes: dict[str, float | str] = {}
+            for name, column in inputs.numeric.items():
+                if not np.isnan(column[i]):
+                    attributes[name] = float(column[i])
+            for name, codes in inputs.categorical.items():
+                if codes[i] >= 0:
+                    attributes[name] = str(inputs.vocabularies[name][int(codes[i])])
+            out.append(
+                AssetProfile(
+                    asset=str(table.names[slot]),
+                    instance=instance,
+                    n_values=int(n_values[i]),
+                    stats=[float(v) for v in inputs.stats[i, :3]],
+                    counts=[float(v) for v in counts[i, :3]],
+                    features={
+                        name: (float(inputs.stats[i, 3 + j]), float(counts[i, 3 + j]))
+                        for j, name in enumerate(features)
+                        if 3 + j < inputs.stats.shape[1] and counts[i, 3 + j] > 0
+                    },
+                    attributes=attributes,
+                )
+            )
+        return out
+
+    def bootstrap_shared(self) -> bool:
+        """Bootstrap the clustering now if this process fits it, has not yet, and its own and
+        the other processes' ready assets together reach `bootstrap_assets`."""
+        s = self.settings
+        if not self.fits_clustering or self._clustering.fitted or s.n_clusters == 1:
+            return False
+        own = len(self.ready_counts())
+        if own >= s.bootstrap_assets or own + len(self._others()) < s.bootstrap_assets:
+            return False  # the engine's own schedule does it, or too few assets yet
+        self._fit()
+        return self._clustering.fitted
+
+    def _others(self) -> list[AssetProfile]:
+        """Other processes' ready assets that this one does not hold itself."""
+        if self.profile_source is None:
+            return []
+        ids = self._assets.ids
+        m = self.settings.min_history
+        return [p for p in self.profile_source() if p.n_values >= m and p.asset not in ids]
+
+    def _external_inputs(self, profiles: Sequence[AssetProfile]) -> ProfileInputs:
+        """Profile material of other processes' assets, in this engine's feature slots."""
+        width = 3 + self._assets.n_features
+        stats = np.full((len(profiles), width), np.nan)
+        counts = np.zeros((len(profiles), width))
+        for i, p in enumerate(profiles):
+            stats[i, :3] = p.stats
+            counts[i, :3] = p.counts
+            for name, (mean, count) in p.features.items():
+                j = self._features.get(name)
+                if j is not None and 3 + j < width:
+                    stats[i, 3 + j] = mean
+                    counts[i, 3 + j] = count
+        inputs = ProfileInputs.from_records([p.attributes for p in profiles], stats)
+        inputs.counts = counts
+        return inputs
+
+    def _ancestor(self, cluster: int) -> int:
+        """The nearest known ancestor of a new cluster (cluster 0 or the lowest id if none)."""
+        seen = {cluster}
+        at = self._parents.get(cluster)
+        while at is not None and at not in seen:
+            if at in self._clusters:
+                return at
+            seen.add(at)
+            at = self._parents.get(at)
+        return 0 if 0 in self._clusters else min(self._clusters)
+
+    def _heir(self, cluster: int, ids: list[int]) -> int | None:
+        """Where a removed cluster's pending samples go: its successor among `ids`, if any."""
+        seen = {cluster}
+        at = self._successors.get(cluster)
+        while at is not None and at not in seen:
+            if at in ids:
+                return at
+            seen.add(at)
+            at = self._successors.get(at)
+        return None
 
     # -- idle assets ----------------------------------------------------------------------------
 
@@ -1399,6 +1684,37 @@ class _PlanArrays:
             f = step.window_feats.shape[2]
             self.windows[dest, :, 1 : 1 + f] = step.window_feats[model]
             self.targets[dest] = targets[model]
+
+
+def _concat_inputs(a: ProfileInputs, b: ProfileInputs) -> ProfileInputs:
+    """Rows of `a` then `b` (same statistics columns), attributes matched by name and
+    categories by their strings."""
+    n_a, n_b = a.n, b.n
+    names = sorted({*a.numeric, *b.numeric, *a.categorical, *b.categorical})
+    out = ProfileInputs(stats=np.vstack([a.stats, b.stats]))
+    if a.counts is not None or b.counts is not None:
+        ca = a.counts if a.counts is not None else np.full_like(a.stats, np.inf)
+        cb = b.counts if b.counts is not None else np.full_like(b.stats, np.inf)
+        out.counts = np.vstack([ca, cb])
+    for name in names:
+        na = a.numeric.get(name, np.full(n_a, np.nan))
+        nb = b.numeric.get(name, np.full(n_b, np.nan))
+        out.numeric[name] = np.concatenate([na, nb])
+        if name in a.categorical or name in b.categorical:
+            va = list(a.vocabularies.get(name, ()))
+            vb = list(b.vocabularies.get(name, ()))
+            vocab = sorted({*map(str, va), *map(str, vb)})
+            index = {v: i for i, v in enumerate(vocab)}
+            codes = np.full(n_a + n_b, -1, dtype=np.int64)
+            for offset, src, voc in ((0, a, va), (n_a, b, vb)):
+                got = src.categorical.get(name)
+                if got is not None and len(voc):
+                    lookup = np.array([index[str(v)] for v in voc], dtype=np.int64)
+                    has = got >= 0
+                    codes[offset + np.flatnonzero(has)] = lookup[got[has]]
+            out.categorical[name] = codes
+            out.vocabularies[name] = vocab
+    return out
 
 
 def _plain(value: Any) -> Any:

@@ -177,3 +177,24 @@ def test_refit_after_a_shock_keeps_ids_and_assets() -> None:
     assert aris[24] >= 0.9 and aris[40] >= 0.9
     assert sum(before[a] != after[a] for a in before) / len(before) < MAX_CHURN
     assert max(_churn_after_warm_up(engine, 0)) < MAX_CHURN
+
+
+def test_background_refits_run_off_the_valuing_thread_and_land_between_batches() -> None:
+    """With background training a scheduled re-fit runs on the fitting thread: the batch that
+    made it due returns without it, flush (or a later batch) applies it, and the clusters are
+    those an inline re-fit gives."""
+    panel = grouped_panel(HARD_THREE_GROUPS, 100, 40, seed=0, feature="score")
+    settings = EngineSettings(training="background", cell="linear", hidden=[], refit_every=900)
+    engine = Engine(settings)
+    ran_in_background = 0
+    for events_of_step in _steps(panel.events):
+        fits = engine.clustering_stats().fits
+        engine.process(events_of_step)
+        if engine._pending_fit is not None:
+            ran_in_background += 1
+            assert engine.clustering_stats().fits == fits  # not applied yet
+            engine.flush()  # waits for the re-fit and applies it
+            assert engine.clustering_stats().fits == fits + 1
+    engine.close()
+    assert ran_in_background >= 3
+    assert _ari(engine, panel.truth) >= 0.9

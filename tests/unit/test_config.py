@@ -58,6 +58,23 @@ def test_kafka_bootstrap_env_and_passthrough() -> None:
     assert kafka_client_config(s, "admin")["sasl_mechanism"] == "PLAIN"
 
 
+def test_reconnect_backoff_ceiling_is_short_by_default_and_overridable() -> None:
+    """A client must see a returned broker within about a second, not kafka-python's 30 s."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}
+    for role in ("consumer", "producer", "admin"):
+        assert (
+            kafka_client_config(load_settings(environ=env), role)[  # type: ignore[arg-type]
+                "reconnect_backoff_max_ms"
+            ]
+            == 1000
+        )
+    env["STREAMVAL_KAFKA__CLIENT__RECONNECT_BACKOFF_MAX_MS"] = "5000"
+    assert (
+        kafka_client_config(load_settings(environ=env), "consumer")["reconnect_backoff_max_ms"]
+        == 5000
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [

@@ -193,6 +193,40 @@ def test_an_outage_longer_than_the_bound_stops_without_committing() -> None:
     assert consumer.committed == {}
 
 
+def test_a_flush_without_acks_marks_the_outage_once_the_broker_stops_answering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Readiness must not wait for the whole flush timeout to learn that the broker is gone."""
+    import time
+
+    import streamval.consumers.delivery as delivery_module
+
+    monkeypatch.setattr(delivery_module, "FLUSH_TIMEOUT_S", 0.4)
+    monkeypatch.setattr(delivery_module, "FLUSH_SLICE_S", 0.05)
+    producer = Producer()
+    slices: list[float] = []
+    seen_active: list[bool] = []
+
+    def flush(timeout: float | None = None) -> None:
+        producer.events.append("flush")
+        if len(slices) < 3:  # no acks for three slices, then the broker is back
+            slices.append(timeout or 0.0)
+            time.sleep(timeout or 0.0)
+            raise KafkaTimeoutError("Timeout waiting for future")
+
+    def reachable() -> bool:
+        seen_active.append(d.outage.active)
+        return len(slices) >= 3
+
+    producer.flush = flush  # type: ignore[method-assign]
+    d, consumer, _ = delivery(producer, reachable=reachable)
+    d.deliver(outcome())
+    assert slices == pytest.approx([0.05] * 3)
+    assert seen_active[:2] == [False, True]  # marked at the first unanswered probe
+    assert d.outage.count == 1 and not d.outage.active  # ended by the delivery that followed
+    assert consumer.committed == {0: 3} and len(producer.acked) == 3
+
+
 def test_exactly_once_redoes_the_transaction_with_the_failed_record_replaced() -> None:
     producer = Producer()
     producer.fail.append(

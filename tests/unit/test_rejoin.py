@@ -60,3 +60,37 @@ def test_a_consumer_without_partitions_past_the_bound_is_recreated(
     assert service.rejoins == 1
     service._check_membership(191.0)
     assert service.rejoins == 2
+
+
+class Coordinator:
+    def __init__(self, *, stable: bool, rejoining: bool) -> None:
+        self._stable = stable
+        self.rejoining = rejoining
+
+    def stable(self) -> bool:
+        return self._stable
+
+    def need_rejoin(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("stable", "rejoining", "recreated"),
+    [(True, False, False), (True, True, True), (False, False, True)],
+)
+def test_a_settled_member_without_partitions_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch, stable: bool, rejoining: bool, recreated: bool
+) -> None:
+    """More members than partitions: an idle member is normal, re-creating it would rebalance
+    the group every rejoin_after_s. Only a member stuck joining is re-created."""
+    settings = load_settings(
+        environ={}, overrides={"consumer.rejoin_after_s": 60, "monitoring.enabled": False}
+    )
+    monkeypatch.setattr(service_module, "make_consumer", lambda _, **kw: FakeConsumer())
+    service = ValuationService(settings, metrics=EngineMetrics(), engine=DataEngine())
+    consumer = FakeConsumer()
+    consumer._coordinator = Coordinator(stable=stable, rejoining=rejoining)  # type: ignore[attr-defined]
+    service._consumer = consumer  # type: ignore[assignment]
+    service._check_membership(0.0)
+    service._check_membership(61.0)
+    assert service.rejoins == int(recreated) and consumer.closed == recreated

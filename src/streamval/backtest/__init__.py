@@ -7,6 +7,9 @@
 * `metrics` - errors, normalisation, shock statistics, Markdown tables.
 * `credit` - the four tables on the paper-design credit book.
 * `realdata` - streaming valuation of a real panel (S&P 500 or any table) against persistence.
+* `online`, `online_scores`, `online_data`, `online_report` - the online protocol of
+  `streamval backtest --online`: prequential, one step ahead, warm-up with z-units fitted on it;
+  the engine against persistence, EWMA and seasonal naive; alarms against dated events.
 * `plots` - matplotlib (Agg) figures.
 * `report` - the Markdown report and `run_backtest`, the entry point of `streamval backtest`.
 """

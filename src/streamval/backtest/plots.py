@@ -129,3 +129,52 @@ def panel_shock(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def online_rolling(
+    rolling: pd.DataFrame,
+    events: list[tuple[Marker, int]],
+    alarms: list[int],
+    *,
+    title: str,
+    window: int,
+    coverage_target: float,
+    path: Path,
+) -> Path:
+    """Online run: rolling engine MASE against persistence and rolling interval coverage over
+    event time, with the listed events (dashed) and the drift alarms (ticks) marked."""
+    fig, (ax, ax_cov) = plt.subplots(
+        2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
+    when = pd.to_datetime(rolling["ts"].to_numpy(), unit="ms")
+    ax.plot(when, rolling["mase"].to_numpy(dtype=float), lw=1, label="engine")
+    ax.axhline(1.0, color="grey", lw=1, label="persistence")
+    ax_cov.plot(when, rolling["coverage"].to_numpy(dtype=float), lw=1, color="tab:green")
+    ax_cov.axhline(coverage_target, color="grey", lw=1, ls=":")
+    for i, (marker, _) in enumerate(events):
+        for a in (ax, ax_cov):
+            a.axvline(
+                pd.to_datetime(marker.ts_ms, unit="ms"),
+                color="k",
+                ls="--",
+                lw=0.8,
+                label="listed event" if i == 0 and a is ax else None,
+            )
+    if alarms:
+        ax.plot(
+            pd.to_datetime(np.asarray(alarms), unit="ms"),
+            np.full(len(alarms), float(np.nanmin(rolling["mase"])) if len(rolling) else 1.0),
+            "|",
+            color="tab:red",
+            ms=10,
+            label="drift alarm",
+        )
+    ax.set_ylabel(f"MASE, rolling {window} steps")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax_cov.set_ylabel(f"coverage, rolling {window}")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

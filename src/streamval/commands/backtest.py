@@ -24,8 +24,20 @@ datasets:
   PATH           a long table (asset_id, ts, value, features, attributes; CSV or Parquet), or
                  with --wide a wide price table (Date + one column per asset), streaming protocol
 
+online mode (--online): the standard online protocol through the same Engine, any table:
+  prequential (predict, then learn), one Engine.process call per event time, one step ahead,
+  the first --warmup share of the steps valued but not scored and the z-units fitted on it;
+  MSE, MAE, MASE against persistence, EWMA and (--season N) seasonal naive, overall, per asset
+  and over the --window steps after each listed event (--events CSV); interval coverage; drift
+  alarms against the listed events; run time. Writes <name>.md/.json/.png into --out.
+  --dataset: sp500_2015_2020 | exchange_rate | ett_h1 | credit | all (the four; under
+  --data-dir, the shared data folder, or STREAMVAL_SHARED_DATA) | PATH (long table, --wide
+  prices, --channels: every column an asset, the others' previous values its features)
+
 examples:
   streamval backtest --quick --out /tmp/report
+  streamval backtest --online --dataset ett_h1 --data-dir ../shared/data --season 24 --out r/
+  streamval backtest --online --dataset all --data-dir ../shared/data --max-assets 60 --out r/
   streamval backtest --dataset sp500 --data-dir ../shared/data/sp500_2015_2020 --out report/
 """
 
@@ -50,10 +62,27 @@ def register(sub: Subparsers) -> None:
         "--frozen", action="store_true", help="paper protocol: no learning on the test split"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    online = parser.add_argument_group("online mode")
+    online.add_argument("--online", action="store_true", help="the online (prequential) protocol")
+    online.add_argument("--warmup", type=float, default=0.2, help="share of steps not scored")
+    online.add_argument("--season", type=int, default=0, help="seasonal-naive period; 0 = off")
+    online.add_argument("--ewma-alpha", type=float, default=0.3, help="EWMA baseline's alpha")
+    online.add_argument(
+        "--events", type=Path, action="append", default=[], help="CSV of dated events (repeatable)"
+    )
+    online.add_argument("--window", type=int, default=20, help="steps scored after each event")
+    online.add_argument("--alarm-within", type=int, default=5, help="steps: an alarm is a hit")
+    online.add_argument(
+        "--channels", action="store_true", help="PATH: columns are assets, others' lags features"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.online:
+        from streamval.commands.backtest_online import run_online_command
+
+        return run_online_command(args)
     from streamval.backtest import BacktestConfig, run_backtest
 
     settings = settings_from_args(args)

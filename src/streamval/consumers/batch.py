@@ -199,9 +199,18 @@ class BatchProcessor:
         )
 
 
-def snapshot_records(snapshots: Sequence[ClusterSnapshot], topic: str) -> list[OutRecord]:
-    """Per-cluster snapshots as records for the metrics topic."""
-    return [
-        OutRecord(topic, str(s.cluster).encode(), orjson.dumps(s.to_json()), "metrics")
-        for s in snapshots
-    ]
+def snapshot_records(
+    snapshots: Sequence[ClusterSnapshot], topic: str, instance: str | None = None
+) -> list[OutRecord]:
+    """Per-cluster snapshots as records for the metrics topic: keyed by cluster, or with an
+    `instance` by "<instance>/<cluster>" (several processes' snapshots stay apart), which the
+    value then carries too."""
+    out = []
+    for s in snapshots:
+        body = s.to_json()
+        key = str(s.cluster)
+        if instance is not None:
+            body["instance"] = instance
+            key = f"{instance}/{key}"
+        out.append(OutRecord(topic, key.encode(), orjson.dumps(body), "metrics"))
+    return out

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, ProducerFencedError
+from kafka.errors import KafkaError, KafkaTimeoutError, ProducerFencedError
 from kafka.structs import OffsetAndMetadata
 
 from streamval.consumers.batch import SEND_FAILED, Outcome
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 # One flush waits this long for acknowledgements before the batch is retried (an outage).
 FLUSH_TIMEOUT_S = 30.0
+# It waits in slices of this length; after a slice without all acks the bootstrap servers are
+# probed, so a broker that went down marks an outage (readiness) within about 5 s, not 30 s.
+FLUSH_SLICE_S = 5.0
 
 
 class DeliveryError(BrokerError):
@@ -83,8 +86,10 @@ class Delivery:
         on_checkpoint_pause: Callable[[float], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         new_producer: Callable[[], KafkaProducer] | None = None,
+        reachable: Callable[[], bool] | None = None,
     ) -> None:
         self.producer = producer
+        self._reachable = reachable
         self._new_producer = new_producer
         self.consumer = consumer
         self.outage = outage
@@ -247,16 +252,30 @@ class Delivery:
                 failures.append((record, exc))
                 continue
             futures.append((record, future))
-        try:
-            self.producer.flush(timeout=FLUSH_TIMEOUT_S)
-        except KafkaError as exc:  # flush timed out: the unacknowledged sends count as failed
-            log.debug("flush: %s", exc)
+        self._flush()
         for record, future in futures:
             if not future.is_done:
                 failures.append((record, _NotAcknowledgedError(f"no ack in {FLUSH_TIMEOUT_S:g} s")))
             elif future.failed():
                 failures.append((record, future.exception))
         return failures
+
+    def _flush(self) -> None:
+        """Flush for up to FLUSH_TIMEOUT_S; unacknowledged sends then count as failed."""
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                self.producer.flush(timeout=max(0.0, min(FLUSH_SLICE_S, remaining)))
+                return
+            except KafkaError as exc:
+                log.debug("flush: %s", exc)
+                if not isinstance(exc, KafkaTimeoutError) or remaining <= FLUSH_SLICE_S:
+                    return
+                if self._reachable is not None and not self._reachable():
+                    # Readiness goes down now; the bound runs from here. Keep waiting: a broker
+                    # back within the flush window still acknowledges the buffered sends.
+                    self.outage.failed(exc, "flushing outputs (no bootstrap server answers)")
 
     def _replace(self, record: OutRecord, exc: BaseException) -> OutRecord | None:
         """What to send instead of a record that can never be produced (None: nothing)."""

@@ -11,7 +11,12 @@ One iteration:
    labelled events on its own thread (`engine.training`), so a batch is inference only;
 4. `delivery.Delivery` produces the outputs and checks every send, commits the offsets, and
    checkpoints when one is due (the state taken here, written by a background thread);
-5. every `consumer.metrics_interval_s`, per-cluster snapshots go to the metrics topic.
+5. every `consumer.metrics_interval_s`, per-cluster snapshots go to the metrics topic, keyed
+   by this process's instance id and the cluster (several processes do not overwrite each other);
+6. between batches, the deployment's clustering is synchronised (`clusterings.ClusteringSync`):
+   the member assigned input partition 0 fits and publishes it, the others adopt its latest
+   version; every `consumer.profile_interval_s` this process's changed asset profiles go to
+   the profiles topic (`profiles.ProfileSync`), from which the owner fits on all assets.
 
 Failures: a bad record is dead-lettered, never raised; a broker outage is retried with backoff
 (`outage.Outage`) for up to `consumer.outage_timeout_s`, then the service exits with a clear
@@ -22,6 +27,7 @@ checkpointing the batch (a restart re-reads it). Recovery after a restart: `reco
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import threading
@@ -42,9 +48,11 @@ from streamval.consumers.batch import (
     snapshot_records,
 )
 from streamval.consumers.checkpoint import CheckpointMeta, CheckpointStore, CheckpointWriter
+from streamval.consumers.clusterings import ClusteringSync
 from streamval.consumers.delivery import Delivery
 from streamval.consumers.order import UNORDERED, EventTimeMerger
 from streamval.consumers.outage import Outage
+from streamval.consumers.profiles import ProfileSync
 from streamval.consumers.recovery import Recovery
 from streamval.consumers.warmup import warm_up
 from streamval.engine import Engine
@@ -56,6 +64,7 @@ from streamval.stream.datasets.readers import read_long_table
 from streamval.stream.kafka.clients import (
     check_reachable,
     close_producer,
+    is_reachable,
     make_consumer,
     make_producer,
 )
@@ -80,6 +89,22 @@ FETCH_RECORDS = 100_000
 CLOSE_TIMEOUT_S = 10.0
 
 
+def _idle_member(consumer: Any) -> bool:
+    """Whether the consumer is a settled member that was given no partition (a group with more
+    members than partitions), not one stuck joining: re-creating it would only rebalance the
+    whole group again. Reads kafka-python's coordinator; unknown internals count as not idle."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    try:
+        return bool(
+            coordinator is not None
+            and coordinator.stable()
+            and not coordinator.rejoining
+            and not coordinator.need_rejoin()
+        )
+    except Exception:
+        return False
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: ValuationService) -> None:
         self.service = service
@@ -97,6 +122,11 @@ def transactional_id(settings: Settings) -> str:
     c = settings.consumer
     member = c.group_instance_id or socket.gethostname()
     return f"streamval-{c.group_id}-{member}"
+
+
+def instance_id(settings: Settings) -> str:
+    """This process among the group's members: `--instance-id`, else host name and pid."""
+    return settings.consumer.group_instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def limits(settings: Settings) -> Limits:
@@ -121,8 +151,10 @@ class ValuationService:
         metrics: EngineMetrics | None = None,
         progress: bool = False,
         discard_checkpoint: bool = False,
+        instance: str | None = None,
     ) -> None:
         self.settings = settings
+        self.instance = instance or instance_id(settings)
         self.progress = progress  # a progress bar on stderr while warming up from history
         self.discard_checkpoint = discard_checkpoint
         self.engine = engine or Engine(settings.engine, accept_late=settings.consumer.accept_late)
@@ -161,6 +193,22 @@ class ValuationService:
         self._consumer: KafkaConsumer | None = None
         self._delivery: Delivery | None = None
         self._writer: CheckpointWriter | None = None
+        # One clustering per deployment (module docstring of `clusterings`); only for the real
+        # engine with more than one cluster. Nobody fits until the group says who owns it.
+        self._clusterings: ClusteringSync | None = None
+        self._profiles: ProfileSync | None = None
+        self._fits_published = 0
+        self._last_profiles = 0.0
+        if isinstance(self.engine, Engine) and settings.engine.n_clusters != 1:
+            self.engine.fits_clustering = False
+            self._clusterings = ClusteringSync(
+                settings, self.instance, on_rejected=self.metrics.clustering_rejected
+            )
+            self._profiles = ProfileSync(
+                settings, self.instance, on_rejected=self.metrics.profile_rejected
+            )
+            self.engine.profile_source = self._profiles.profiles
+        self.metrics.identify(self.instance, settings.consumer.group_id)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -187,7 +235,10 @@ class ValuationService:
         s = self.settings
         t = s.topics
         check_reachable(s)
-        ensure_topics(s, [t.input, t.dlq, t.valuations, t.metrics])
+        ensure_topics(
+            s,
+            [t.input, t.dlq, t.valuations, t.metrics, s.clusterings_topic(), s.profiles_topic()],
+        )
         producer_config: dict[str, Any] = {}
         if s.consumer.exactly_once:
             producer_config["transactional_id"] = transactional_id(s)
@@ -209,6 +260,7 @@ class ValuationService:
                 self._last_loop = time.monotonic()
                 got = self._poll()
                 self._check_membership(self._last_loop)
+                self._sync_clustering()
                 batch = self.merger.release(
                     s.consumer.max_poll_records, now=time.monotonic(), has_lag=self._has_lag
                 )
@@ -266,6 +318,7 @@ class ValuationService:
             on_checkpoint_pause=self.metrics.checkpoint_pause,
             sleep=self._sleep,
             new_producer=lambda: make_producer(s, **producer_config),
+            reachable=lambda: is_reachable(s),
         )
         processor = BatchProcessor(
             self.engine,
@@ -275,6 +328,11 @@ class ValuationService:
             dlq_max_bytes=s.consumer.dlq_max_bytes,
             already_done=self.recovery.already_done,
         )
+        if self._profiles is not None:
+            self._profiles.start()
+        if self._clusterings is not None:
+            self._clusterings.start()
+            self._sync_clustering()
         consumer.subscribe([t.input], listener=_Rebalance(self))
         log.info(
             "valuation service started", extra={"topic": t.input, "group": s.consumer.group_id}
@@ -365,12 +423,53 @@ class ValuationService:
         self.batches += 1
         delivery.checkpoint()
 
+    def _sync_clustering(self) -> None:
+        """Adopt a newer clustering of the deployment; as its owner, publish a new fit."""
+        sync = self._clusterings
+        if sync is None:
+            return
+        engine = self.engine
+        owner = TopicPartition(self.settings.topics.input, 0) in self._assigned
+        if owner != engine.fits_clustering:
+            engine.fits_clustering = owner
+            self.metrics.clustering_owner(owner)
+            log.info("clustering owner" if owner else "clustering follower")
+        latest = sync.latest()
+        if latest is not None and latest.version > engine.clustering_version:
+            try:
+                engine.adopt_clustering(latest)
+            except ValueError as exc:  # consistent JSON, yet not for this engine
+                self._log_once("clustering_unusable", f"cannot use clustering: {exc}")
+                self.metrics.clustering_rejected("unusable")
+                sync.rejected += 1
+                engine.clustering_version = latest.version  # do not retry the same one
+            else:
+                self._fits_published = engine.clustering_fits
+                self.metrics.clustering_adopted(latest.version)
+                log.info(
+                    "adopted clustering",
+                    extra={"version": latest.version, "owner": latest.owner, "ids": latest.ids},
+                )
+        if owner and engine.clustering_fits > self._fits_published and not self.outage.active:
+            version = max(engine.clustering_version, latest.version if latest else 0) + 1
+            shared = engine.export_clustering(version=version, owner=self.instance)
+            if shared is None:
+                return
+            try:
+                sync.publish(shared)
+            except Exception as exc:  # retried at the next iteration
+                self._log_once("clustering_publish", f"publishing the clustering failed: {exc}")
+                return
+            engine.clustering_version = version
+            self._fits_published = engine.clustering_fits
+            self.metrics.clustering_adopted(version)
+
     def _check_membership(self, now: float) -> None:
         """Re-create the consumer when it has had no partition for `consumer.rejoin_after_s`
         while the broker answers: kafka-python can stay outside its group for good after a
         rebalance (its coordinator lookup never completes; the broker drops the member when
         heartbeats stop), and without this the service would poll an empty assignment forever."""
-        if self._assigned or self.outage.active:
+        if self._assigned or self.outage.active or _idle_member(self._consumer):
             self._unassigned_since = None
             return
         if self._unassigned_since is None:
@@ -462,11 +561,30 @@ class ValuationService:
 
     def _periodic(self) -> None:
         now = time.monotonic()
+        if (
+            self._profiles is not None
+            and not self.outage.active
+            and now - self._last_profiles >= self.settings.consumer.profile_interval_s
+        ):
+            self._last_profiles = now
+            self._publish_profiles(self._profiles)
+            if self.engine.fits_clustering:  # bootstrap on the other processes' assets too
+                self.engine.bootstrap_shared()
         if now - self._last_snapshot >= self.settings.consumer.metrics_interval_s:
             self._last_snapshot = now
             self._publish_snapshots()
         if self._delivery is not None and not self.outage.active:
             self._delivery.checkpoint()
+
+    def _publish_profiles(self, sync: ProfileSync) -> None:
+        """Send the profiles of this process's assets that changed materially."""
+        due = sync.due(self.engine.ready_counts())
+        if not due:
+            return
+        try:
+            sync.publish(self.engine.asset_profiles(due, self.instance))
+        except Exception as exc:  # sent again at the next interval
+            self._log_once("profiles_publish", f"publishing asset profiles failed: {exc}")
 
     def _publish_snapshots(self) -> None:
         snapshots = self.engine.snapshot()
@@ -481,7 +599,9 @@ class ValuationService:
             self.metrics.assets_expired(expired - self._expired_seen)
         self._expired_seen = expired
         if self._delivery is not None and snapshots and not self.outage.active:
-            self._delivery.send_records(snapshot_records(snapshots, self.settings.topics.metrics))
+            self._delivery.send_records(
+                snapshot_records(snapshots, self.settings.topics.metrics, self.instance)
+            )
 
     def _meta(self, offsets: dict[tuple[str, int], int]) -> CheckpointMeta:
         return CheckpointMeta(
@@ -493,12 +613,17 @@ class ValuationService:
         )
 
     def _warm_up(self, path: Path) -> None:
+        """Run the history through the engine. It fits its own clustering on it, whatever its
+        role turns out to be: the deployment's clustering, once there is one, replaces it."""
         from tqdm import tqdm
 
         table = read_long_table(path)
         bar = tqdm(
             total=len(table), unit="ev", desc="history", file=sys.stderr, disable=not self.progress
         )
+        follower = self._clusterings is not None and not self.engine.fits_clustering
+        if follower:
+            self.engine.fits_clustering = True
         try:
             warm_up(
                 self.engine,
@@ -508,6 +633,8 @@ class ValuationService:
             )
         finally:
             bar.close()
+            if follower:
+                self.engine.fits_clustering = False
 
     def _sleep(self, seconds: float) -> None:
         """Back off, but wake up at once when asked to stop."""
@@ -567,6 +694,10 @@ class ValuationService:
                 "valuation service stopped",
                 extra={"batches": self.batches, "published": self.published},
             )
+            if self._clusterings is not None:
+                self._clusterings.close()
+            if self._profiles is not None:
+                self._profiles.close()
             close = getattr(self.engine, "close", None)
             if callable(close):
                 close()

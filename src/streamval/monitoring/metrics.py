@@ -68,6 +68,19 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
     streamval_expired_assets_total                     counter    idle assets expired by the engine
     streamval_held_back_partitions                     gauge      partitions paused (ahead in time)
     streamval_buffered_events                          gauge      fetched, waiting for event order
+    streamval_instance_info{instance_id,group}         gauge      always 1: this process's id in
+                                                                  its consumer group
+    streamval_clustering_owner                         gauge      1 while this process fits and
+                                                                  publishes the clustering
+    streamval_clustering_version                       gauge      shared clustering version in use
+    streamval_clusterings_rejected_total{reason}       counter    clusterings-topic messages ignored
+    streamval_profiles_rejected_total{reason}          counter    profiles-topic messages ignored
+
+Several processes of one consumer group: each serves its own /metrics, and Prometheus's scrape
+label `instance` (the target) tells their series apart, as the alert rules' `by (job, instance)`
+do. The metrics carry no `instance` label of their own (a scrape would rename it
+`exported_instance`); `streamval_instance_info` maps the target to the group member's id, the one
+that keys this process's snapshots on the metrics topic.
 
 Replay metrics (`ReplayMetrics`):
 
@@ -417,6 +430,37 @@ class EngineMetrics:
         for reason in ("io", "not_data"):
             self._ckpt_failures.labels(reason)
         self._delivery_seen: dict[str, float] = {}
+        # -- scale-out: who this process is, and the deployment's shared clustering --
+        self._instance = Info(
+            "streamval_instance", "This process's id in its consumer group.", registry=r
+        )
+        self._clustering_owner = Gauge(
+            "streamval_clustering_owner",
+            "1 while this process owns the clustering (assigned input partition 0): it fits and "
+            "publishes it; 0 while it follows the published one.",
+            registry=r,
+        )
+        self._clustering_version = Gauge(
+            "streamval_clustering_version",
+            "Version of the shared clustering in use (0: none yet).",
+            registry=r,
+        )
+        self._clusterings_rejected = Counter(
+            "streamval_clusterings_rejected",
+            "Messages on the clusterings topic ignored, by reason (invalid: not a clustering; "
+            "unusable: a clustering this engine cannot use).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("invalid", "unusable"):
+            self._clusterings_rejected.labels(reason)
+        self._profiles_rejected = Counter(
+            "streamval_profiles_rejected",
+            "Messages on the profiles topic ignored, by reason (invalid: not a profile).",
+            ["reason"],
+            registry=r,
+        )
+        self._profiles_rejected.labels("invalid")
         # The clustering (from the snapshots' `silhouette` and `clustering`; engine totals).
         self._silhouette = Gauge(
             "streamval_cluster_silhouette",
@@ -512,6 +556,26 @@ class EngineMetrics:
     def consumer_lag(self, partition: int, lag: int) -> None:
         """The consumer is `lag` messages behind the end of `partition`."""
         self._consumer_lag.labels(str(partition)).set(max(lag, 0))
+
+    def identify(self, instance: str, group: str) -> None:
+        """This process's id in its consumer group (`streamval_instance_info`)."""
+        self._instance.info({"instance_id": instance, "group": group})
+
+    def clustering_owner(self, owner: bool) -> None:
+        """This process started (True) or stopped owning the deployment's clustering."""
+        self._clustering_owner.set(1 if owner else 0)
+
+    def clustering_adopted(self, version: int) -> None:
+        """The clustering in use is now `version` (adopted or published)."""
+        self._clustering_version.set(version)
+
+    def clustering_rejected(self, reason: str) -> None:
+        """A message on the clusterings topic was ignored (`invalid` or `unusable`)."""
+        self._clusterings_rejected.labels(reason).inc()
+
+    def profile_rejected(self, reason: str) -> None:
+        """A message on the profiles topic was ignored (`invalid`)."""
+        self._profiles_rejected.labels(reason).inc()
 
     def consumer_rejoined(self) -> None:
         """The service re-created its consumer after a group join that never completed."""

@@ -76,6 +76,15 @@ def check_reachable(settings: Settings, timeout_s: float = CONNECT_TIMEOUT_S) ->
     )
 
 
+def is_reachable(settings: Settings, timeout_s: float = 1.0) -> bool:
+    """Whether some bootstrap server accepts a TCP connection (an outage probe)."""
+    try:
+        check_reachable(settings, timeout_s)
+    except BrokerError:
+        return False
+    return True
+
+
 class RawHeaderKey(str):
     """A record header key that was not valid UTF-8; `encode()` gives back its original bytes."""
 

@@ -17,9 +17,27 @@ log = logging.getLogger(__name__)
 
 
 def topic_names(settings: Settings) -> list[str]:
-    """The four topics of the event contract, as configured."""
+    """The four topics of the event contract and the internal ones, as configured."""
     t = settings.topics
-    return [t.input, t.dlq, t.valuations, t.metrics]
+    return [
+        t.input,
+        t.dlq,
+        t.valuations,
+        t.metrics,
+        settings.clusterings_topic(),
+        settings.profiles_topic(),
+    ]
+
+
+def internal_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """Topics whose shape is fixed, whatever `topics.partitions` says: name -> (partitions,
+    configs). The clusterings topic holds one key, and compaction keeps its latest value; the
+    profiles topic one key per asset."""
+    compact = {"cleanup.policy": "compact"}
+    return {
+        settings.clusterings_topic(): (1, compact),
+        settings.profiles_topic(): (settings.topics.partitions, compact),
+    }
 
 
 def admin_client(settings: Settings) -> KafkaAdminClient:
@@ -39,7 +57,7 @@ def ensure_topics(
     """Create whichever of `names` do not exist yet; return the ones created.
 
     Safe to call from several processes at once: a topic created by someone else in between
-    counts as existing.
+    counts as existing. Internal topics (`internal_topics`) keep their own partitions and configs.
     """
     wanted = list(names if names is not None else topic_names(settings))
     partitions = partitions or settings.topics.partitions
@@ -49,8 +67,10 @@ def ensure_topics(
         existing = set(admin.list_topics())
         missing = [n for n in wanted if n not in existing]
         created: list[str] = []
+        fixed = internal_topics(settings)
         for name in missing:
-            topic = NewTopic(name, partitions, replication, topic_configs=dict(configs or {}))
+            n, own = fixed.get(name, (partitions, dict(configs or {})))
+            topic = NewTopic(name, n, replication, topic_configs=own)
             try:
                 admin.create_topics([topic], timeout_ms=int(timeout_s * 1000))
                 created.append(name)
