@@ -50,7 +50,7 @@ def engine_variants(base: EngineSettings) -> dict[str, EngineSettings]:
         "single LSTM": base.model_copy(update={"n_clusters": 1}),
         "HC+linear": base.model_copy(update={"cell": "linear"}),
         "KMeans+LSTM": base.model_copy(update={"clustering": "kmeans"}),
-        "HC+LSTM fixed lr": base.model_copy(update={"lr_boost": 1.0}),
+        "HC+LSTM fixed lr": base.model_copy(update={"lr_boost": 1.0, "drift_response": "none"}),
     }
 
 
