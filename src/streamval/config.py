@@ -298,7 +298,8 @@ class EngineSettings(_Section):
         250,
         ge=5,
         description="cross_sectional: a cluster's first steps (with min_assets), calibrating "
-        "the threshold; shorter calibrations gave heavy-tailed panels (equities) low thresholds",
+        "the threshold (per-event ADWIN watches meanwhile); shorter calibrations gave "
+        "heavy-tailed panels (equities) low thresholds",
     )
     shock_refractory: int = Field(10, ge=0, description="steps without a new alarm after one")
     shock_min_assets: int = Field(2, ge=1, description="assets a step needs to be judged")

@@ -260,6 +260,7 @@ class _Alarm:
     after: float
     assets: int = 1
     affected: int = 1
+    detector: str = ""  # the one that fired, when not `engine.detector` itself
 
 
 @dataclass
@@ -1035,6 +1036,8 @@ class Engine:
         with np.errstate(over="ignore", invalid="ignore"):
             signed = plan.values / plan.unit - plan.valuations / plan.unit
         signed = np.clip(np.nan_to_num(signed, nan=MAX_RATIO), -MAX_RATIO, MAX_RATIO)
+        monitors: dict[int, DriftMonitor] = {}
+        errors = np.abs(signed)
         if s.detector == "cross_sectional":
             shocks: dict[int, CrossSectionalDetector] = {}
             ts = plan.ts.tolist()
@@ -1043,6 +1046,16 @@ class Engine:
                 detector = shocks.get(c)
                 if detector is None:
                     detector = shocks[c] = self._clusters[c].shock.copy()
+                if not detector.calibrated:
+                    # Until the cluster's detector has calibrated (a stream shorter than
+                    # shock_calibration steps never does), its per-event ADWIN watches.
+                    monitor = monitors.get(c)
+                    if monitor is None:
+                        monitor = monitors[c] = self.trainer.policy(c).monitor.copy()
+                    levels = monitor.update(float(errors[p]))
+                    if levels is not None:
+                        alarm = _Alarm(int(plan.ts[p]), *levels, detector="adwin")
+                        plan.alarms.append((p, alarm))
                 shock = detector.observe(ts[p], float(signed[p]))
                 if shock is not None:
                     alarm = _Alarm(
@@ -1055,8 +1068,6 @@ class Engine:
                     plan.alarms.append((p, alarm))
             plan.shocks = shocks
         else:
-            monitors: dict[int, DriftMonitor] = {}
-            errors = np.abs(signed)
             for p in np.flatnonzero(labelled).tolist():
                 c = int(plan.cluster[p])
                 monitor = monitors.get(c)
@@ -1065,7 +1076,8 @@ class Engine:
                 levels = monitor.update(float(errors[p]))
                 if levels is not None:
                     plan.alarms.append((p, _Alarm(int(plan.ts[p]), *levels)))
-            plan.monitors = monitors
+        plan.monitors = monitors
+        plan.alarms.sort(key=lambda item: item[0])
         if not (learn and plan.alarms):
             return None
         refit = s.refit_on_drift and self._clustering.fitted and self._fit_due is None
@@ -1166,7 +1178,7 @@ class Engine:
                 result.drift.append(
                     DriftAlarm(
                         cluster=c,
-                        detector=s.detector,
+                        detector=alarm.detector or s.detector,
                         ts_ms=alarm.ts,
                         error_before=alarm.before,
                         error_after=alarm.after,

@@ -129,6 +129,29 @@ def test_the_engine_reports_the_shock_step_of_the_cluster() -> None:
     engine.close()
 
 
+def test_a_stream_too_short_to_calibrate_is_watched_by_the_per_event_detector() -> None:
+    """24 monthly steps (the credit book) never calibrate the cross-sectional detector: its
+    cluster's per-event ADWIN watches instead, and still sees the shock; once calibrated, only
+    the cross-sectional detector reports."""
+    events = panel(steps=40, n=30, shock_at=30, jump=-12.0)
+    engine = Engine(EngineSettings(**TINY))  # shock_calibration: 250 steps
+    alarms = []
+    for i in range(0, len(events), 30):
+        alarms.extend(engine.process(events[i : i + 30]).drift)
+    engine.close()
+    assert any(a.detector == "adwin" and 31 * DAY <= a.ts_ms <= 33 * DAY for a in alarms), alarms
+    assert all(a.detector == "adwin" for a in alarms)
+
+    calibrated = Engine(EngineSettings(**TINY, shock_calibration=10))
+    late = []
+    for i in range(0, len(events), 30):
+        batch = calibrated.process(events[i : i + 30]).drift
+        if i >= 30 * 30:
+            late.extend(batch)
+    calibrated.close()
+    assert late and all(a.detector == "cross_sectional" for a in late), late
+
+
 def test_any_cut_into_batches_gives_the_same_valuations_and_alarms() -> None:
     events = panel(steps=100, n=12, shock_at=80, seed=4)
     out = []
