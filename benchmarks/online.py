@@ -164,17 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     notes = [
         "What was run: the S&P 500 panel with `--max-assets 60` (60 stocks spread round-robin "
-        "over the GICS sectors, all 1,440 days): all 471 stocks are 678,000 events, over 40 "
-        "minutes on this machine at the rates below (`--max-assets` omitted runs them all). The "
+        "over the GICS sectors, all 1,440 days): all 471 stocks are 678,000 events, about 17 "
+        "minutes at the sp500 rate below (`--max-assets` omitted runs them all). The "
         "other three data sets in full. sp500's listed events are its README's shocks (with the "
         "2018 December selloff dated 2018-12-24) and every Fed target change in the window "
         "(announcement dates); exchange_rate's dates are positional, so it lists none; ett_h1 "
         "lists none; credit lists its month-18 tightening, where the values themselves jump (its "
         "worst move is there).",
         "",
-        "Adapting is the valuations' `adapting` flag (lr above the base lr). The boost decays per "
-        "optimizer update, and with a few assets per event time an update comes only every few "
-        "steps, so on the small panels an alarm's boost outlasts the gap to the next alarm.",
+        "Adapting is the valuations' `adapting` flag: the drift response is in force (with the "
+        'default `drift_response = "fast_learner"`, the cluster\'s fast learner is served, '
+        'which it only is once it has beaten what is served in shadow; with `"boost"`, the '
+        "lr is above the base lr).",
         "",
         "",
     ]
