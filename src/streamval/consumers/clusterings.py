@@ -18,28 +18,27 @@ kind, counted, and ignored; it never stops the service.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from streamval.config import Settings
-from streamval.logs import LogOnce
+from streamval.consumers.topic_sync import POLL_TIMEOUT_MS, TopicSync
 from streamval.models.shared import SharedClustering
-from streamval.stream.kafka.clients import close_producer, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 
 KEY = b"clustering"
-POLL_TIMEOUT_MS = 500
 SEND_TIMEOUT_S = 30.0
-BACKOFF_S = 1.0
 CATCH_UP_S = 10.0
 
 
-class ClusteringSync:
+class ClusteringSync(TopicSync):
     """Reads the latest clustering of the deployment in the background; publishes this one's."""
+
+    what = "clusterings"
 
     def __init__(
         self,
@@ -48,34 +47,18 @@ class ClusteringSync:
         *,
         on_rejected: Callable[[str], None] | None = None,
     ) -> None:
-        self.settings = settings
-        self.instance = instance
-        self.topic = settings.clusterings_topic()
-        self.on_rejected = on_rejected
-        self.rejected = 0
+        super().__init__(settings, instance, settings.clusterings_topic(), on_rejected=on_rejected)
         self.received = 0
         self._latest: SharedClustering | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._log_once = LogOnce(log)
-        self._consumer: KafkaConsumer | None = None
-        self._producer: KafkaProducer | None = None
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Start reading the topic from its beginning (the caller created the topic)."""
-        consumer = self._consumer = make_consumer(
-            self.settings,
-            group_id=None,
-            client_id=f"{self.settings.consumer.client_id}-clusterings",
-            auto_offset_reset="earliest",
-        )
+        consumer = self._new_consumer()
         tp = TopicPartition(self.topic, 0)
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
         self._catch_up(consumer, tp)
-        self._thread = threading.Thread(target=self._loop, name="clusterings", daemon=True)
-        self._thread.start()
+        self._start_reader()
 
     def _catch_up(self, consumer: KafkaConsumer, tp: TopicPartition) -> None:
         """Read up to the end offset of now (at most `CATCH_UP_S`), so a starting process
@@ -97,11 +80,8 @@ class ClusteringSync:
 
     def publish(self, shared: SharedClustering) -> None:
         """Send `shared` and wait for the broker's ack (a fit is rare; losing one is not ok)."""
-        if self._producer is None:
-            # Its own producer: the service's may be transactional, and a clustering is not
-            # part of any batch's transaction.
-            self._producer = make_producer(self.settings, client_id=f"{self.instance}-clusterings")
-        self._producer.send(self.topic, key=KEY, value=shared.to_json()).get(SEND_TIMEOUT_S)
+        producer = self._producer_of_own()
+        producer.send(self.topic, key=KEY, value=shared.to_json()).get(SEND_TIMEOUT_S)
         self._offer(shared)
         log.info(
             "published clustering",
@@ -113,14 +93,7 @@ class ClusteringSync:
         try:
             shared = SharedClustering.from_json(value)
         except ValueError as exc:
-            self.rejected += 1
-            kind = str(exc).split(":", 1)[0]
-            self._log_once(
-                f"clustering:{kind}",
-                f"ignored a message on {self.topic} that is not a usable clustering: {exc}",
-            )
-            if self.on_rejected is not None:
-                self.on_rejected("invalid")
+            self._reject(exc, "clustering")
             return None
         self.received += 1
         self._offer(shared)
@@ -131,29 +104,5 @@ class ClusteringSync:
             if self._latest is None or shared.version > self._latest.version:
                 self._latest = shared
 
-    def _loop(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        while not self._stop.is_set():
-            try:
-                records = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-            except Exception as exc:  # the broker away: keep the latest, retry
-                self._log_once(f"poll:{type(exc).__name__}", f"reading {self.topic} failed: {exc}")
-                self._stop.wait(BACKOFF_S)
-                continue
-            for messages in records.values():
-                for message in messages:
-                    self.receive(message.value)
-
-    def close(self) -> None:
-        """Stop the reader and close the clients."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
-        if self._consumer is not None:
-            try:
-                self._consumer.close(autocommit=False)
-            except Exception as exc:
-                log.warning("closing the clusterings consumer failed: %s", exc)
-        if self._producer is not None:
-            close_producer(self._producer, 10.0)
+    def _take(self, message: Any) -> None:
+        self.receive(message.value)
