@@ -115,6 +115,9 @@ class Feeder:
                     interval_coverage=0.88 + 0.01 * cluster,
                     interval_width=1.5 + 0.2 * cluster,
                     dropped_feature_values=tick,
+                    fast_learner="shadow" if self._alarms[cluster] else "none",
+                    fast_learners=self._alarms[cluster],
+                    expert_weights={"persistence": 0.4, "stable": 0.6},
                 )
             )
         m.update_clusters(snapshots)
