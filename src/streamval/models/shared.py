@@ -76,15 +76,7 @@ class SharedClustering:
     @classmethod
     def from_json(cls, data: bytes | None) -> SharedClustering:
         """Parse and check a message value; `ValueError` says what is wrong with it."""
-        if data is None:
-            raise ValueError("empty message")
-        try:
-            body = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not JSON: {exc}") from exc
-        if not isinstance(body, dict) or body.get("format") != FORMAT:
-            got = body.get("format") if isinstance(body, dict) else type(body).__name__
-            raise ValueError(f"format {got!r}, expected {FORMAT!r}")
+        body = _body(data, FORMAT)
         try:
             ids = [_int(i) for i in body["ids"]]
             if not ids or len(set(ids)) != len(ids):
@@ -176,15 +168,7 @@ class AssetProfile:
     @classmethod
     def from_json(cls, data: bytes | None) -> AssetProfile:
         """Parse and check a message value; `ValueError` says what is wrong with it."""
-        if data is None:
-            raise ValueError("empty message")
-        try:
-            body = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not JSON: {exc}") from exc
-        if not isinstance(body, dict) or body.get("format") != PROFILE_FORMAT:
-            got = body.get("format") if isinstance(body, dict) else type(body).__name__
-            raise ValueError(f"format {got!r}, expected {PROFILE_FORMAT!r}")
+        body = _body(data, PROFILE_FORMAT)
         try:
             attributes: dict[str, float | str] = {}
             for name, value in dict(body["attributes"]).items():
@@ -208,6 +192,20 @@ class AssetProfile:
             )
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"missing or wrong field: {type(exc).__name__}: {exc}") from exc
+
+
+def _body(data: bytes | None, fmt: str) -> dict[str, Any]:
+    """A message value's JSON object, checked to be of format `fmt` (`ValueError` if not)."""
+    if data is None:
+        raise ValueError("empty message")
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict) or body.get("format") != fmt:
+        got = body.get("format") if isinstance(body, dict) else type(body).__name__
+        raise ValueError(f"format {got!r}, expected {fmt!r}")
+    return body
 
 
 def _finite(value: float) -> float | None:
