@@ -110,6 +110,19 @@ class Member:
         assert not self.failure, self.failure
 
 
+def wait_until_split(members: list[Member]) -> None:
+    """Until the two members hold every partition between them, each some, none both."""
+    wait_for(
+        lambda: (
+            all(m.partitions() for m in members)
+            and sorted(members[0].partitions() | members[1].partitions()) == list(range(PARTITIONS))
+            and not members[0].partitions() & members[1].partitions()
+        ),
+        90,
+        "the group to split the partitions",
+    )
+
+
 def start_pair(settings: Settings) -> tuple[Member, Member]:
     """Two members of one group, once the group has split the partitions: (owner, follower)."""
     t = settings.topics
@@ -117,16 +130,7 @@ def start_pair(settings: Settings) -> tuple[Member, Member]:
     ensure_topics(settings, [*topics, settings.clusterings_topic(), settings.profiles_topic()])
     members = [Member(settings, "a"), Member(settings, "b")]
     try:
-        wait_for(
-            lambda: (
-                all(m.partitions() for m in members)
-                and sorted(members[0].partitions() | members[1].partitions())
-                == list(range(PARTITIONS))
-                and not members[0].partitions() & members[1].partitions()
-            ),
-            90,
-            "the group to split the partitions",
-        )
+        wait_until_split(members)
     except BaseException:
         for m in members:
             m.service.stop()
@@ -210,16 +214,7 @@ def test_two_processes_share_one_clustering_and_a_takeover_keeps_it(
     second = [e for e in panel.events if e.ts_ms >= split]
     members = [Member(settings, "a"), Member(settings, "b")]
     try:
-        wait_for(
-            lambda: (
-                all(m.partitions() for m in members)
-                and sorted(members[0].partitions() | members[1].partitions())
-                == list(range(PARTITIONS))
-                and not members[0].partitions() & members[1].partitions()
-            ),
-            90,
-            "the group to split the partitions",
-        )
+        wait_until_split(members)
         owner, follower = sorted(members, key=lambda m: 0 not in m.partitions())
         produce(settings, first)
         wait_for(
