@@ -280,6 +280,13 @@ class EngineSettings(_Section):
         description="queued samples per cluster beyond which a lagging background trainer "
         "subsamples (counted); bounds how stale a serving model can be",
     )
+    catch_up_steps: int = Field(
+        8,
+        ge=1,
+        description="a background trainer that is behind trains up to this many queued steps "
+        "of a cluster as one larger step (each sample still once; cheaper per sample than "
+        "subsampling); 1 = never merge",
+    )
     asset_ttl: int = Field(
         0, ge=0, description="event-time ms after which an idle asset is forgotten; 0 = never"
     )

@@ -339,6 +339,7 @@ class Engine:
             batch_size=s.batch_size,
             max_backlog=s.max_backlog,
             background=s.training == "background",
+            catch_up_steps=s.catch_up_steps,
         )
         self._rng = np.random.default_rng(s.seed)
         rule = ScaleRule(
@@ -371,9 +372,11 @@ class Engine:
         self._ready = 0  # live assets with at least min_history values
         self._events_since_fit = 0
         self._fit_due: int | None = None  # event time of the event that made a fit due
-        # A re-fit computed off the valuing thread (background training), applied between
+        # A fit computed off the valuing thread (background training), applied between
         # batches once done; None when none is running. A running one's result is dropped.
         self._pending_fit = None
+        # The first fit's rows (slots, asset ids): it labels those still holding the same asset.
+        self._pending_rows: tuple[IntArray, list[str | None]] | None = None
         self._watermark: int | None = None
         self.expired_assets = 0
 
@@ -425,6 +428,7 @@ class Engine:
         (a running re-fit finishes, its result is dropped). Idempotent."""
         self.trainer.close()
         self._pending_fit = None
+        self._pending_rows = None
         if self._fitter is not None:
             self._fitter.shutdown(wait=True)
             self._fitter = None
@@ -852,7 +856,7 @@ class Engine:
             pending.add(fit_due)
         ready = self._ready
         since_fit = self._events_since_fit
-        fitted = self._clustering.fitted
+        fitted = self._clustering.fitted or self._pending_fit is not None
         multi = s.n_clusters != 1 and self.fits_clustering  # a follower schedules no fit
         samples = plan.samples
         for p in range(plan.k):
@@ -1248,11 +1252,11 @@ class Engine:
     def _fit(self, *, inline: bool = False) -> bool:
         """(Re-)fit the clustering on the ready assets; whether assets moved now.
 
-        With background training a re-fit (not the first fit) runs on a thread of its own and
-        is applied between batches once done (`_apply_pending_fit`): a fit of
-        `fit_max_assets` profiles takes about a second, which the valuing thread would
-        otherwise stall for. Sync training fits inline, at the same point of event time
-        however the stream is cut."""
+        With background training a fit runs on a thread of its own and is applied between
+        batches once done (`_apply_pending_fit`): a fit of `fit_max_assets` profiles takes
+        about a second, which the valuing thread would otherwise stall for (until the first
+        fit lands, assets stay in the provisional cluster). Sync training fits inline, at the
+        same point of event time however the stream is cut."""
         s = self.settings
         self._events_since_fit = 0
         self._fit_due = None
@@ -1284,24 +1288,42 @@ class Engine:
         clustering = self._clustering.clone()
         clustering.load_state_dict(self._clustering.state_dict())
         job = _FitJob(s.profile_pseudo_count, previous, clustering, inputs, old)
-        if self.trainer.background and self._clustering.fitted and not inline:
+        if self.trainer.background and not inline:
             if self._fitter is None:
                 self._fitter = ThreadPoolExecutor(1, thread_name_prefix="streamval-fit")
+            if not self._clustering.fitted:
+                self._pending_rows = (ready.copy(), [table.names[i] for i in ready.tolist()])
             self._pending_fit = self._fitter.submit(job.run)
             return False
         self._apply_fit(job.run(), ready)
         return True
 
     def _apply_pending_fit(self) -> None:
-        """Apply the re-fit that ran on the fitting thread (waits for it if still running)."""
+        """Apply the fit that ran on the fitting thread (waits for it if still running)."""
         pending, self._pending_fit = self._pending_fit, None
-        if pending is not None:
-            self._apply_fit(pending.result(), None)
+        rows, self._pending_rows = self._pending_rows, None
+        if pending is None:
+            return
+        fitted = pending.result()
+        if rows is None or self._clustering.fitted:
+            self._apply_fit(fitted, None)
+            return
+        slots, names = rows  # the first fit: its labels for the assets still in their slots
+        table = self._assets
+        keep = np.array(
+            [table.names[i] == name for i, name in zip(slots.tolist(), names, strict=True)],
+            dtype=bool,
+        )
+        keep &= table["live"][slots]
+        self._apply_fit(fitted, slots, keep)
 
-    def _apply_fit(self, fitted: _Fitted, ready: IntArray | None) -> None:
+    def _apply_fit(
+        self, fitted: _Fitted, ready: IntArray | None, keep: BoolArray | None = None
+    ) -> None:
         """Make a fit the clustering in use: clusters added and removed, every live asset
-        placed. `ready`: the slots the fit labelled, when they still hold the same assets
-        (inline fits); a fit from the fitting thread settles every asset afresh instead."""
+        placed. `ready`: the slots the fit labelled (inline fits, and the first fit from the
+        fitting thread, whose `keep` marks the slots still holding the same asset); a re-fit
+        from the fitting thread settles every asset afresh instead."""
         table = self._assets
         live = table.live_slots()
         refit = self._clustering.fitted
@@ -1325,8 +1347,10 @@ class Engine:
         else:
             labels = self._clustering.assign_many(profiles)
         if ready is not None:
-            fitted_rows = np.searchsorted(live, ready)
-            labels[fitted_rows] = fit.labels[: len(ready)]
+            fit_labels = fit.labels[: len(ready)]
+            if keep is not None:
+                ready, fit_labels = ready[keep], fit_labels[keep]
+            labels[np.searchsorted(live, ready)] = fit_labels
         table["cluster"][live] = labels
         table["placed"][live] = True
         table["candidate"][live] = -1
@@ -1369,6 +1393,7 @@ class Engine:
         assets still in the provisional cluster go to the nearest centroid.
         """
         self._pending_fit = None  # a re-fit of this engine's own is superseded
+        self._pending_rows = None
         space = shared.profile_space()
         if space.dim != shared.centroids.shape[1]:
             raise ValueError(
@@ -1463,7 +1488,8 @@ class Engine:
 
     def bootstrap_shared(self) -> bool:
         """Bootstrap the clustering now if this process fits it, has not yet, and its own and
-        the other processes' ready assets together reach `bootstrap_assets`."""
+        the other processes' ready assets together reach `bootstrap_assets` (whether a fit is
+        in use or running)."""
         s = self.settings
         if not self.fits_clustering or self._clustering.fitted or s.n_clusters == 1:
             return False
@@ -1471,7 +1497,7 @@ class Engine:
         if own >= s.bootstrap_assets or own + len(self._others()) < s.bootstrap_assets:
             return False  # the engine's own schedule does it, or too few assets yet
         self._fit()
-        return self._clustering.fitted
+        return self._clustering.fitted or self._pending_fit is not None
 
     def _others(self) -> list[AssetProfile]:
         """Other processes' ready assets that this one does not hold itself."""

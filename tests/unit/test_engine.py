@@ -657,6 +657,28 @@ def test_a_lagging_trainer_subsamples_and_counts_what_it_skips() -> None:
     engine.close()
 
 
+def test_a_trainer_behind_by_several_steps_trains_them_as_one() -> None:
+    """Queued steps of a cluster are merged into one optimizer step (up to `catch_up_steps`):
+    fewer updates for the same samples, each trained exactly once, nothing subsampled."""
+    events, _ = three_groups(steps=60)
+    updates = {}
+    for steps in (1, 4):
+        settings = EngineSettings(**{**SMALL, "training": "background", "catch_up_steps": steps})
+        engine = Engine(settings)
+        with engine.trainer.paused():  # the queue fills with many steps' worth
+            run(engine, events)
+            queued = sum(s.queued_samples for s in engine.snapshot())
+        engine.flush()
+        snaps = engine.snapshot()
+        trained = sum(s.trained_samples for s in snaps)
+        assert sum(s.skipped_samples for s in snaps) == 0
+        assert trained + sum(s.queued_samples for s in snaps) == queued
+        assert all(s.queued_samples < settings.batch_size for s in snaps)
+        updates[steps] = sum(s.updates for s in snaps)
+        engine.close()
+    assert updates[4] * 3 <= updates[1]  # about a quarter as many steps
+
+
 # -- state is data ----------------------------------------------------------------------------
 
 

@@ -148,10 +148,13 @@ class _Slot:
 class Trainer:
     """Owns the training copy of every cluster's model and publishes snapshots."""
 
-    def __init__(self, *, batch_size: int, max_backlog: int, background: bool) -> None:
+    def __init__(
+        self, *, batch_size: int, max_backlog: int, background: bool, catch_up_steps: int = 1
+    ) -> None:
         self.batch_size = batch_size
         self.max_backlog = max(max_backlog, batch_size)
         self.background = background
+        self.catch_up_steps = max(1, catch_up_steps)
         self._cond = threading.Condition()
         self._slots: dict[int, _Slot] = {}
         self._in_flight: int | None = None
@@ -317,7 +320,10 @@ class Trainer:
                 cluster = self._next()
                 assert cluster is not None
                 slot = self._slots[cluster]
-                x, y, _ = slot.queue.pop(self.batch_size)
+                # Behind by several steps: train them as one (the replay share stays that of
+                # one step), which costs less per sample than the subsampling it avoids.
+                steps = min(slot.queue.n // self.batch_size, self.catch_up_steps)
+                x, y, _ = slot.queue.pop(steps * self.batch_size)
                 lr, share = slot.policy.lr, slot.policy.replay_fraction
                 reset, slot.reset_pending = slot.reset_pending, False
                 fast, fast_lr = slot.fast, slot.fast_lr
