@@ -426,6 +426,7 @@ class Engine:
     def close(self) -> None:
         """Stop the background trainer (the step in flight finishes) and the fitting thread
         (a running re-fit finishes, its result is dropped). Idempotent."""
+        self.trainer.release()
         self.trainer.close()
         self._pending_fit = None
         self._pending_rows = None
@@ -485,8 +486,11 @@ class Engine:
         no training step or fit runs (a frozen model).
         """
         result = BatchResult()
-        if self._pending_fit is not None and self._pending_fit.done():
-            self._apply_pending_fit()
+        # A finished fit is applied once no training step is in flight (the trainer holds off
+        # new ones until then): a batch later rather than waiting here for the step.
+        fit_done = self._pending_fit is not None and self._pending_fit.done()
+        if fit_done and self.trainer.hold():
+            self._apply_pending_fit()  # releases the hold
         before = {c: self.trainer.learner(c).own_updates for c in self._clusters}
         pos, n = 0, len(events)
         one_by_one = False
@@ -555,6 +559,7 @@ class Engine:
     def flush(self) -> None:
         """Learn what is due now rather than before the next event: every full training step
         (in background mode: wait for the trainer to finish them) and a due fit."""
+        self.trainer.release()  # a hold for a fit not yet applied: applied below
         self.trainer.drain()
         if self._fit_due is not None:
             self._fit()
@@ -1299,12 +1304,22 @@ class Engine:
         return True
 
     def _apply_pending_fit(self) -> None:
-        """Apply the fit that ran on the fitting thread (waits for it if still running)."""
+        """Apply the fit that ran on the fitting thread (waits for it if still running); ends a
+        `Trainer.hold()` taken for it."""
         pending, self._pending_fit = self._pending_fit, None
         rows, self._pending_rows = self._pending_rows, None
         if pending is None:
+            self.trainer.release()
             return
-        fitted = pending.result()
+        try:
+            self._apply_fitted(pending.result(), rows)
+        finally:
+            self.trainer.release()
+
+    def _apply_fitted(
+        self, fitted: _Fitted, rows: tuple[IntArray, list[str | None]] | None
+    ) -> None:
+        """A fit from the fitting thread; the first one labels the rows it fitted (`rows`)."""
         if rows is None or self._clustering.fitted:
             self._apply_fit(fitted, None)
             return
@@ -1394,6 +1409,7 @@ class Engine:
         """
         self._pending_fit = None  # a re-fit of this engine's own is superseded
         self._pending_rows = None
+        self.trainer.release()
         space = shared.profile_space()
         if space.dim != shared.centroids.shape[1]:
             raise ValueError(

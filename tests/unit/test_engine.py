@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -677,6 +678,49 @@ def test_a_trainer_behind_by_several_steps_trains_them_as_one() -> None:
         updates[steps] = sum(s.updates for s in snaps)
         engine.close()
     assert updates[4] * 3 <= updates[1]  # about a quarter as many steps
+
+
+def test_a_fit_is_applied_without_waiting_for_the_training_step_in_flight() -> None:
+    """A finished fit waits for the trainer's step in flight without blocking the valuing
+    thread: the batch goes on (fit not applied), no new step starts, and the next batch after
+    the step applies it and lets the trainer go on."""
+    import threading
+
+    events, _ = three_groups(steps=40)
+    settings = EngineSettings(**{**SMALL, "training": "background", "n_clusters": 3})
+    engine = Engine(settings)
+    gate, entered = threading.Event(), threading.Event()
+    learner = engine.trainer.learner(0)
+    step = learner.step
+
+    def slow_step(*args: Any, **kwargs: Any) -> None:
+        entered.set()
+        assert gate.wait(60)
+        step(*args, **kwargs)
+
+    learner.step = slow_step  # type: ignore[method-assign]
+    by_ts: dict[int, list[AssetEvent]] = {}
+    for e in events:
+        by_ts.setdefault(e.ts_ms, []).append(e)
+    steps = iter(by_ts.values())
+    while not entered.is_set():  # until a training step is in flight (and blocked)
+        engine.process(next(steps))
+    engine._fit()  # a fit on the fitting thread, as a due one
+    assert engine._pending_fit is not None
+    engine._pending_fit.result(timeout=60)  # the fit is done; the step is still in flight
+    engine.process(next(steps))  # returns at once, without the fit
+    assert not engine.fitted and engine.trainer._held
+    gate.set()
+    while engine.trainer._in_flight is not None:
+        time.sleep(0.01)
+    updates = learner.own_updates
+    time.sleep(0.2)
+    assert learner.own_updates == updates  # held: no new step started meanwhile
+    engine.process(next(steps))
+    assert engine.fitted and not engine.trainer._held
+    engine.flush()
+    assert learner.own_updates > updates  # the trainer went on
+    engine.close()
 
 
 # -- state is data ----------------------------------------------------------------------------

@@ -159,6 +159,7 @@ class Trainer:
         self._slots: dict[int, _Slot] = {}
         self._in_flight: int | None = None
         self._paused = 0
+        self._held = False  # see `hold`
         self._closed = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -355,6 +356,25 @@ class Trainer:
     def _raise_error(self) -> None:
         if self._error is not None:
             raise RuntimeError("the background trainer failed") from self._error
+
+    def hold(self) -> bool:
+        """Ask the trainer to start no new step, without waiting for the one in flight; whether
+        none is in flight now. The valuing thread uses it for work that needs the training
+        copies but can wait a batch (applying a fit): it never waits for a step, which may be
+        slow on a busy machine, the trainer being niced. Ends with `release()`."""
+        with self._cond:
+            if not self._held:
+                self._held = True
+                self._paused += 1
+            return self._in_flight is None
+
+    def release(self) -> None:
+        """End a `hold()`; the trainer resumes."""
+        with self._cond:
+            if self._held:
+                self._held = False
+                self._paused -= 1
+                self._cond.notify_all()
 
     @contextmanager
     def paused(self) -> Iterator[None]:
