@@ -1633,6 +1633,17 @@ class Engine:
                 "fit_stats": self._fit_stats.state_dict(),
             }
 
+    def state_dict_if_idle(self) -> dict[str, Any] | None:
+        """The state if no training step is in flight, else None; then the trainer starts no
+        new step until the next call, which finds it idle (a checkpoint a batch later rather
+        than the valuing thread waiting for a step: the trainer is niced)."""
+        if not self.trainer.hold():
+            return None
+        try:
+            return self.state_dict()
+        finally:
+            self.trainer.release()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict()`; `CheckpointError` on anything it does not expect."""
         s = self.settings

@@ -680,25 +680,30 @@ def test_a_trainer_behind_by_several_steps_trains_them_as_one() -> None:
     assert updates[4] * 3 <= updates[1]  # about a quarter as many steps
 
 
-def test_a_fit_is_applied_without_waiting_for_the_training_step_in_flight() -> None:
+def test_a_fit_is_applied_without_waiting_for_the_training_step_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A finished fit waits for the trainer's step in flight without blocking the valuing
     thread: the batch goes on (fit not applied), no new step starts, and the next batch after
-    the step applies it and lets the trainer go on."""
+    the step applies it and lets the trainer go on. The checkpoint's state likewise."""
     import threading
 
-    events, _ = three_groups(steps=40)
+    from streamval.models.learner import SequenceLearner
+
+    events, _ = three_groups(steps=80)
     settings = EngineSettings(**{**SMALL, "training": "background", "n_clusters": 3})
     engine = Engine(settings)
     gate, entered = threading.Event(), threading.Event()
+    step = SequenceLearner.step
+
+    def slow_step(self: SequenceLearner, *args: Any, **kwargs: Any) -> None:
+        if threading.current_thread().name == "streamval-trainer":
+            entered.set()
+            assert gate.wait(60)
+        step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SequenceLearner, "step", slow_step)
     learner = engine.trainer.learner(0)
-    step = learner.step
-
-    def slow_step(*args: Any, **kwargs: Any) -> None:
-        entered.set()
-        assert gate.wait(60)
-        step(*args, **kwargs)
-
-    learner.step = slow_step  # type: ignore[method-assign]
     by_ts: dict[int, list[AssetEvent]] = {}
     for e in events:
         by_ts.setdefault(e.ts_ms, []).append(e)
@@ -718,6 +723,15 @@ def test_a_fit_is_applied_without_waiting_for_the_training_step_in_flight() -> N
     assert learner.own_updates == updates  # held: no new step started meanwhile
     engine.process(next(steps))
     assert engine.fitted and not engine.trainer._held
+    gate.clear()
+    while engine.trainer._in_flight is None:  # a step in flight (blocked) again: no state
+        engine.process(next(steps))  # without waiting for it
+    assert engine.state_dict_if_idle() is None and engine.trainer._held
+    gate.set()
+    while engine.trainer._in_flight is not None:
+        time.sleep(0.01)
+    state = engine.state_dict_if_idle()
+    assert state is not None and not engine.trainer._held
     engine.flush()
     assert learner.own_updates > updates  # the trainer went on
     engine.close()

@@ -316,6 +316,7 @@ class ValuationService:
             checkpoint_interval_s=s.consumer.checkpoint_interval_s,
             checkpoint_meta=lambda positions: self._meta(self.recovery.offsets_with(positions)),
             state=self.engine.state_dict,
+            state_if_idle=getattr(self.engine, "state_dict_if_idle", None),
             on_checkpoint_pause=self.metrics.checkpoint_pause,
             sleep=self._sleep,
             new_producer=lambda: make_producer(s, **producer_config),
