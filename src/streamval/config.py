@@ -155,7 +155,7 @@ class ConsumerSettings(_Section):
         5.0,
         gt=0,
         description="how often this process publishes the profiles of its assets that changed "
-        "(first ready, then grown by 1/8 in values) on the profiles topic",
+        "(first ready, then grown by 1/8 and by at least 8 values) on the profiles topic",
     )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     min_event_time: str = Field(

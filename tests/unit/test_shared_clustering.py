@@ -203,12 +203,12 @@ def test_profiles_due_first_ready_then_after_growth_and_bounded_per_interval(
     from streamval.consumers import profiles as module
 
     sync = module.ProfileSync(load_settings(environ={}), "me")
-    assert sync.due({"a": 8, "b": 16}) == ["a", "b"]
-    sync._sent.update(a=8, b=16)
-    assert sync.due({"a": 8, "b": 17}) == []  # b grew by less than an eighth
-    assert sync.due({"a": 9, "b": 18}) == ["a", "b"]
+    assert sync.due({"a": 8, "b": 80}) == ["a", "b"]
+    sync._sent.update(a=8, b=80)
+    assert sync.due({"a": 15, "b": 89}) == []  # a grew by less than 8, b by less than 1/8
+    assert sync.due({"a": 16, "b": 90}) == ["a", "b"]
     monkeypatch.setattr(module, "MAX_PER_INTERVAL", 2)
-    assert sync.due({"a": 9, "b": 40, "new": 8}) == ["new", "b"]
+    assert sync.due({"a": 16, "b": 200, "new": 8}) == ["new", "b"]
 
 
 def test_profiles_go_out_in_chunks_without_waiting_and_a_refused_one_is_due_again(

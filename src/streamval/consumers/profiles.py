@@ -2,7 +2,8 @@
 
 Each process publishes the profile material of its ready assets (`models.shared.AssetProfile`,
 key = asset id) when it changes materially: when an asset first has `engine.min_history`
-values, then each time its count of values has grown by an eighth. Every process reads the
+values, then each time its count of values has grown by an eighth (and by at least
+`MIN_GROWTH` values). Every process reads the
 whole topic in the background (compaction keeps one record per asset); the clustering owner's
 fits take the assets it does not hold itself from there (`Engine.profile_source`).
 
@@ -25,6 +26,9 @@ from streamval.models.shared import AssetProfile
 log = logging.getLogger(__name__)
 
 GROWTH = 8  # republish once an asset's values grew by 1/GROWTH since its last profile
+# ... and by at least this many values: otherwise a young asset's profile went out with nearly
+# every new value (a backlog of 30 steps sent one profile per six events).
+MIN_GROWTH = 8
 # At most this many profiles per interval: a start with a million ready assets spreads their
 # first profiles over intervals.
 MAX_PER_INTERVAL = 5000
@@ -84,7 +88,7 @@ class ProfileSync(TopicSync):
         due = [
             a
             for a, n in counts.items()
-            if a not in sent or n >= sent[a] + max(1, sent[a] // GROWTH)
+            if a not in sent or n >= sent[a] + max(MIN_GROWTH, sent[a] // GROWTH)
         ]
         if len(due) > MAX_PER_INTERVAL:
             due.sort(key=lambda a: (a in sent, sent.get(a, 0) - counts[a]))
