@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -335,3 +336,51 @@ def test_fast_learner_state_and_expert_weights_are_exported() -> None:
     m.retire_clusters([0])
     assert r.get_sample_value("streamval_cluster_fast_learner", {"cluster": "0"}) is None
     engine.close()
+
+
+def test_a_fast_learner_starts_and_ends_after_the_step_in_flight_without_waiting() -> None:
+    """With a background step in flight, start_fast and end_fast return at once; the copy is
+    made (and later folded) by the trainer right after that step, before any other."""
+    import threading
+
+    from streamval.models.drift import AdaptiveLearningRate
+
+    gate, entered = threading.Event(), threading.Event()
+
+    class Blocking(SequenceLearner):
+        def step(self, *args: Any, **kwargs: Any) -> None:
+            if threading.current_thread().name == "streamval-trainer" and not gate.is_set():
+                entered.set()
+                assert gate.wait(60)
+            super().step(*args, **kwargs)
+
+    learner = Blocking(0, seq_len=4, hidden=[4], batch_size=8, seed=1)
+    trainer = Trainer(batch_size=8, max_backlog=64, background=True)
+    trainer.add(0, learner, AdaptiveLearningRate(1e-3))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 4, 1)).astype(np.float32)
+    trainer.submit(0, x, rng.normal(size=8), np.arange(8))
+    assert entered.wait(60)
+    trainer.start_fast(0, seed=7, lr=1e-2)  # returns although the step is blocked
+    assert trainer.fast_snapshot(0) is None and trainer._slots[0].fast is None
+    gate.set()
+    trainer.drain()
+    fast = trainer._slots[0].fast
+    assert fast is not None and trainer.fast_snapshot(0) is not None
+    assert fast.updates == learner.updates == 1  # copied after the step
+    gate.clear()
+    entered.clear()
+    trainer.submit(0, x, rng.normal(size=8), np.arange(8, 16))
+    assert entered.wait(60)  # the next step (stable, then fast) is in flight and blocked
+    trainer.end_fast(0, fold=True)
+    assert trainer._slots[0].fast is fast  # not yet: after the step
+    gate.set()
+    trainer.drain()
+    assert trainer._slots[0].fast is None and trainer.fast_snapshot(0) is None
+    assert fast.updates == 2  # the fast learner took its step before it was folded
+    for name, value in fast._net.state_dict().items():  # the stable model took its weights
+        assert torch.equal(learner._net.state_dict()[name], value)
+    assert torch.equal(
+        trainer.snapshot(0).networks["main"]["head.weight"], fast._net.state_dict()["head.weight"]
+    )
+    trainer.close()

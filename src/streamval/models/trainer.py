@@ -21,8 +21,10 @@ training falls behind, the queue is thinned to every second sample and the dropp
 counted (`skipped`); nothing is dropped silently. `max_backlog` also bounds staleness: a
 valuation is made by a model at most `max_backlog + batch_size` samples behind its cluster.
 
-The training copies are touched only by the thread running a step, or under `paused()`, which
-waits for the step in flight and holds further steps (state export, re-fits, restore, close).
+The training copies are touched only by the thread running a step, under `paused()`, which
+waits for the step in flight and holds further steps (state export, restore, close), or between
+steps: `hold()` (the engine applies a fit or takes a checkpoint once no step is in flight,
+without waiting for one) and fast learners started or ended right after the step in flight.
 The background thread runs at a lower OS priority (niceness +10) than the valuing thread.
 """
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -160,6 +162,7 @@ class Trainer:
         self._in_flight: int | None = None
         self._paused = 0
         self._held = False  # see `hold`
+        self._ops: list[Callable[[], None]] = []  # see `_between_steps`
         self._closed = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -218,21 +221,39 @@ class Trainer:
 
     def start_fast(self, cluster: int, seed: int, lr: float) -> None:
         """A fast learner for this cluster: a deep copy of its model and optimizer (no shared
-        tensors), trained from now on the cluster's fresh samples only, at `lr`."""
-        with self.paused():
-            slot = self._slots[cluster]
+        tensors), trained from now on the cluster's fresh samples only, at `lr`. Until the copy
+        is made (after a step in flight) it has no snapshot, and the stable model, which it
+        would equal, stands in."""
+        slot = self._slots[cluster]
+
+        def start() -> None:
             slot.fast = slot.learner.fork(seed)
             slot.fast_lr = lr
             slot.fast_snapshot = slot.fast.snapshot()
 
+        self._between_steps(start)
+
     def end_fast(self, cluster: int, fold: bool) -> None:
         """The fast learner leaves; if `fold`, the stable model takes its weights first."""
-        with self.paused():
-            slot = self._slots[cluster]
+        slot = self._slots[cluster]
+
+        def end() -> None:
             if slot.fast is not None and fold:
                 slot.learner.adopt(slot.fast)
                 slot.snapshot = slot.learner.snapshot()
             slot.fast, slot.fast_snapshot, slot.fast_lr = None, None, 0.0
+
+        self._between_steps(end)
+
+    def _between_steps(self, op: Callable[[], None]) -> None:
+        """Run `op` on the training copies now if no step is in flight, else right after it
+        (the trainer runs it before it starts another): the valuing thread never waits for a
+        step, which may be slow on a busy machine, the trainer being niced."""
+        with self._cond:
+            if self._in_flight is None:
+                op()
+            else:
+                self._ops.append(op)
 
     def fast_snapshot(self, cluster: int) -> ModelSnapshot | None:
         """The latest published fast learner of a cluster (None: none lives)."""
@@ -350,6 +371,12 @@ class Trainer:
                     slot.fast_snapshot = fast_snapshot
                 slot.policy.on_update()
                 slot.trained += len(y)
+                ops, self._ops = self._ops, []
+                for op in ops:
+                    try:
+                        op()
+                    except BaseException as exc:  # surfaced on the valuing thread's next call
+                        self._error = exc
                 self._in_flight = None
                 self._cond.notify_all()
 
