@@ -1399,6 +1399,18 @@ class Engine:
             created_ms=int(time.time() * 1000),
         )
 
+    def adopt_clustering_if_idle(self, shared: SharedClustering) -> bool:
+        """`adopt_clustering` if no training step is in flight; else False, and the trainer
+        starts no new step until the next call, which finds it idle (the valuing thread never
+        waits for a step: the trainer is niced)."""
+        if not self.trainer.hold():
+            return False
+        try:
+            self.adopt_clustering(shared)
+        finally:
+            self.trainer.release()
+        return True
+
     def adopt_clustering(self, shared: SharedClustering) -> None:
         """Assign assets with a clustering fitted elsewhere, in place of this engine's own.
 

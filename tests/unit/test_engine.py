@@ -685,7 +685,8 @@ def test_a_fit_is_applied_without_waiting_for_the_training_step_in_flight(
 ) -> None:
     """A finished fit waits for the trainer's step in flight without blocking the valuing
     thread: the batch goes on (fit not applied), no new step starts, and the next batch after
-    the step applies it and lets the trainer go on. The checkpoint's state likewise."""
+    the step applies it and lets the trainer go on. The checkpoint's state and a clustering
+    from the clustering owner likewise."""
     import threading
 
     from streamval.models.learner import SequenceLearner
@@ -727,11 +728,14 @@ def test_a_fit_is_applied_without_waiting_for_the_training_step_in_flight(
     while engine.trainer._in_flight is None:  # a step in flight (blocked) again: no state
         engine.process(next(steps))  # without waiting for it
     assert engine.state_dict_if_idle() is None and engine.trainer._held
+    shared = engine.export_clustering(version=5, owner="other")
+    assert shared is not None and not engine.adopt_clustering_if_idle(shared)
     gate.set()
     while engine.trainer._in_flight is not None:
         time.sleep(0.01)
     state = engine.state_dict_if_idle()
     assert state is not None and not engine.trainer._held
+    assert engine.adopt_clustering_if_idle(shared) and engine.clustering_version == 5
     engine.flush()
     assert learner.own_updates > updates  # the trainer went on
     engine.close()

@@ -439,7 +439,8 @@ class ValuationService:
         latest = sync.latest()
         if latest is not None and latest.version > engine.clustering_version:
             try:
-                engine.adopt_clustering(latest)
+                if not engine.adopt_clustering_if_idle(latest):
+                    return  # a training step is in flight: adopted after the next batch
             except ValueError as exc:  # consistent JSON, yet not for this engine
                 self._log_once("clustering_unusable", f"cannot use clustering: {exc}")
                 self.metrics.clustering_rejected("unusable")
