@@ -78,7 +78,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,7 @@ from streamval.models.clustering import AssetClustering, FitResult
 from streamval.models.drift import AdaptiveLearningRate, DriftMonitor
 from streamval.models.error_metrics import ErrorMetrics
 from streamval.models.experts import EXPERTS, ExpertMix
+from streamval.models.fitting import FitJob, FitRunner, Fitted
 from streamval.models.intervals import AdaptiveConformal, update_error_scale
 from streamval.models.learner import Predictor, SequenceLearner
 from streamval.models.profiles import ProfileInputs, ProfileSpace, series_counts, series_vector
@@ -196,39 +197,6 @@ class _FitStats:
 
 
 @dataclass
-class _Fitted:
-    """A fit's outcome: the profile space, the clustering fitted in it, the fit's labels."""
-
-    space: ProfileSpace
-    clustering: AssetClustering
-    fit: FitResult
-
-
-@dataclass
-class _FitJob:
-    """Everything a fit needs, copied from the engine, so it can run on another thread."""
-
-    pseudo_count: float
-    previous: ProfileSpace
-    clustering: AssetClustering  # a copy of the one in use, fitted in place
-    inputs: ProfileInputs
-    old: IntArray
-
-    def run(self) -> _Fitted:
-        space = ProfileSpace(self.pseudo_count)
-        previous, clustering = self.previous, self.clustering
-
-        def weigh(blocks: list[FloatArray]) -> Sequence[float]:
-            """The block weights; those in use are a candidate while the blocks are the same."""
-            same = clustering.fitted and previous.blocks == space.blocks
-            current = previous.weights.tolist() if same else None
-            return clustering.block_weights(blocks, current)
-
-        x = space.fit(self.inputs, weigh=weigh)
-        return _Fitted(space, clustering, clustering.fit(x, self.old))
-
-
-@dataclass
 class _Admitted:
     """What the Python pass over a segment's events found (see `Engine._admit`)."""
 
@@ -319,8 +287,8 @@ class Engine:
     def __init__(self, settings: EngineSettings, *, accept_late: bool = False) -> None:
         self.settings = settings
         self.accept_late = accept_late
-        self._fitter: ThreadPoolExecutor | None = None  # runs re-fits (background training)
-        self._pending_fit: Future[_Fitted] | None = None
+        self._fitter = FitRunner()  # a subprocess for fits (background training)
+        self._pending_fit: Future[Fitted] | None = None
         # False: this process follows a clustering fitted elsewhere (`adopt_clustering`) and
         # never fits its own (scale-out: one clustering per deployment).
         self.fits_clustering = True
@@ -424,15 +392,13 @@ class Engine:
         )
 
     def close(self) -> None:
-        """Stop the background trainer (the step in flight finishes) and the fitting thread
-        (a running re-fit finishes, its result is dropped). Idempotent."""
+        """Stop the background trainer (the step in flight finishes) and the fitting subprocess
+        (a running fit finishes, its result is dropped). Idempotent."""
         self.trainer.release()
         self.trainer.close()
         self._pending_fit = None
         self._pending_rows = None
-        if self._fitter is not None:
-            self._fitter.shutdown(wait=True)
-            self._fitter = None
+        self._fitter.close()
 
     # -- public surface -------------------------------------------------------------------------
 
@@ -1257,7 +1223,7 @@ class Engine:
     def _fit(self, *, inline: bool = False) -> bool:
         """(Re-)fit the clustering on the ready assets; whether assets moved now.
 
-        With background training a fit runs on a thread of its own and is applied between
+        With background training a fit runs in a subprocess of its own and is applied between
         batches once done (`_apply_pending_fit`): a fit of `fit_max_assets` profiles takes
         about a second, which the valuing thread would otherwise stall for (until the first
         fit lands, assets stay in the provisional cluster). Sync training fits inline, at the
@@ -1292,19 +1258,17 @@ class Engine:
             old = np.concatenate([old, theirs])
         clustering = self._clustering.clone()
         clustering.load_state_dict(self._clustering.state_dict())
-        job = _FitJob(s.profile_pseudo_count, previous, clustering, inputs, old)
+        job = FitJob(s.profile_pseudo_count, previous, clustering, inputs, old)
         if self.trainer.background and not inline:
-            if self._fitter is None:
-                self._fitter = ThreadPoolExecutor(1, thread_name_prefix="streamval-fit")
             if not self._clustering.fitted:
                 self._pending_rows = (ready.copy(), [table.names[i] for i in ready.tolist()])
-            self._pending_fit = self._fitter.submit(job.run)
+            self._pending_fit = self._fitter.submit(job)
             return False
         self._apply_fit(job.run(), ready)
         return True
 
     def _apply_pending_fit(self) -> None:
-        """Apply the fit that ran on the fitting thread (waits for it if still running); ends a
+        """Apply the fit that ran in the fitting subprocess (waits for it if still running); ends a
         `Trainer.hold()` taken for it."""
         pending, self._pending_fit = self._pending_fit, None
         rows, self._pending_rows = self._pending_rows, None
@@ -1316,10 +1280,8 @@ class Engine:
         finally:
             self.trainer.release()
 
-    def _apply_fitted(
-        self, fitted: _Fitted, rows: tuple[IntArray, list[str | None]] | None
-    ) -> None:
-        """A fit from the fitting thread; the first one labels the rows it fitted (`rows`)."""
+    def _apply_fitted(self, fitted: Fitted, rows: tuple[IntArray, list[str | None]] | None) -> None:
+        """A fit from the fitting subprocess; the first one labels the rows it fitted (`rows`)."""
         if rows is None or self._clustering.fitted:
             self._apply_fit(fitted, None)
             return
@@ -1333,12 +1295,12 @@ class Engine:
         self._apply_fit(fitted, slots, keep)
 
     def _apply_fit(
-        self, fitted: _Fitted, ready: IntArray | None, keep: BoolArray | None = None
+        self, fitted: Fitted, ready: IntArray | None, keep: BoolArray | None = None
     ) -> None:
         """Make a fit the clustering in use: clusters added and removed, every live asset
         placed. `ready`: the slots the fit labelled (inline fits, and the first fit from the
-        fitting thread, whose `keep` marks the slots still holding the same asset); a re-fit
-        from the fitting thread settles every asset afresh instead."""
+        fitting subprocess, whose `keep` marks the slots still holding the same asset); a re-fit
+        from the fitting subprocess settles every asset afresh instead."""
         table = self._assets
         live = table.live_slots()
         refit = self._clustering.fitted

@@ -18,14 +18,38 @@
 
 from __future__ import annotations
 
-from streamval.models.assets import AssetTable
-from streamval.models.clustering import AssetClustering, FitResult, Linkage, Metric
-from streamval.models.detectors import make_detector
-from streamval.models.drift import AdaptiveLearningRate, DriftMonitor
-from streamval.models.error_metrics import ErrorMetrics
-from streamval.models.learner import ModelSnapshot, Predictor, SequenceLearner
-from streamval.models.profiles import ProfileInputs, ProfileSpace
-from streamval.models.trainer import Trainer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use, so that a process which only fits clusterings (the engine's fitting
+# subprocess) does not import torch.
+_EXPORTS = {
+    "AssetTable": "streamval.models.assets",
+    "AssetClustering": "streamval.models.clustering",
+    "FitResult": "streamval.models.clustering",
+    "Linkage": "streamval.models.clustering",
+    "Metric": "streamval.models.clustering",
+    "make_detector": "streamval.models.detectors",
+    "AdaptiveLearningRate": "streamval.models.drift",
+    "DriftMonitor": "streamval.models.drift",
+    "ErrorMetrics": "streamval.models.error_metrics",
+    "ModelSnapshot": "streamval.models.learner",
+    "Predictor": "streamval.models.learner",
+    "SequenceLearner": "streamval.models.learner",
+    "ProfileInputs": "streamval.models.profiles",
+    "ProfileSpace": "streamval.models.profiles",
+    "Trainer": "streamval.models.trainer",
+}
+
+if TYPE_CHECKING:
+    from streamval.models.assets import AssetTable
+    from streamval.models.clustering import AssetClustering, FitResult, Linkage, Metric
+    from streamval.models.detectors import make_detector
+    from streamval.models.drift import AdaptiveLearningRate, DriftMonitor
+    from streamval.models.error_metrics import ErrorMetrics
+    from streamval.models.learner import ModelSnapshot, Predictor, SequenceLearner
+    from streamval.models.profiles import ProfileInputs, ProfileSpace
+    from streamval.models.trainer import Trainer
 
 __all__ = [
     "AdaptiveLearningRate",
@@ -44,3 +68,16 @@ __all__ = [
     "Trainer",
     "make_detector",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'streamval.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

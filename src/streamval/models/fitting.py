@@ -1,0 +1,169 @@
+"""A clustering fit as a job that runs away from the valuing thread.
+
+The engine copies what a fit needs into a `FitJob` (the sampled profiles, the profile space and
+the clustering in use) and, with background training, runs it in a fitting subprocess
+(`FitRunner`): scipy's hierarchical linkage holds the GIL for up to a few hundred milliseconds
+on 2,000 profiles, which a fitting *thread* turned into pauses of the valuing thread. This module
+imports no torch, so the subprocess starts in about a second and stays small.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from streamval.models.clustering import AssetClustering, FitResult
+from streamval.models.profiles import ProfileInputs, ProfileSpace
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+
+@dataclass
+class Fitted:
+    """A fit's outcome: the profile space, the clustering fitted in it, the fit's labels."""
+
+    space: ProfileSpace
+    clustering: AssetClustering
+    fit: FitResult
+
+
+@dataclass
+class FitJob:
+    """Everything a fit needs, copied from the engine (picklable)."""
+
+    pseudo_count: float
+    previous: ProfileSpace
+    clustering: AssetClustering  # a copy of the one in use, fitted in place
+    inputs: ProfileInputs
+    old: IntArray
+
+    def run(self) -> Fitted:
+        space = ProfileSpace(self.pseudo_count)
+        previous, clustering = self.previous, self.clustering
+
+        def weigh(blocks: list[FloatArray]) -> Sequence[float]:
+            """The block weights; those in use are a candidate while the blocks are the same."""
+            same = clustering.fitted and previous.blocks == space.blocks
+            current = previous.weights.tolist() if same else None
+            return clustering.block_weights(blocks, current)
+
+        x = space.fit(self.inputs, weigh=weigh)
+        return Fitted(space, clustering, clustering.fit(x, self.old))
+
+
+class FitRunner:
+    """One fitting subprocess (`python -m streamval.models.fitting`), started at the first fit
+    and reused: jobs and results go through its stdin and stdout as length-prefixed pickles
+    (a trusted child of this process). A fresh interpreter rather than `multiprocessing`, which
+    would fork a process with threads or re-import the caller's main module."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # one job at a time
+        self._pending: Future[Fitted] | None = None
+
+    def submit(self, job: FitJob) -> Future[Fitted]:
+        """Run `job` in the subprocess; the future completes when its result is back."""
+        with self._lock:
+            if self._pending is not None and not self._pending.done():
+                raise RuntimeError("a fit is already running")
+            future: Future[Fitted] = Future()
+            self._pending = future
+            try:
+                proc = self._start()
+                assert proc.stdin is not None
+                _write(proc.stdin, job)
+            except Exception as exc:
+                self._stop()
+                future.set_exception(exc)
+                return future
+            threading.Thread(
+                target=self._receive, args=(proc, future), name="streamval-fit", daemon=True
+            ).start()
+            return future
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "streamval.models.fitting"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        return self._proc
+
+    def _receive(self, proc: subprocess.Popen[bytes], future: Future[Fitted]) -> None:
+        assert proc.stdout is not None
+        try:
+            ok, value = _read(proc.stdout)
+        except Exception as exc:  # the subprocess died or was stopped
+            future.set_exception(RuntimeError(f"the fitting subprocess failed: {exc}"))
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(RuntimeError(f"the fit failed: {value}"))
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # the subprocess ends at end of input
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        """Stop the subprocess (a running fit finishes first; its result is dropped)."""
+        with self._lock:
+            self._stop()
+
+
+def _write(stream: IO[bytes], value: Any) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def _read(stream: IO[bytes]) -> Any:
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError("end of stream")
+    (size,) = struct.unpack("<Q", head)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("end of stream")
+    return pickle.loads(data)  # only ever written by this module in the parent or the child
+
+
+def _serve() -> None:
+    """The subprocess: fit each job read from stdin, write (ok, result or error) to stdout."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # stray prints must not corrupt the result stream
+    while True:
+        try:
+            job = _read(stdin)
+        except EOFError:
+            return
+        try:
+            reply: tuple[bool, Any] = (True, job.run())
+        except Exception as exc:
+            reply = (False, f"{type(exc).__name__}: {exc}")
+        _write(stdout, reply)
+
+
+if __name__ == "__main__":
+    _serve()
