@@ -125,6 +125,8 @@ class FitRunner:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def close(self) -> None:
         """Stop the subprocess (a running fit finishes first; its result is dropped)."""
