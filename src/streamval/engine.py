@@ -423,7 +423,7 @@ class Engine:
             mix = self._clusters[parent].mix.fork()
         else:
             shock = CrossSectionalDetector.from_settings(s)
-            mix = ExpertMix.from_settings(s)
+            mix = ExpertMix.from_settings(s, can_fold=s.pooling == "cluster")
             conformal = AdaptiveConformal(
                 s.interval_coverage,
                 gamma=s.interval_gamma,

@@ -3,6 +3,8 @@ heads, one global network; state, training modes, new clusters, learning from fe
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from streamval.config import EngineSettings, load_settings
 from streamval.engine import Engine
 from streamval.errors import CheckpointError, ConfigError
 from streamval.models.drift import AdaptiveLearningRate
+from streamval.models.experts import ExpertMix
 from streamval.models.learner import Predictor, SequenceLearner
 from streamval.models.trainer import Trainer
 from streamval.stream.contract.outputs import Valuation
@@ -94,6 +97,26 @@ def test_state_round_trips_to_identical_valuations(pooling: str) -> None:
     other = next(m for m in MODES if m != pooling)
     with pytest.raises(CheckpointError, match=f"pooling='{pooling}' \\(settings: '{other}'\\)"):
         Engine(EngineSettings(**SMALL, refit_every=600, pooling=other)).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda s: s.update(shared_learner=None),
+        lambda s: s["shared_learner"]["heads"].update({"0": torch.zeros(3)}),
+        lambda s: s["shared_learner"].update(res_c=np.zeros(1, dtype=np.int64)),
+        lambda s: s["trainer"]["0"].update(learner=s["shared_learner"]),
+    ],
+)
+def test_a_damaged_pooled_state_is_refused_with_a_checkpoint_error(damage: Any) -> None:
+    events, _ = three_groups(steps=20)
+    settings = EngineSettings(**SMALL, pooling="shared")
+    engine = Engine(settings)
+    run(engine, events)
+    state = engine.state_dict()
+    damage(state)
+    with pytest.raises(CheckpointError):
+        Engine(settings).load_state_dict(state)
 
 
 @pytest.mark.parametrize("pooling", ["shared", "global"])
@@ -226,6 +249,19 @@ def test_a_fast_learner_under_shared_pooling_is_a_private_copy_retired_instead_o
         assert torch.equal(after["net"][name], tensor)
     state = trainer.state_dict()
     assert state["0"]["learner"] is None and state["0"]["steps"] == 2
+
+
+def test_a_pooled_engines_expert_mix_retires_a_fast_learner_that_would_be_folded() -> None:
+    from tests.unit.test_shocks import _steps
+
+    for pooling, end in (("cluster", "folded"), ("shared", "retired"), ("global", "retired")):
+        settings = EngineSettings(
+            **SMALL, pooling=pooling, persistence_expert=False, fast_max_steps=12
+        )
+        mix = Engine(settings)._clusters[0].mix.fork()  # a new cluster's mix keeps the setting
+        mix.start_fast()
+        assert _steps(mix, 14, fast_err=0.0, stable_err=0.5) == ["served", end], pooling
+    assert not ExpertMix(can_fold=False).can_fold
 
 
 # -- what pooling is for ---------------------------------------------------------------------------
