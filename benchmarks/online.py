@@ -265,7 +265,7 @@ def pooling(args: argparse.Namespace, shared: Path) -> int:
         ],
         rows,
     )
-    (args.out / "pooling.md").write_text("\n".join(header) + table + "\n")
+    (args.out / "pooling.md").write_text("\n".join(header) + "\n" + table + "\n")
     print(args.out / "pooling.md", file=sys.stderr)
     return 0
 
