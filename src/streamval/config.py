@@ -155,7 +155,7 @@ class ConsumerSettings(_Section):
         5.0,
         gt=0,
         description="how often this process publishes the profiles of its assets that changed "
-        "(first ready, then grown by 1/8 in values) on the profiles topic",
+        "(first ready, then grown by 1/8 and by at least 8 values) on the profiles topic",
     )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     min_event_time: str = Field(
@@ -285,6 +285,13 @@ class EngineSettings(_Section):
         ge=1,
         description="queued samples per cluster beyond which a lagging background trainer "
         "subsamples (counted); bounds how stale a serving model can be",
+    )
+    catch_up_steps: int = Field(
+        8,
+        ge=1,
+        description="a background trainer that is behind trains up to this many queued steps "
+        "of a cluster as one larger step (each sample still once; cheaper per sample than "
+        "subsampling); 1 = never merge",
     )
     asset_ttl: int = Field(
         0, ge=0, description="event-time ms after which an idle asset is forgotten; 0 = never"

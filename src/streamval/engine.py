@@ -348,6 +348,7 @@ class Engine:
             max_backlog=s.max_backlog,
             background=s.training == "background",
             pooled=s.pooling != "cluster",
+            catch_up_steps=s.catch_up_steps,
         )
         self._shared: SequenceLearner | None = None  # the learner every cluster shares (pooled)
         self._rng = np.random.default_rng(s.seed)
@@ -381,9 +382,11 @@ class Engine:
         self._ready = 0  # live assets with at least min_history values
         self._events_since_fit = 0
         self._fit_due: int | None = None  # event time of the event that made a fit due
-        # A re-fit computed off the valuing thread (background training), applied between
+        # A fit computed off the valuing thread (background training), applied between
         # batches once done; None when none is running. A running one's result is dropped.
         self._pending_fit = None
+        # The first fit's rows (slots, asset ids): it labels those still holding the same asset.
+        self._pending_rows: tuple[IntArray, list[str | None]] | None = None
         self._watermark: int | None = None
         self.expired_assets = 0
 
@@ -438,8 +441,10 @@ class Engine:
     def close(self) -> None:
         """Stop the background trainer (the step in flight finishes) and the fitting thread
         (a running re-fit finishes, its result is dropped). Idempotent."""
+        self.trainer.release()
         self.trainer.close()
         self._pending_fit = None
+        self._pending_rows = None
         if self._fitter is not None:
             self._fitter.shutdown(wait=True)
             self._fitter = None
@@ -496,8 +501,11 @@ class Engine:
         no training step or fit runs (a frozen model).
         """
         result = BatchResult()
-        if self._pending_fit is not None and self._pending_fit.done():
-            self._apply_pending_fit()
+        # A finished fit is applied once no training step is in flight (the trainer holds off
+        # new ones until then): a batch later rather than waiting here for the step.
+        fit_done = self._pending_fit is not None and self._pending_fit.done()
+        if fit_done and self.trainer.hold():
+            self._apply_pending_fit()  # releases the hold
         before = {c: self.trainer.updates(c) for c in self._clusters}
         pos, n = 0, len(events)
         one_by_one = False
@@ -566,6 +574,7 @@ class Engine:
     def flush(self) -> None:
         """Learn what is due now rather than before the next event: every full training step
         (in background mode: wait for the trainer to finish them) and a due fit."""
+        self.trainer.release()  # a hold for a fit not yet applied: applied below
         self.trainer.drain()
         if self._fit_due is not None:
             self._fit()
@@ -867,7 +876,7 @@ class Engine:
             pending.add(fit_due)
         ready = self._ready
         since_fit = self._events_since_fit
-        fitted = self._clustering.fitted
+        fitted = self._clustering.fitted or self._pending_fit is not None
         multi = s.n_clusters != 1 and self.fits_clustering  # a follower schedules no fit
         samples = plan.samples
         for p in range(plan.k):
@@ -1263,11 +1272,11 @@ class Engine:
     def _fit(self, *, inline: bool = False) -> bool:
         """(Re-)fit the clustering on the ready assets; whether assets moved now.
 
-        With background training a re-fit (not the first fit) runs on a thread of its own and
-        is applied between batches once done (`_apply_pending_fit`): a fit of
-        `fit_max_assets` profiles takes about a second, which the valuing thread would
-        otherwise stall for. Sync training fits inline, at the same point of event time
-        however the stream is cut."""
+        With background training a fit runs on a thread of its own and is applied between
+        batches once done (`_apply_pending_fit`): a fit of `fit_max_assets` profiles takes
+        about a second, which the valuing thread would otherwise stall for (until the first
+        fit lands, assets stay in the provisional cluster). Sync training fits inline, at the
+        same point of event time however the stream is cut."""
         s = self.settings
         self._events_since_fit = 0
         self._fit_due = None
@@ -1299,24 +1308,52 @@ class Engine:
         clustering = self._clustering.clone()
         clustering.load_state_dict(self._clustering.state_dict())
         job = _FitJob(s.profile_pseudo_count, previous, clustering, inputs, old)
-        if self.trainer.background and self._clustering.fitted and not inline:
+        if self.trainer.background and not inline:
             if self._fitter is None:
                 self._fitter = ThreadPoolExecutor(1, thread_name_prefix="streamval-fit")
+            if not self._clustering.fitted:
+                self._pending_rows = (ready.copy(), [table.names[i] for i in ready.tolist()])
             self._pending_fit = self._fitter.submit(job.run)
             return False
         self._apply_fit(job.run(), ready)
         return True
 
     def _apply_pending_fit(self) -> None:
-        """Apply the re-fit that ran on the fitting thread (waits for it if still running)."""
+        """Apply the fit that ran on the fitting thread (waits for it if still running); ends a
+        `Trainer.hold()` taken for it."""
         pending, self._pending_fit = self._pending_fit, None
-        if pending is not None:
-            self._apply_fit(pending.result(), None)
+        rows, self._pending_rows = self._pending_rows, None
+        if pending is None:
+            self.trainer.release()
+            return
+        try:
+            self._apply_fitted(pending.result(), rows)
+        finally:
+            self.trainer.release()
 
-    def _apply_fit(self, fitted: _Fitted, ready: IntArray | None) -> None:
+    def _apply_fitted(
+        self, fitted: _Fitted, rows: tuple[IntArray, list[str | None]] | None
+    ) -> None:
+        """A fit from the fitting thread; the first one labels the rows it fitted (`rows`)."""
+        if rows is None or self._clustering.fitted:
+            self._apply_fit(fitted, None)
+            return
+        slots, names = rows  # the first fit: its labels for the assets still in their slots
+        table = self._assets
+        keep = np.array(
+            [table.names[i] == name for i, name in zip(slots.tolist(), names, strict=True)],
+            dtype=bool,
+        )
+        keep &= table["live"][slots]
+        self._apply_fit(fitted, slots, keep)
+
+    def _apply_fit(
+        self, fitted: _Fitted, ready: IntArray | None, keep: BoolArray | None = None
+    ) -> None:
         """Make a fit the clustering in use: clusters added and removed, every live asset
-        placed. `ready`: the slots the fit labelled, when they still hold the same assets
-        (inline fits); a fit from the fitting thread settles every asset afresh instead."""
+        placed. `ready`: the slots the fit labelled (inline fits, and the first fit from the
+        fitting thread, whose `keep` marks the slots still holding the same asset); a re-fit
+        from the fitting thread settles every asset afresh instead."""
         table = self._assets
         live = table.live_slots()
         refit = self._clustering.fitted
@@ -1340,8 +1377,10 @@ class Engine:
         else:
             labels = self._clustering.assign_many(profiles)
         if ready is not None:
-            fitted_rows = np.searchsorted(live, ready)
-            labels[fitted_rows] = fit.labels[: len(ready)]
+            fit_labels = fit.labels[: len(ready)]
+            if keep is not None:
+                ready, fit_labels = ready[keep], fit_labels[keep]
+            labels[np.searchsorted(live, ready)] = fit_labels
         table["cluster"][live] = labels
         table["placed"][live] = True
         table["candidate"][live] = -1
@@ -1384,6 +1423,8 @@ class Engine:
         assets still in the provisional cluster go to the nearest centroid.
         """
         self._pending_fit = None  # a re-fit of this engine's own is superseded
+        self._pending_rows = None
+        self.trainer.release()
         space = shared.profile_space()
         if space.dim != shared.centroids.shape[1]:
             raise ValueError(
@@ -1478,7 +1519,8 @@ class Engine:
 
     def bootstrap_shared(self) -> bool:
         """Bootstrap the clustering now if this process fits it, has not yet, and its own and
-        the other processes' ready assets together reach `bootstrap_assets`."""
+        the other processes' ready assets together reach `bootstrap_assets` (whether a fit is
+        in use or running)."""
         s = self.settings
         if not self.fits_clustering or self._clustering.fitted or s.n_clusters == 1:
             return False
@@ -1486,7 +1528,7 @@ class Engine:
         if own >= s.bootstrap_assets or own + len(self._others()) < s.bootstrap_assets:
             return False  # the engine's own schedule does it, or too few assets yet
         self._fit()
-        return self._clustering.fitted
+        return self._clustering.fitted or self._pending_fit is not None
 
     def _others(self) -> list[AssetProfile]:
         """Other processes' ready assets that this one does not hold itself."""
@@ -1606,6 +1648,17 @@ class Engine:
                 },
                 "fit_stats": self._fit_stats.state_dict(),
             }
+
+    def state_dict_if_idle(self) -> dict[str, Any] | None:
+        """The state if no training step is in flight, else None; then the trainer starts no
+        new step until the next call, which finds it idle (a checkpoint a batch later rather
+        than the valuing thread waiting for a step: the trainer is niced)."""
+        if not self.trainer.hold():
+            return None
+        try:
+            return self.state_dict()
+        finally:
+            self.trainer.release()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict()`; `CheckpointError` on anything it does not expect."""

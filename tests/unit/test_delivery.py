@@ -264,3 +264,34 @@ def test_checkpoint_pairs_the_state_with_the_delivered_offsets(tmp_path: Path) -
     loaded = CheckpointStore(tmp_path).load()
     assert loaded is not None and loaded.state == {"n": 3}
     assert loaded.meta.offsets == {("in", 0): 3}
+
+
+def test_a_due_checkpoint_waits_a_batch_while_the_trainer_is_mid_step(tmp_path: Path) -> None:
+    """With `state_if_idle`, a due checkpoint the engine cannot take without waiting (None)
+    stays due and is taken by a later call; a forced one (shutdown) takes the full state."""
+    producer = Producer()
+    idle = [False]
+    writer = CheckpointWriter(CheckpointStore(tmp_path))
+    d, _, _ = delivery(
+        producer,
+        writer=writer,
+        checkpoint_interval_s=0.0,
+        checkpoint_meta=lambda offsets: CheckpointMeta("g", "in", 1, offsets),
+        state=lambda: {"n": "full"},
+        state_if_idle=lambda: {"n": "idle"} if idle[0] else None,
+    )
+    d.deliver(outcome())
+    assert d.checkpoint_due() and not d.checkpoint()
+    assert d.checkpoint_due()
+    idle[0] = True
+    assert d.checkpoint()
+    writer.close(30)
+    loaded = CheckpointStore(tmp_path).load()
+    assert loaded is not None and loaded.state == {"n": "idle"}
+    writer = CheckpointWriter(CheckpointStore(tmp_path))
+    d.writer = writer
+    idle[0] = False
+    assert d.checkpoint(force=True)
+    writer.close(30)
+    loaded = CheckpointStore(tmp_path).load()
+    assert loaded is not None and loaded.state == {"n": "full"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -654,6 +655,85 @@ def test_a_lagging_trainer_subsamples_and_counts_what_it_skips() -> None:
     queued = sum(s.queued_samples for s in snaps)
     assert skipped > 0 and all(s.queued_samples <= 64 for s in snaps)
     assert skipped + queued + sum(s.trained_samples for s in snaps) == samples
+    engine.close()
+
+
+def test_a_trainer_behind_by_several_steps_trains_them_as_one() -> None:
+    """Queued steps of a cluster are merged into one optimizer step (up to `catch_up_steps`):
+    fewer updates for the same samples, each trained exactly once, nothing subsampled."""
+    events, _ = three_groups(steps=60)
+    updates = {}
+    for steps in (1, 4):
+        settings = EngineSettings(**{**SMALL, "training": "background", "catch_up_steps": steps})
+        engine = Engine(settings)
+        with engine.trainer.paused():  # the queue fills with many steps' worth
+            run(engine, events)
+            queued = sum(s.queued_samples for s in engine.snapshot())
+        engine.flush()
+        snaps = engine.snapshot()
+        trained = sum(s.trained_samples for s in snaps)
+        assert sum(s.skipped_samples for s in snaps) == 0
+        assert trained + sum(s.queued_samples for s in snaps) == queued
+        assert all(s.queued_samples < settings.batch_size for s in snaps)
+        updates[steps] = sum(s.updates for s in snaps)
+        engine.close()
+    assert updates[4] * 3 <= updates[1]  # about a quarter as many steps
+
+
+def test_a_fit_is_applied_without_waiting_for_the_training_step_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A finished fit waits for the trainer's step in flight without blocking the valuing
+    thread: the batch goes on (fit not applied), no new step starts, and the next batch after
+    the step applies it and lets the trainer go on. The checkpoint's state likewise."""
+    import threading
+
+    from streamval.models.learner import SequenceLearner
+
+    events, _ = three_groups(steps=80)
+    settings = EngineSettings(**{**SMALL, "training": "background", "n_clusters": 3})
+    engine = Engine(settings)
+    gate, entered = threading.Event(), threading.Event()
+    step = SequenceLearner.step
+
+    def slow_step(self: SequenceLearner, *args: Any, **kwargs: Any) -> None:
+        if threading.current_thread().name == "streamval-trainer":
+            entered.set()
+            assert gate.wait(60)
+        step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SequenceLearner, "step", slow_step)
+    learner = engine.trainer.learner(0)
+    by_ts: dict[int, list[AssetEvent]] = {}
+    for e in events:
+        by_ts.setdefault(e.ts_ms, []).append(e)
+    steps = iter(by_ts.values())
+    while not entered.is_set():  # until a training step is in flight (and blocked)
+        engine.process(next(steps))
+    engine._fit()  # a fit on the fitting thread, as a due one
+    assert engine._pending_fit is not None
+    engine._pending_fit.result(timeout=60)  # the fit is done; the step is still in flight
+    engine.process(next(steps))  # returns at once, without the fit
+    assert not engine.fitted and engine.trainer._held
+    gate.set()
+    while engine.trainer._in_flight is not None:
+        time.sleep(0.01)
+    updates = learner.own_updates
+    time.sleep(0.2)
+    assert learner.own_updates == updates  # held: no new step started meanwhile
+    engine.process(next(steps))
+    assert engine.fitted and not engine.trainer._held
+    gate.clear()
+    while engine.trainer._in_flight is None:  # a step in flight (blocked) again: no state
+        engine.process(next(steps))  # without waiting for it
+    assert engine.state_dict_if_idle() is None and engine.trainer._held
+    gate.set()
+    while engine.trainer._in_flight is not None:
+        time.sleep(0.01)
+    state = engine.state_dict_if_idle()
+    assert state is not None and not engine.trainer._held
+    engine.flush()
+    assert learner.own_updates > updates  # the trainer went on
     engine.close()
 
 

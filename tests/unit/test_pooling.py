@@ -132,7 +132,7 @@ def test_background_training_publishes_the_shared_model_to_every_cluster(pooling
         assert {s.model_version for s in snaps} == {engine.trainer.snapshot(0).version}
         assert sum(s.updates for s in snaps) <= snaps[0].model_version
         for s in snaps:
-            assert s.trained_samples == s.updates * engine.settings.batch_size
+            assert s.trained_samples >= s.updates * engine.settings.batch_size  # catch-up steps
         state = engine.state_dict()
     finally:
         engine.close()

@@ -203,12 +203,56 @@ def test_profiles_due_first_ready_then_after_growth_and_bounded_per_interval(
     from streamval.consumers import profiles as module
 
     sync = module.ProfileSync(load_settings(environ={}), "me")
-    assert sync.due({"a": 8, "b": 16}) == ["a", "b"]
-    sync._sent.update(a=8, b=16)
-    assert sync.due({"a": 8, "b": 17}) == []  # b grew by less than an eighth
-    assert sync.due({"a": 9, "b": 18}) == ["a", "b"]
+    assert sync.due({"a": 8, "b": 80}) == ["a", "b"]
+    sync._sent.update(a=8, b=80)
+    assert sync.due({"a": 15, "b": 89}) == []  # a grew by less than 8, b by less than 1/8
+    assert sync.due({"a": 16, "b": 90}) == ["a", "b"]
     monkeypatch.setattr(module, "MAX_PER_INTERVAL", 2)
-    assert sync.due({"a": 9, "b": 40, "new": 8}) == ["new", "b"]
+    assert sync.due({"a": 16, "b": 200, "new": 8}) == ["new", "b"]
+
+
+def test_profiles_go_out_in_chunks_without_waiting_and_a_refused_one_is_due_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round of due profiles is sent a chunk per call, never flushed on the caller's thread;
+    a profile the broker refuses (errback) is due again, a delivered one is not."""
+    from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
+
+    from streamval.config import load_settings
+    from streamval.consumers import profiles as module
+
+    class Producer:
+        def __init__(self) -> None:
+            self.sent: list[tuple[bytes, FutureProduceResult]] = []
+
+        def send(self, topic: str, key: bytes, value: bytes) -> FutureRecordMetadata:
+            produced = FutureProduceResult(None)
+            self.sent.append((key, produced))
+            return FutureRecordMetadata(produced, 0, -1, None, len(key), len(value), -1)
+
+        def flush(self, timeout: float | None = None) -> None:
+            raise AssertionError("publishing must not wait for the broker")
+
+    producer = Producer()
+    sync = module.ProfileSync(load_settings(environ={}), "me")
+    sync._producer = producer  # type: ignore[assignment]
+    monkeypatch.setattr(module, "CHUNK", 2)
+    panel = grouped_panel(THREE_GROUPS, 2, 12, seed=0, attributes=True)
+    engine = Engine(EngineSettings(**SMALL))
+    _run(engine, panel.events)
+    counts = engine.ready_counts()
+    assert sync.plan(counts) == len(counts) == 6
+    chunks = []
+    while chunk := sync.next_chunk():
+        chunks.append(chunk)
+        sync.publish(engine.asset_profiles(chunk, "me"))
+    assert [len(c) for c in chunks] == [2, 2, 2]
+    assert sync.due(counts) == []  # sent (not yet acknowledged) counts as sent
+    refused = producer.sent[0]
+    for _, produced in producer.sent[1:]:
+        produced.success((0, 0, -1))
+    refused[1].failure(RuntimeError("broker refused"))
+    assert sync.due(counts) == [refused[0].decode()]
 
 
 def test_clustering_sync_logs_a_bad_message_once_and_keeps_the_highest_version(

@@ -83,6 +83,7 @@ class Delivery:
         checkpoint_interval_s: float = 30.0,
         checkpoint_meta: Callable[[dict[tuple[str, int], int]], CheckpointMeta] | None = None,
         state: Callable[[], dict[str, Any]] | None = None,
+        state_if_idle: Callable[[], dict[str, Any] | None] | None = None,
         on_checkpoint_pause: Callable[[float], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         new_producer: Callable[[], KafkaProducer] | None = None,
@@ -101,6 +102,7 @@ class Delivery:
         self.checkpoint_interval_s = checkpoint_interval_s
         self._checkpoint_meta = checkpoint_meta
         self._state = state
+        self._state_if_idle = state_if_idle
         self._on_checkpoint_pause = on_checkpoint_pause
         self._sleep = sleep
         self.stats = DeliveryStats()
@@ -389,7 +391,11 @@ class Delivery:
         if self.writer.fatal is not None:
             raise self.writer.fatal
         t0 = time.monotonic()
-        state = self._state()
+        state = None if force or self._state_if_idle is None else self._state_if_idle()
+        if state is None and not force and self._state_if_idle is not None:
+            return False  # the trainer is mid-step: due again after the next batch
+        if state is None:
+            state = self._state()
         meta = self._checkpoint_meta(dict(self.positions))
         self.writer.submit(state, meta)
         pause = time.monotonic() - t0

@@ -15,8 +15,9 @@ One iteration:
    by this process's instance id and the cluster (several processes do not overwrite each other);
 6. between batches, the deployment's clustering is synchronised (`clusterings.ClusteringSync`):
    the member assigned input partition 0 fits and publishes it, the others adopt its latest
-   version; every `consumer.profile_interval_s` this process's changed asset profiles go to
-   the profiles topic (`profiles.ProfileSync`), from which the owner fits on all assets.
+   version; every `consumer.profile_interval_s` this process's changed asset profiles are due
+   for the profiles topic (`profiles.ProfileSync`), sent a chunk per iteration without
+   waiting for the broker; from there the owner fits on all assets.
 
 Failures: a bad record is dead-lettered, never raised; a broker outage is retried with backoff
 (`outage.Outage`) for up to `consumer.outage_timeout_s`, then the service exits with a clear
@@ -315,6 +316,7 @@ class ValuationService:
             checkpoint_interval_s=s.consumer.checkpoint_interval_s,
             checkpoint_meta=lambda positions: self._meta(self.recovery.offsets_with(positions)),
             state=self.engine.state_dict,
+            state_if_idle=getattr(self.engine, "state_dict_if_idle", None),
             on_checkpoint_pause=self.metrics.checkpoint_pause,
             sleep=self._sleep,
             new_producer=lambda: make_producer(s, **producer_config),
@@ -567,9 +569,11 @@ class ValuationService:
             and now - self._last_profiles >= self.settings.consumer.profile_interval_s
         ):
             self._last_profiles = now
-            self._publish_profiles(self._profiles)
+            self._profiles.plan(self.engine.ready_counts())
             if self.engine.fits_clustering:  # bootstrap on the other processes' assets too
                 self.engine.bootstrap_shared()
+        if self._profiles is not None and not self.outage.active:
+            self._publish_profiles(self._profiles)
         if now - self._last_snapshot >= self.settings.consumer.metrics_interval_s:
             self._last_snapshot = now
             self._publish_snapshots()
@@ -577,8 +581,9 @@ class ValuationService:
             self._delivery.checkpoint()
 
     def _publish_profiles(self, sync: ProfileSync) -> None:
-        """Send the profiles of this process's assets that changed materially."""
-        due = sync.due(self.engine.ready_counts())
+        """Send the next chunk of the profiles due (this process's assets that changed
+        materially): a chunk per iteration keeps the loop's pauses short."""
+        due = sync.next_chunk()
         if not due:
             return
         try:

@@ -77,14 +77,14 @@ class _Ring:
         self.n = min(self.n + k, size)
 
     def values(self) -> FloatArray:
+        """Oldest first: a restored ring sums them in the same order (the same mean, bit for
+        bit), and a ring of another size could take them."""
+        if self.n == len(self.buf):
+            return np.concatenate([self.buf[self.pos :], self.buf[: self.pos]])
         return self.buf[: self.n]
 
     def state_dict(self) -> dict[str, Any]:
-        # Oldest first, so a ring of another size could take it.
-        order = (
-            np.r_[self.pos : self.n, 0 : self.pos] if self.n == len(self.buf) else slice(0, self.n)
-        )
-        return {"values": self.buf[order].copy()}
+        return {"values": self.values().copy()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         values = as_array(state["values"], np.float64).reshape(-1)[-len(self.buf) :]

@@ -160,16 +160,24 @@ class Trainer:
     """Owns the training copy of every cluster's model and publishes snapshots."""
 
     def __init__(
-        self, *, batch_size: int, max_backlog: int, background: bool, pooled: bool = False
+        self,
+        *,
+        batch_size: int,
+        max_backlog: int,
+        background: bool,
+        pooled: bool = False,
+        catch_up_steps: int = 1,
     ) -> None:
         self.batch_size = batch_size
         self.pooled = pooled
         self.max_backlog = max(max_backlog, batch_size)
         self.background = background
+        self.catch_up_steps = max(1, catch_up_steps)
         self._cond = threading.Condition()
         self._slots: dict[int, _Slot] = {}
         self._in_flight: int | None = None
         self._paused = 0
+        self._held = False  # see `hold`
         self._closed = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -364,7 +372,10 @@ class Trainer:
                 cluster = self._next()
                 assert cluster is not None
                 slot = self._slots[cluster]
-                x, y, _ = slot.queue.pop(self.batch_size)
+                # Behind by several steps: train them as one (the replay share stays that of
+                # one step), which costs less per sample than the subsampling it avoids.
+                steps = min(slot.queue.n // self.batch_size, self.catch_up_steps)
+                x, y, _ = slot.queue.pop(steps * self.batch_size)
                 lr, share = slot.policy.lr, slot.policy.replay_fraction
                 reset, slot.reset_pending = slot.reset_pending, False
                 fast, fast_lr = slot.fast, slot.fast_lr
@@ -397,6 +408,25 @@ class Trainer:
     def _raise_error(self) -> None:
         if self._error is not None:
             raise RuntimeError("the background trainer failed") from self._error
+
+    def hold(self) -> bool:
+        """Ask the trainer to start no new step, without waiting for the one in flight; whether
+        none is in flight now. The valuing thread uses it for work that needs the training
+        copies but can wait a batch (applying a fit): it never waits for a step, which may be
+        slow on a busy machine, the trainer being niced. Ends with `release()`."""
+        with self._cond:
+            if not self._held:
+                self._held = True
+                self._paused += 1
+            return self._in_flight is None
+
+    def release(self) -> None:
+        """End a `hold()`; the trainer resumes."""
+        with self._cond:
+            if self._held:
+                self._held = False
+                self._paused -= 1
+                self._cond.notify_all()
 
     @contextmanager
     def paused(self) -> Iterator[None]:

@@ -1,0 +1,182 @@
+"""Events per second with 1, 2 and 4 `streamval run` processes in one consumer group.
+
+    python -m benchmarks.scaleout [--assets 3000] [--steps 24] [--processes 1,2,4]
+
+One broker (KAFKA_BOOTSTRAP_SERVERS, or a local one started here), one synthetic stream (three
+dynamics groups; the paper's LSTM 100/50 over 12 steps) on a 6-input-partition topic, a backlog
+per run on fresh topics and a fresh group. N processes start together; the rate is the
+valuations' broker append times over the steady part (every window full). Each process is both
+valuer and learner (the single-process path): it learns from the partitions it owns, and the
+member owning partition 0 fits the clustering for all. Also reported: how the processes split
+the events, samples trained and skipped (the overload rule), and one cluster id per true group
+across processes.
+
+On a machine with few cores the processes, their trainers and the broker share them: the ratios
+say how far this machine scales, not how far Kafka does. Writes docs/results/scaleout.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.throughput import (
+    POLL,
+    broker,
+    engine_settings,
+    fresh_settings,
+    git_commit,
+    produce,
+    start_service,
+    stop_service,
+    stream,
+)
+from streamval.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "docs" / "results" / "scaleout.md"
+PARTITIONS = 6
+
+
+def valuations(settings: Settings, n: int) -> list[dict[str, Any]]:
+    """The n valuations, each with its broker append time (s) under "_t"."""
+    from streamval.stream.kafka.reader import read_topic
+
+    out = []
+    for r in read_topic(settings, settings.topics.valuations, expected=n, timeout_s=1200):
+        body = json.loads(r.value)
+        body["_t"] = r.timestamp / 1000
+        out.append(body)
+    return out
+
+
+def snapshots(settings: Settings) -> dict[tuple[str, int], dict[str, Any]]:
+    """The last snapshot per (instance, cluster) on the metrics topic."""
+    from streamval.stream.kafka.reader import read_topic
+
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in read_topic(settings, settings.topics.metrics, expected=None, timeout_s=10):
+        body = json.loads(r.value)
+        if body.get("kind") == "snapshot":
+            out[(str(body.get("instance", "")), int(body["cluster"]))] = body
+    return out
+
+
+def run(
+    bootstrap: str, events: list[Any], truth: dict[str, int], n: int, steady: int
+) -> dict[str, Any]:
+    """N processes over a backlog of `events` on fresh topics."""
+    settings = fresh_settings(bootstrap, partitions=PARTITIONS)
+    produce(settings, events)
+    t0 = time.monotonic()
+    services = [
+        start_service(settings, {"STREAMVAL_CONSUMER__CLIENT_ID": f"scaleout-{i}"})
+        for i in range(n)
+    ]
+    try:
+        values = valuations(settings, len(events))
+    finally:
+        for service in services:
+            stop_service(service)
+    wall = time.monotonic() - t0
+    snaps = snapshots(settings)
+    by_ts = sorted(values, key=lambda v: v["ts"])
+    times = sorted(v["_t"] for v in by_ts[steady:])
+    rate = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
+    per_instance: Counter[str] = Counter()
+    for (instance, _), snap in snaps.items():
+        per_instance[instance] += int((snap.get("total") or {}).get("n", 0))
+    ids: dict[int, set[int]] = defaultdict(set)
+    for v in by_ts[steady:]:
+        if not v.get("warming") and v.get("cluster") is not None:
+            ids[truth[v["asset_id"]]].add(int(v["cluster"]))
+    return {
+        "processes": n,
+        "rate": rate,
+        "wall_s": wall,
+        "split": sorted(per_instance.values(), reverse=True),
+        "trained": sum(int(s.get("trained_samples", 0)) for s in snaps.values()),
+        "skipped": sum(int(s.get("skipped_samples", 0)) for s in snaps.values()),
+        "ids_per_group": {g: sorted(c) for g, c in sorted(ids.items())},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaleout", description=__doc__)
+    parser.add_argument("--assets", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--processes", default="1,2,4")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    events = stream(args.assets, args.steps)
+    from streamval.stream.datasets.synthetic import THREE_GROUPS, grouped_panel
+
+    panel = grouped_panel(THREE_GROUPS, max(1, args.assets // len(THREE_GROUPS)), 1, seed=0)
+    truth = dict(panel.truth)
+    settings0 = engine_settings()
+    steady = (settings0.seq_len + 1) * args.assets
+    counts = [int(p) for p in args.processes.split(",") if p]
+    t_start = time.perf_counter()
+    results = []
+    with broker() as bootstrap:
+        for n in counts:
+            print(f"{n} process(es) ...", file=sys.stderr)
+            results.append(run(bootstrap, events, truth, n, steady))
+    base = results[0]["rate"]
+    where = (
+        "the cluster at KAFKA_BOOTSTRAP_SERVERS"
+        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        else "a local single-node broker (KRaft)"
+    )
+    lines = [
+        "# Scale-out: processes in one consumer group",
+        "",
+        f"Measured by `python -m benchmarks.scaleout` in {time.perf_counter() - t_start:,.0f} s "
+        f"on {platform.machine()} with {os.cpu_count()} CPU cores shared by the broker, the "
+        f"processes and other jobs; torch {torch.__version__} with 1 thread per process; "
+        f"{where}; commit {git_commit()}; load average {os.getloadavg()[0]:.1f} at the end.",
+        "",
+        f"- stream: {args.assets:,} assets x {args.steps} steps = {len(events):,} events, a "
+        f"backlog on an input topic of {PARTITIONS} partitions, polls of {POLL} events",
+        f"- model: the defaults of `streamval run` ({settings0.cell.upper()} {settings0.hidden}, "
+        f"seq_len {settings0.seq_len}); each process values and learns (no role split)",
+        f"- rate: valuations per second over the events after the first {settings0.seq_len + 1} "
+        "steps, from the broker's append times",
+        "",
+        "| processes | events/s | vs 1 process | events scored per process | samples trained | "
+        "skipped (overload) | cluster ids per true group |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ids = "; ".join(f"{g}: {c}" for g, c in r["ids_per_group"].items())
+        lines.append(
+            f"| {r['processes']} | {r['rate']:,.0f} | {r['rate'] / base:.2f} | "
+            f"{', '.join(f'{x:,}' for x in r['split'])} | {r['trained']:,} | {r['skipped']:,} | "
+            f"{ids} |"
+        )
+    lines += [
+        "",
+        f"This machine has {os.cpu_count()} cores: one process already uses about one for "
+        "valuing and one for its trainer, so more processes here share the same cores and the "
+        "ratios above are the machine's limit, not Kafka's. docs/ARCHITECTURE.md (Scale-out) "
+        "estimates N machines.",
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
