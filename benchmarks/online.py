@@ -9,6 +9,10 @@ baseline's period, not an engine setting). Writes `docs/results/online/<name>.md
 may be run separately with `--datasets`). The committed reports: `python -m benchmarks.online
 --max-assets 60` (about 25 minutes on the shared two cores). The data folder is `../shared/data`
 beside the clone unless STREAMVAL_SHARED_DATA names another.
+
+`--pooling MODE ...` runs the data sets once per `engine.pooling` mode instead (everything else
+default), side by side: reports in `docs/results/pooling/<mode>/`, the comparison in
+`docs/results/pooling.md`; `online.md` is left alone.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from streamval.config import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SEASON = {"ett_h1": 24}
+POOLING = ("cluster", "shared", "global")
 
 
 def _engine(s: dict[str, Any], key: str) -> float:
@@ -123,8 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-assets", type=int, help="sp500: assets spread over sectors")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--pooling",
+        nargs="+",
+        choices=POOLING,
+        help="compare these engine.pooling modes (writes pooling.md, not online.md)",
+    )
     args = parser.parse_args(argv)
     shared = Path(os.environ.get("STREAMVAL_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if args.pooling:
+        return pooling(args, shared)
     folder = args.out / "online"
     engine = EngineSettings()
     for name in args.datasets:
@@ -189,6 +202,71 @@ def main(argv: list[str] | None = None) -> int:
     )
     (args.out / "online.md").write_text(text)
     print(args.out / "online.md", file=sys.stderr)
+    return 0
+
+
+def pooling(args: argparse.Namespace, shared: Path) -> int:
+    """Each data set under each pooling mode (the other settings default), side by side."""
+    cmd = ["python", "-m", "benchmarks.online", "--datasets", *args.datasets]
+    if args.max_assets:
+        cmd += ["--max-assets", str(args.max_assets)]
+    cmd += ["--pooling", *args.pooling]
+    rows: list[list[object]] = []
+    for name in args.datasets:
+        panel = named_panel(name, shared, args.max_assets)
+        for mode in args.pooling:
+            config = OnlineConfig(
+                season=SEASON.get(name, 0),
+                engine=EngineSettings(pooling=mode),
+                progress=not args.no_progress,
+            )
+            result = write_run(panel, config, args.out / "pooling" / mode, shlex.join(cmd))
+            s = result.scores
+            per = next(r for r in s["overall"] if r["method"] == "persistence")
+            rows.append(
+                [
+                    f"[{name}](pooling/{mode}/{name}.md)",
+                    mode,
+                    s["assets"],
+                    s["clusters"],
+                    s["scored_events"],
+                    _engine(s, "mse") / float(per["mse"]),
+                    _engine(s, "mase"),
+                    s["interval"]["coverage"],
+                    round(s["seconds"]),
+                    round(s["events_per_s"]),
+                ]
+            )
+            print(f"{name} {mode}: {rows[-1][5:]}", file=sys.stderr)
+    header = [
+        "# Pooling modes side by side (`engine.pooling`)",
+        "",
+        f"Produced by `{shlex.join(cmd)}` on "
+        f"{time.strftime('%d %B %Y', time.gmtime())}; the online protocol of "
+        "[online.md](online.md) (20 % warm-up, z-units fitted on it, prequential one step "
+        "ahead, sync training), every setting but `pooling` at its default. MSE / persistence "
+        "and MASE (MAE / persistence's MAE) on the scored events; below 1 beats persistence. "
+        "clusters: clusters that valued at least one event. Run times on the shared 2-core "
+        "machine, loaded by other work, so compare them within a data set only.",
+        "",
+    ]
+    table = markdown_table(
+        [
+            "data set",
+            "pooling",
+            "assets",
+            "clusters",
+            "scored events",
+            "MSE / persistence",
+            "MASE",
+            "coverage",
+            "run time (s)",
+            "events/s",
+        ],
+        rows,
+    )
+    (args.out / "pooling.md").write_text("\n".join(header) + "\n" + table + "\n")
+    print(args.out / "pooling.md", file=sys.stderr)
     return 0
 
 

@@ -269,6 +269,12 @@ class EngineSettings(_Section):
     replay_fraction: float = Field(
         0.5, ge=0, lt=1, description="share of replayed old samples in a training step"
     )
+    pooling: Literal["cluster", "shared", "global"] = Field(
+        "cluster",
+        description="what the models are shared by: cluster = one model per cluster (the "
+        "paper); shared = one network for every asset with a residual output head per cluster; "
+        "global = one network for every asset, nothing per cluster",
+    )
     training: Literal["background", "sync"] = Field(
         "background",
         description="background: a trainer thread learns while the engine values (the "

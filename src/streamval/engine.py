@@ -122,7 +122,7 @@ __all__ = ["Engine", "set_torch_threads"]
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 # An asset's cluster is re-checked once its event count has grown by this share since the last
 # check (and at least by one): early on every event, later rarely, as its profile settles.
 _RECHECK_GROWTH = 8
@@ -130,7 +130,15 @@ _RECHECK_GROWTH = 8
 # are still counted, not named.
 _DROPPED_NAMES = 100
 # Settings a state must have been taken with (they shape the arrays and the networks).
-_SHAPING = ("seq_len", "max_features", "cell", "hidden", "buffer_size", "metrics_window")
+_SHAPING = (
+    "seq_len",
+    "max_features",
+    "cell",
+    "hidden",
+    "buffer_size",
+    "metrics_window",
+    "pooling",
+)
 
 FloatArray = NDArray[np.float64]
 Float32Array = NDArray[np.float32]
@@ -307,8 +315,10 @@ class Engine:
             batch_size=s.batch_size,
             max_backlog=s.max_backlog,
             background=s.training == "background",
+            pooled=s.pooling != "cluster",
             catch_up_steps=s.catch_up_steps,
         )
+        self._shared: SequenceLearner | None = None  # the learner every cluster shares (pooled)
         self._rng = np.random.default_rng(s.seed)
         rule = ScaleRule(
             mode=s.scale,
@@ -357,7 +367,12 @@ class Engine:
         return int(np.random.SeedSequence([self.settings.seed, cluster]).generate_state(1)[0])
 
     def _new_learner(self, cluster: int) -> SequenceLearner:
-        return SequenceLearner.from_settings(self.settings, seed=self._cluster_seed(cluster))
+        """A fresh training copy for `cluster`; pooled: the one shared learner (made once)."""
+        if self.settings.pooling == "cluster":
+            return SequenceLearner.from_settings(self.settings, seed=self._cluster_seed(cluster))
+        if self._shared is None:
+            self._shared = SequenceLearner.from_settings(self.settings, seed=self._cluster_seed(0))
+        return self._shared
 
     def _add_cluster(
         self, cluster: int, learner: SequenceLearner, parent: int | None = None
@@ -366,20 +381,20 @@ class Engine:
         s = self.settings
         policy = AdaptiveLearningRate.from_settings(
             s,
-            seed=learner.seed,
+            seed=self._cluster_seed(cluster),
             detector="adwin" if s.detector == "cross_sectional" else s.detector,
             boost=s.lr_boost if s.drift_response == "boost" else 1.0,
         )
         self.trainer.add(cluster, learner, policy)
-        predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden)
-        fast_predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden)
+        predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden, cluster=cluster)
+        fast_predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden, cluster=cluster)
         if parent is not None and parent in self._clusters:
             conformal = self._clusters[parent].conformal.fork()
             shock = self._clusters[parent].shock.fork()
             mix = self._clusters[parent].mix.fork()
         else:
             shock = CrossSectionalDetector.from_settings(s)
-            mix = ExpertMix.from_settings(s)
+            mix = ExpertMix.from_settings(s, can_fold=s.pooling == "cluster")
             conformal = AdaptiveConformal(
                 s.interval_coverage,
                 gamma=s.interval_gamma,
@@ -457,7 +472,7 @@ class Engine:
         fit_done = self._pending_fit is not None and self._pending_fit.done()
         if fit_done and self.trainer.hold():
             self._apply_pending_fit()  # releases the hold
-        before = {c: self.trainer.learner(c).own_updates for c in self._clusters}
+        before = {c: self.trainer.updates(c) for c in self._clusters}
         pos, n = 0, len(events)
         one_by_one = False
         plan: _Plan | None = None
@@ -491,7 +506,7 @@ class Engine:
             self._commit(plan, result, learn, fit_due)
             pos, plan = plan.stop, None
         for c in self._clusters:
-            done = self.trainer.learner(c).own_updates - before.get(c, 0)
+            done = self.trainer.updates(c) - before.get(c, 0)
             if done > 0:
                 result.updates[c] = done
         if learn and self.trainer.background:
@@ -553,7 +568,7 @@ class Engine:
                     total=c.errors.stats(rolling=False),
                     drift_alarms=policy.alarms,
                     lr=policy.lr,
-                    updates=self.trainer.learner(cid).own_updates,
+                    updates=self.trainer.updates(cid),
                     model_version=self.trainer.snapshot(cid).version,
                     queued_samples=queued,
                     trained_samples=trained,
@@ -1312,7 +1327,7 @@ class Engine:
         with self.trainer.paused():
             for new_id, parent in sorted(fit.parents.items()):
                 self._add_cluster(
-                    new_id, self.trainer.learner(parent).fork(self._cluster_seed(new_id)), parent
+                    new_id, self.trainer.spawn(parent, self._cluster_seed(new_id)), parent
                 )
             for cid in fit.removed:
                 self.trainer.remove(cid, fit.successors.get(cid))
@@ -1401,7 +1416,7 @@ class Engine:
             for cid in new_ids:
                 if cid not in self._clusters:
                     parent = self._ancestor(cid)
-                    learner = self.trainer.learner(parent).fork(self._cluster_seed(cid))
+                    learner = self.trainer.spawn(parent, self._cluster_seed(cid))
                     self._add_cluster(cid, learner, parent)
             for cid in [c for c in self._clusters if c not in new_ids]:
                 self.trainer.remove(cid, self._heir(cid, new_ids))
@@ -1589,6 +1604,7 @@ class Engine:
                     for cid, c in self._clusters.items()
                 },
                 "trainer": self.trainer.state_dict(),
+                "shared_learner": self.trainer.shared_state_dict(),
                 "counters": {
                     "ready": self._ready,
                     "events_since_fit": self._events_since_fit,
@@ -1654,6 +1670,8 @@ class Engine:
                 self._clusters = {}
                 for cid in clusters:
                     self._add_cluster(cid, self._new_learner(cid))
+                self.trainer.load_shared(state["shared_learner"])
+                for cid in clusters:
                     cs = state["clusters"][str(cid)]
                     self._clusters[cid].errors.load_state_dict(cs["errors"])
                     self._clusters[cid].expired = int(cs["expired"])

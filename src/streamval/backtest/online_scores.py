@@ -188,6 +188,7 @@ def score(run: OnlineRun) -> dict[str, Any]:
     return {
         "dataset": run.panel.name,
         "assets": int(run.frame["asset_id"].nunique()),
+        "clusters": int(run.frame.loc[run.frame["cluster"] >= 0, "cluster"].nunique()),
         "steps": len(run.steps),
         "warm_steps": run.warm_steps,
         "events": n_events,

@@ -22,8 +22,9 @@ served). After `shadow_steps` steps it is served once its per-step loss minus th
 has a t-statistic below `min_tstat` (it then enters at `init_weight`); in shadow it is retired as
 soon as that mean difference is positive. Served, it is retired when the EW ratio of its loss to
 the stable model's reaches 1. After `max_steps` steps it is folded into the stable model (its
-whole-life loss ratio below `fold_ratio`) or retired. The mix reports these as `events`; the
-engine applies them to the trainer.
+whole-life loss ratio below `fold_ratio`) or retired; with `can_fold=False` (a pooled network,
+`engine.pooling` other than "cluster", which one cluster's copy must not overwrite) it is
+always retired. The mix reports these as `events`; the engine applies them to the trainer.
 
 >>> mix = ExpertMix(prior=0.1)
 >>> mix.served_weights().round(2).tolist()  # untrained: 0.9 persistence, 0.1 model
@@ -87,6 +88,7 @@ class ExpertMix(Estimator):
         max_steps: int = 60,
         fold_ratio: float = 0.9,
         loss_horizon: int = 5,
+        can_fold: bool = True,
     ) -> None:
         self.persistence = persistence
         self.eta = eta
@@ -100,6 +102,7 @@ class ExpertMix(Estimator):
         self.max_steps = max_steps
         self.fold_ratio = fold_ratio
         self.loss_horizon = loss_horizon
+        self.can_fold = can_fold
         self._reset()
 
     def _reset(self) -> None:
@@ -224,7 +227,7 @@ class ExpertMix(Estimator):
             losing = self._ratio >= 1.0
         if losing or self._age >= self.max_steps:
             whole = self._cum[0] / max(self._cum[1], 1e-12)
-            fold = not losing and not self._shadow and whole < self.fold_ratio
+            fold = self.can_fold and not losing and not self._shadow and whole < self.fold_ratio
             self.end_fast(fold)
             return "folded" if fold else "retired"
         return event

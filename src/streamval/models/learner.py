@@ -24,9 +24,24 @@ Two copies of each cluster's model, as a learner and a valuer would hold them:
                        network and normaliser as numbers. Immutable: a serving copy loads it.
     Predictor          the serving copy: loads snapshots, predicts; owned by the valuing side.
 
-A snapshot is the unit a future scale-out would move between processes, and a cluster model
-made of several networks (a stable and a fast learner, shared trunk and per-cluster heads)
-would publish them side by side under `ModelSnapshot.networks`.
+A snapshot is the unit a future scale-out would move between processes. Its networks:
+`"main"` (the network) and, under `pooling="shared"`, `"heads"` (every cluster's head).
+
+Pooling (`engine.pooling`) decides what a learner is shared by:
+
+    cluster    one learner per cluster (the paper); `cluster` arguments are ignored
+    global     one learner for every cluster, nothing per cluster
+    shared     one learner for every cluster, plus a per-cluster residual output head: the
+               prediction for a sample of cluster c is head(h) + w_c . h + b_c, with h the last
+               hidden state (the flattened window for the linear cell). A sample updates the
+               shared layers and head and its own cluster's (w_c, b_c) only. A new cluster's
+               head starts at the mean of the existing clusters' heads (zero for the first),
+               so it predicts with what the others learnt. The replay reservoir keeps each
+               sample's cluster, so replayed samples train their own cluster's head.
+
+The per-cluster part is a residual output head rather than a cluster embedding as an input: it
+keeps the network and its state layout the same as the per-cluster model's, and a zero head is
+exactly the shared model.
 
 Cells: ``"lstm"`` / ``"gru"`` (stacked layers of sizes `hidden`, paper: [100, 50]) and
 ``"linear"`` (a linear model on the flattened window with an L2 penalty, ridge-like).
@@ -61,6 +76,7 @@ from streamval.models.state import as_array, as_tensor, rng_state, set_rng_state
 FloatArray = NDArray[np.float64]
 Float32Array = NDArray[np.float32]
 Cell = Literal["lstm", "gru", "linear"]
+Pooling = Literal["cluster", "shared", "global"]
 
 # Normalised inputs and targets are clipped to this many cluster RMS units: one wild tick (a
 # 10x price error upstream) must not blow up the weights; real shocks of that size are rare.
@@ -82,11 +98,15 @@ class _RecurrentNet(nn.Module):
         )
         self.head = nn.Linear(sizes[-1], 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last step's hidden state of the top layer: what the output head sees."""
         h = x
         for layer in self.layers:
             h, _ = layer(h)
-        out: torch.Tensor = self.head(h[:, -1]).squeeze(-1)
+        return h[:, -1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.features(x)).squeeze(-1)
         return out
 
 
@@ -95,9 +115,32 @@ class _LinearNet(nn.Module):
         super().__init__()
         self.head = nn.Linear(n_inputs * seq_len, 1)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The flattened window: what the output head sees."""
+        return x.flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(x.flatten(1)).squeeze(-1)
+        out: torch.Tensor = self.head(self.features(x)).squeeze(-1)
         return out
+
+
+def head_size(cell: Cell, n_inputs: int, seq_len: int, hidden: Sequence[int]) -> int:
+    """Size of what the output head sees (a per-cluster head has this many weights, plus 1)."""
+    return n_inputs * seq_len if cell == "linear" else int(hidden[-1])
+
+
+def _forward(
+    net: nn.Module, x: torch.Tensor, heads: torch.Tensor | None, rows: torch.Tensor | None
+) -> torch.Tensor:
+    """The network's output plus, with `heads`, each sample's per-cluster residual head
+    (`heads[rows[i]]`: weights then bias)."""
+    if heads is None or rows is None:
+        out: torch.Tensor = net(x)
+        return out
+    h = net.features(x)  # type: ignore[operator]
+    w = heads[rows]
+    out = net.head(h).squeeze(-1) + (h * w[:, :-1]).sum(-1) + w[:, -1]  # type: ignore[operator]
+    return out
 
 
 def build_network(cell: Cell, n_inputs: int, seq_len: int, hidden: Sequence[int]) -> nn.Module:
@@ -189,19 +232,35 @@ class ModelSnapshot:
 
 
 class Predictor:
-    """The serving copy of a cluster model: loads snapshots, predicts scale-free changes."""
+    """The serving copy of a cluster model: loads snapshots, predicts scale-free changes.
 
-    def __init__(self, n_features: int, seq_len: int, cell: Cell, hidden: Sequence[int]) -> None:
+    `cluster`: whose head to serve from a snapshot with per-cluster heads (a cluster without
+    one in the snapshot is served by the shared part alone).
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        seq_len: int,
+        cell: Cell,
+        hidden: Sequence[int],
+        *,
+        cluster: int = 0,
+    ) -> None:
         self.n_features = n_features
+        self.cluster = cluster
         self._net = build_network(cell, 1 + n_features, seq_len, hidden)
         self._net.eval()
+        self._head: torch.Tensor | None = None
         self._normaliser = Normaliser(n_features)
         self.snapshot: ModelSnapshot | None = None
 
     @classmethod
-    def for_learner(cls, learner: SequenceLearner) -> Predictor:
+    def for_learner(cls, learner: SequenceLearner, cluster: int = 0) -> Predictor:
         """A serving copy shaped like `learner`, loaded with its current snapshot."""
-        out = cls(learner.n_features, learner.seq_len, learner.cell, learner.hidden)
+        out = cls(
+            learner.n_features, learner.seq_len, learner.cell, learner.hidden, cluster=cluster
+        )
         out.load(learner.snapshot())
         return out
 
@@ -216,6 +275,12 @@ class Predictor:
         with torch.no_grad():
             for name, tensor in self._net.state_dict().items():
                 tensor.copy_(snapshot.networks["main"][name])
+        heads = snapshot.networks.get("heads")
+        if heads is None:
+            self._head = None
+        else:
+            own = heads.get(str(self.cluster))
+            self._head = None if own is None else own.detach().clone().reshape(1, -1)
         self._normaliser.load_state_dict(snapshot.normaliser)
         self.snapshot = snapshot
 
@@ -224,8 +289,9 @@ class Predictor:
         if len(windows) == 0:
             return np.zeros(0)
         x = self._normaliser.apply(windows)
+        rows = None if self._head is None else torch.zeros(len(x), dtype=torch.long)
         with torch.inference_mode():
-            out = self._net(x).double().numpy()
+            out = _forward(self._net, x, self._head, rows).double().numpy()
         out = np.clip(np.nan_to_num(out, nan=0.0), -_CLIP, _CLIP)
         return np.asarray(out * self._normaliser.target_scale, dtype=np.float64)
 
@@ -255,10 +321,13 @@ class SequenceLearner(Estimator):
         loss: Literal["huber", "mse"] = "huber",
         huber_delta: float = 1.0,
         target_winsor: float = 5.0,
+        pooling: Pooling = "cluster",
         seed: int = 0,
     ) -> None:
         if cell != "linear" and not hidden:
             raise ValueError("a recurrent cell needs at least one hidden layer")
+        if pooling not in ("cluster", "shared", "global"):
+            raise ValueError(f"pooling {pooling!r}: expected cluster, shared or global")
         self.n_features = n_features
         self.seq_len = seq_len
         self.cell: Cell = cell
@@ -272,12 +341,18 @@ class SequenceLearner(Estimator):
         self.loss = loss
         self.huber_delta = huber_delta
         self.target_winsor = target_winsor
+        self.pooling: Pooling = pooling
         self.seed = seed
         self._reset()
 
     @property
     def n_inputs(self) -> int:
         return 1 + self.n_features
+
+    @property
+    def has_heads(self) -> bool:
+        """Whether this learner keeps a residual output head per cluster (`pooling="shared"`)."""
+        return self.pooling == "shared"
 
     def _reset(self) -> None:
         generator = torch.Generator().manual_seed(self.seed)
@@ -291,6 +366,7 @@ class SequenceLearner(Estimator):
                     bound = 1.0 / math.sqrt(param.shape[0] // gates)
                     nn.init.uniform_(param, -bound, bound, generator=generator)
         self._net.eval()
+        self._heads = nn.ParameterDict()  # cluster id (str) -> residual head (weights, bias)
         self._opt = torch.optim.Adam(
             self._net.parameters(), lr=self.lr, weight_decay=self.weight_decay
         )
@@ -298,10 +374,47 @@ class SequenceLearner(Estimator):
         self.normaliser = Normaliser(self.n_features)
         self._res_x = np.zeros((self.buffer_size, self.seq_len, self.n_inputs), dtype=np.float32)
         self._res_y = np.zeros(self.buffer_size, dtype=np.float32)
+        self._res_c = np.zeros(self.buffer_size, dtype=np.int64)
         self._res_size = 0
         self._seen = 0
         self._updates = 0
         self._own_updates = 0
+
+    # -- clusters (pooling="shared") -----------------------------------------------------------
+
+    @property
+    def head_clusters(self) -> list[int]:
+        """Clusters with a head, in the order they were added."""
+        return [int(c) for c in self._heads]
+
+    def add_cluster(self, cluster: int, like: Sequence[int] = ()) -> None:
+        """Give `cluster` a head (`shared` pooling only; no-op otherwise or if it has one): the
+        mean of the heads of `like` (the live clusters), zero if none of them has one."""
+        if not self.has_heads or str(cluster) in self._heads:
+            return
+        others = [self._heads[str(c)].detach() for c in like if str(c) in self._heads]
+        size = head_size(self.cell, self.n_inputs, self.seq_len, self.hidden) + 1
+        init = torch.stack(others).mean(0) if others else torch.zeros(size)
+        self._add_head(cluster, init.clone())
+
+    def _add_head(self, cluster: int, value: torch.Tensor) -> None:
+        param = nn.Parameter(value.to(torch.float32))
+        self._heads[str(cluster)] = param
+        self._opt.add_param_group({"params": [param]})
+
+    def _parameters(self) -> list[nn.Parameter]:
+        """Every trained parameter in the optimizer's order: the network's, then the heads."""
+        return [*self._net.parameters(), *self._heads.values()]
+
+    def _rows(self, clusters: NDArray[np.int64]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The stacked heads the samples of `clusters` use and each sample's row in them."""
+        if not self.has_heads:
+            return None, None
+        ids, rows = np.unique(clusters, return_inverse=True)
+        for c in ids.tolist():
+            self.add_cluster(int(c), self.head_clusters)
+        heads = torch.stack([self._heads[str(c)] for c in ids.tolist()])
+        return heads, torch.from_numpy(rows.reshape(-1).astype(np.int64))
 
     # -- learning -----------------------------------------------------------------------------
 
@@ -317,9 +430,10 @@ class SequenceLearner(Estimator):
         *,
         lr: float | None = None,
         replay_fraction: float | None = None,
+        cluster: int = 0,
     ) -> None:
-        """One optimizer update on these fresh samples plus replayed ones; then they join the
-        reservoir. The normaliser absorbs the fresh samples first."""
+        """One optimizer update on these fresh samples (of `cluster`) plus replayed ones; then
+        they join the reservoir. The normaliser absorbs the fresh samples first."""
         windows = np.asarray(windows, dtype=np.float32)
         targets = np.asarray(targets, dtype=np.float64)
         if self.target_winsor > 0:
@@ -328,15 +442,20 @@ class SequenceLearner(Estimator):
         share = self.replay_fraction if replay_fraction is None else replay_fraction
         n_replay = self.replay_size(share)
         xs, ys = windows, targets
+        cs = np.full(len(targets), cluster, dtype=np.int64)
         if n_replay:
             idx = self._rng.choice(self._res_size, size=n_replay, replace=False)
             xs = np.concatenate([windows, self._res_x[idx]])
             ys = np.concatenate([targets, self._res_y[idx].astype(np.float64)])
-        self._gradient_step(xs, ys, self.lr if lr is None else lr)
+            cs = np.concatenate([cs, self._res_c[idx]])
+        self._gradient_step(xs, ys, cs, self.lr if lr is None else lr)
         for window, target in zip(windows, targets.tolist(), strict=True):
-            self._reservoir_add(window, target)
+            self._reservoir_add(window, target, cluster)
 
-    def _gradient_step(self, windows: Float32Array, targets: FloatArray, lr: float) -> None:
+    def _gradient_step(
+        self, windows: Float32Array, targets: FloatArray, clusters: NDArray[np.int64], lr: float
+    ) -> None:
+        heads, rows = self._rows(clusters)
         x = self.normaliser.apply(windows)
         scale = self.normaliser.target_scale
         y = torch.from_numpy(np.clip(targets / scale, -_CLIP, _CLIP).astype(np.float32))
@@ -344,7 +463,7 @@ class SequenceLearner(Estimator):
             group["lr"] = lr
         self._net.train()
         self._opt.zero_grad(set_to_none=True)
-        out = self._net(x)
+        out = _forward(self._net, x, heads, rows)
         if self.loss == "huber":
             # The threshold is in target units; the network sees targets divided by `scale`.
             loss = nn.functional.huber_loss(out, y, delta=self.huber_delta / scale)
@@ -355,13 +474,13 @@ class SequenceLearner(Estimator):
                 (p**2).sum() for n, p in self._net.named_parameters() if n.endswith("weight")
             )
         loss.backward()  # type: ignore[no-untyped-call]
-        nn.utils.clip_grad_norm_(self._net.parameters(), _GRAD_CLIP)
+        nn.utils.clip_grad_norm_(self._parameters(), _GRAD_CLIP)
         self._opt.step()
         self._net.eval()
         self._updates += 1
         self._own_updates += 1
 
-    def _reservoir_add(self, window: Float32Array, target: float) -> None:
+    def _reservoir_add(self, window: Float32Array, target: float, cluster: int) -> None:
         if self._res_size < self.buffer_size:
             slot = self._res_size
             self._res_size += 1
@@ -370,6 +489,7 @@ class SequenceLearner(Estimator):
         if slot < self.buffer_size:
             self._res_x[slot] = window
             self._res_y[slot] = target
+            self._res_c[slot] = cluster
         self._seen += 1
 
     def reset_moments(self) -> None:
@@ -386,15 +506,16 @@ class SequenceLearner(Estimator):
 
     def snapshot(self) -> ModelSnapshot:
         """The current model as an immutable snapshot (cloned numbers)."""
+        networks = {"main": {k: v.detach().clone() for k, v in self._net.state_dict().items()}}
+        if self.has_heads:
+            networks["heads"] = {k: v.detach().clone() for k, v in self._heads.items()}
         return ModelSnapshot(
-            version=self._updates,
-            networks={"main": {k: v.detach().clone() for k, v in self._net.state_dict().items()}},
-            normaliser=self.normaliser.state_dict(),
+            version=self._updates, networks=networks, normaliser=self.normaliser.state_dict()
         )
 
-    def predict(self, windows: NDArray[np.floating[Any]]) -> FloatArray:
+    def predict(self, windows: NDArray[np.floating[Any]], cluster: int = 0) -> FloatArray:
         """Predictions of the training copy itself (tests and tools; serving uses `Predictor`)."""
-        return Predictor.for_learner(self).predict(windows)
+        return Predictor.for_learner(self, cluster).predict(windows)
 
     @property
     def updates(self) -> int:
@@ -414,20 +535,29 @@ class SequenceLearner(Estimator):
     # -- state --------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        params = list(self._net.parameters())
-        states = [self._opt.state.get(p, {}) for p in params]
-        stepped = all("exp_avg" in s for s in states)
+        """Network, heads, optimizer moments (per parameter, None where a parameter has not
+        been stepped yet: a head no sample reached), RNG, normaliser, reservoir, counters."""
+        states = [self._opt.state.get(p, {}) for p in self._parameters()]
+        if not any("exp_avg" in st for st in states):
+            states = []
+
+        def moment(name: str) -> list[Any]:
+            return [
+                (float(st[name]) if name == "step" else st[name].clone())
+                if "exp_avg" in st
+                else None
+                for st in states
+            ]
+
         return {
             "net": {k: v.detach().clone() for k, v in self._net.state_dict().items()},
-            "adam": {
-                "step": [float(s["step"]) for s in states] if stepped else [],
-                "exp_avg": [s["exp_avg"].clone() for s in states] if stepped else [],
-                "exp_avg_sq": [s["exp_avg_sq"].clone() for s in states] if stepped else [],
-            },
+            "heads": {k: v.detach().clone() for k, v in self._heads.items()},
+            "adam": {name: moment(name) for name in ("step", "exp_avg", "exp_avg_sq")},
             "rng": rng_state(self._rng),
             "normaliser": self.normaliser.state_dict(),
             "res_x": self._res_x[: self._res_size].copy(),
             "res_y": self._res_y[: self._res_size].copy(),
+            "res_c": self._res_c[: self._res_size].copy(),
             "seen": self._seen,
             "updates": self._updates,
             "own_updates": self._own_updates,
@@ -436,9 +566,20 @@ class SequenceLearner(Estimator):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         net = {str(k): as_tensor(v, torch.float32) for k, v in state["net"].items()}
         self._net.load_state_dict(net)  # raises on missing keys and wrong shapes
-        params = list(self._net.parameters())
+        heads = {str(k): as_tensor(v, torch.float32) for k, v in state["heads"].items()}
+        if heads and not self.has_heads:
+            raise ValueError(f"learner: per-cluster heads in a {self.pooling!r} model")
+        size = head_size(self.cell, self.n_inputs, self.seq_len, self.hidden) + 1
+        if any(h.shape != (size,) for h in heads.values()):
+            raise ValueError(f"learner: per-cluster heads not of size {size}")
+        self._heads = nn.ParameterDict()
+        self._opt = torch.optim.Adam(
+            self._net.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
+        for cluster, head in heads.items():
+            self._add_head(int(cluster), head)
+        params = self._parameters()
         adam = state["adam"]
-        self._opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         if adam["step"]:
             if (
                 not len(adam["step"])
@@ -449,6 +590,8 @@ class SequenceLearner(Estimator):
                 raise ValueError("learner: optimizer state does not match the network")
             opt_state = self._opt.state_dict()
             for i, p in enumerate(params):
+                if adam["step"][i] is None:
+                    continue
                 avg = as_tensor(adam["exp_avg"][i], torch.float32)
                 avg_sq = as_tensor(adam["exp_avg_sq"][i], torch.float32)
                 if avg.shape != p.shape or avg_sq.shape != p.shape:
@@ -463,13 +606,15 @@ class SequenceLearner(Estimator):
         self.normaliser.load_state_dict(state["normaliser"])
         res_x = as_array(state["res_x"], np.float32)
         res_y = as_array(state["res_y"], np.float32).reshape(-1)
-        if res_x.shape[1:] != self._res_x.shape[1:] or len(res_x) != len(res_y):
+        res_c = as_array(state["res_c"], np.int64).reshape(-1)
+        if res_x.shape[1:] != self._res_x.shape[1:] or not len(res_x) == len(res_y) == len(res_c):
             raise ValueError(f"learner: replay reservoir of shape {res_x.shape}")
         if len(res_y) > self.buffer_size:
             raise ValueError(f"learner: {len(res_y)} replay samples for {self.buffer_size} slots")
         self._res_size = len(res_y)
         self._res_x[: self._res_size] = res_x
         self._res_y[: self._res_size] = res_y
+        self._res_c[: self._res_size] = res_c
         self._seen = int(state["seen"])
         self._updates = int(state["updates"])
         self._own_updates = int(state["own_updates"])
@@ -477,6 +622,8 @@ class SequenceLearner(Estimator):
     def adopt(self, other: SequenceLearner) -> None:
         """Take another learner's network, optimizer and normaliser (deep copies; a fast learner
         folded into its stable model). The reservoir and counters stay this learner's."""
+        if self.has_heads or other.has_heads:
+            raise ValueError("adopt: only per-cluster learners (pooling='cluster') are folded")
         self._net.load_state_dict(
             {k: v.detach().clone() for k, v in other._net.state_dict().items()}
         )
@@ -490,6 +637,8 @@ class SequenceLearner(Estimator):
         child._net.load_state_dict(
             {k: v.detach().clone() for k, v in self._net.state_dict().items()}
         )
+        for cluster, head in self._heads.items():
+            child._add_head(int(cluster), head.detach().clone())
         child._opt.load_state_dict(copy.deepcopy(self._opt.state_dict()))
         child.normaliser.load_state_dict(self.normaliser.state_dict())
         child._updates = self._updates

@@ -21,6 +21,15 @@ training falls behind, the queue is thinned to every second sample and the dropp
 counted (`skipped`); nothing is dropped silently. `max_backlog` also bounds staleness: a
 valuation is made by a model at most `max_backlog + batch_size` samples behind its cluster.
 
+Pooling (`engine.pooling`, see `models/learner.py`): with `"cluster"` every slot has its own
+learner; with `"shared"` and `"global"` every slot holds the same learner (`pooled=True`), a step
+of cluster c trains it on c's samples (and c's head under `"shared"`) at c's lr, and every slot
+publishes the resulting snapshot (the shared part changed for all). The queues, lr policies,
+counters and fast learners stay per cluster. A fast learner is a copy of the whole shared
+learner, trained on its cluster's samples only and served for that cluster only; when the
+experts would fold it into a pooled learner it is retired instead (one cluster's recent samples
+must not overwrite the part every cluster shares).
+
 The training copies are touched only by the thread running a step, under `paused()`, which
 waits for the step in flight and holds further steps (state export, restore, close), or between
 steps: `hold()` (the engine applies a fit or takes a checkpoint once no step is in flight,
@@ -135,6 +144,7 @@ class SampleQueue:
 
 @dataclass
 class _Slot:
+    cluster: int
     learner: SequenceLearner
     policy: AdaptiveLearningRate
     queue: SampleQueue
@@ -142,6 +152,7 @@ class _Slot:
     reset_pending: bool = False
     trained: int = 0  # fresh samples trained by this slot's learner
     skipped: int = 0  # samples dropped by overload thinning
+    steps: int = 0  # optimizer steps made on this cluster's samples
     fast: SequenceLearner | None = None  # a fast learner after a shock alarm (drift response)
     fast_lr: float = 0.0
     fast_snapshot: ModelSnapshot | None = None
@@ -151,9 +162,16 @@ class Trainer:
     """Owns the training copy of every cluster's model and publishes snapshots."""
 
     def __init__(
-        self, *, batch_size: int, max_backlog: int, background: bool, catch_up_steps: int = 1
+        self,
+        *,
+        batch_size: int,
+        max_backlog: int,
+        background: bool,
+        pooled: bool = False,
+        catch_up_steps: int = 1,
     ) -> None:
         self.batch_size = batch_size
+        self.pooled = pooled
         self.max_backlog = max(max_backlog, batch_size)
         self.background = background
         self.catch_up_steps = max(1, catch_up_steps)
@@ -170,9 +188,30 @@ class Trainer:
     # -- clusters ------------------------------------------------------------------------------
 
     def add(self, cluster: int, learner: SequenceLearner, policy: AdaptiveLearningRate) -> None:
-        """A new cluster with its training copy and lr policy (under `paused()` when running)."""
+        """A new cluster with its training copy and lr policy (under `paused()` when running).
+        Pooled: `learner` is the shared one; it gives the cluster a head if it keeps heads."""
+        if self.pooled:
+            learner.add_cluster(cluster, sorted(self._slots))
         shape = (learner.seq_len, learner.n_inputs)
-        self._slots[cluster] = _Slot(learner, policy, SampleQueue(shape), learner.snapshot())
+        self._slots[cluster] = _Slot(
+            cluster, learner, policy, SampleQueue(shape), learner.snapshot()
+        )
+
+    def spawn(self, parent: int, seed: int) -> SequenceLearner:
+        """The training copy of a new cluster split from `parent`: a fork of the parent's
+        learner, or the shared learner itself when pooled."""
+        learner = self._slots[parent].learner
+        return learner if self.pooled else learner.fork(seed)
+
+    def shared_learner(self) -> SequenceLearner | None:
+        """The learner every cluster shares (None unless pooled)."""
+        if not self.pooled or not self._slots:
+            return None
+        return next(iter(self._slots.values())).learner
+
+    def updates(self, cluster: int) -> int:
+        """Optimizer steps made on a cluster's samples since it was created."""
+        return self._slots[cluster].steps
 
     def remove(self, cluster: int, successor: int | None) -> None:
         """Drop a cluster; its queued samples move to `successor` (still trained exactly once)."""
@@ -238,7 +277,7 @@ class Trainer:
         slot = self._slots[cluster]
 
         def end() -> None:
-            if slot.fast is not None and fold:
+            if slot.fast is not None and fold and not self.pooled:
                 slot.learner.adopt(slot.fast)
                 slot.snapshot = slot.learner.snapshot()
             slot.fast, slot.fast_snapshot, slot.fast_lr = None, None, 0.0
@@ -314,13 +353,25 @@ class Trainer:
         if slot.reset_pending:
             slot.learner.reset_moments()
             slot.reset_pending = False
-        slot.learner.step(x, y, lr=slot.policy.lr, replay_fraction=slot.policy.replay_fraction)
-        slot.snapshot = slot.learner.snapshot()
+        slot.learner.step(
+            x,
+            y,
+            lr=slot.policy.lr,
+            replay_fraction=slot.policy.replay_fraction,
+            cluster=slot.cluster,
+        )
+        self._publish(slot, slot.learner.snapshot())
         if slot.fast is not None:
-            slot.fast.step(x, y, lr=slot.fast_lr, replay_fraction=0.0)
+            slot.fast.step(x, y, lr=slot.fast_lr, replay_fraction=0.0, cluster=slot.cluster)
             slot.fast_snapshot = slot.fast.snapshot()
         slot.policy.on_update()
         slot.trained += len(y)
+        slot.steps += 1
+
+    def _publish(self, slot: _Slot, snapshot: ModelSnapshot) -> None:
+        """A step's snapshot: the slot's, or every slot's when they share the learner."""
+        for other in self._slots.values() if self.pooled else (slot,):
+            other.snapshot = snapshot
 
     def _start(self) -> None:
         if self._thread is None and not self._closed:
@@ -353,11 +404,11 @@ class Trainer:
             try:
                 if reset:
                     slot.learner.reset_moments()
-                slot.learner.step(x, y, lr=lr, replay_fraction=share)
+                slot.learner.step(x, y, lr=lr, replay_fraction=share, cluster=cluster)
                 snapshot = slot.learner.snapshot()
                 fast_snapshot = None
                 if fast is not None:
-                    fast.step(x, y, lr=fast_lr, replay_fraction=0.0)
+                    fast.step(x, y, lr=fast_lr, replay_fraction=0.0, cluster=cluster)
                     fast_snapshot = fast.snapshot()
             except BaseException as exc:  # surfaced on the valuing thread's next call
                 with self._cond:
@@ -366,11 +417,12 @@ class Trainer:
                     self._cond.notify_all()
                 return
             with self._cond:
-                slot.snapshot = snapshot
+                self._publish(slot, snapshot)
                 if fast is not None and slot.fast is fast:
                     slot.fast_snapshot = fast_snapshot
                 slot.policy.on_update()
                 slot.trained += len(y)
+                slot.steps += 1
                 ops, self._ops = self._ops, []
                 for op in ops:
                     try:
@@ -433,12 +485,13 @@ class Trainer:
     # -- state --------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Every cluster's training copy, policy, queue and counters (call under `paused()`)."""
+        """Every cluster's training copy (None when pooled: see `shared_state_dict`), policy,
+        queue and counters (call under `paused()`)."""
         out: dict[str, Any] = {}
         for cluster, slot in self._slots.items():
             x, y, ts = slot.queue.arrays()
             out[str(cluster)] = {
-                "learner": slot.learner.state_dict(),
+                "learner": None if self.pooled else slot.learner.state_dict(),
                 "policy": slot.policy.state_dict(),
                 "queue_x": x.copy(),
                 "queue_y": y.copy(),
@@ -446,15 +499,33 @@ class Trainer:
                 "reset_pending": slot.reset_pending,
                 "trained": slot.trained,
                 "skipped": slot.skipped,
+                "steps": slot.steps,
                 "fast": None if slot.fast is None else slot.fast.state_dict(),
                 "fast_lr": slot.fast_lr,
             }
         return out
 
+    def shared_state_dict(self) -> dict[str, Any] | None:
+        """The shared learner's state (None unless pooled; call under `paused()`)."""
+        learner = self.shared_learner()
+        return None if learner is None else learner.state_dict()
+
+    def load_shared(self, state: dict[str, Any] | None) -> None:
+        """Restore the shared learner (pooled; before `load_slot`; call under `paused()`)."""
+        learner = self.shared_learner()
+        if (learner is None) != (state is None):
+            raise ValueError("shared learner: present in only one of the state and the engine")
+        if learner is not None and state is not None:
+            learner.load_state_dict(state)
+
     def load_slot(self, cluster: int, state: dict[str, Any]) -> None:
-        """Restore one cluster added with `add` (call under `paused()`)."""
+        """Restore one cluster added with `add` (call under `paused()`; pooled: after
+        `load_shared`)."""
         slot = self._slots[cluster]
-        slot.learner.load_state_dict(state["learner"])
+        if (state["learner"] is None) != self.pooled:
+            raise ValueError(f"cluster {cluster}: a training copy where pooling says otherwise")
+        if state["learner"] is not None:
+            slot.learner.load_state_dict(state["learner"])
         slot.policy.load_state_dict(state["policy"])
         x = as_array(state["queue_x"], np.float32)
         y = as_array(state["queue_y"], np.float64).reshape(-1)
@@ -466,6 +537,7 @@ class Trainer:
         slot.reset_pending = bool(state["reset_pending"])
         slot.trained = int(state["trained"])
         slot.skipped = int(state["skipped"])
+        slot.steps = int(state["steps"])
         slot.snapshot = slot.learner.snapshot()
         slot.fast, slot.fast_snapshot = None, None
         slot.fast_lr = float(state["fast_lr"])
