@@ -19,8 +19,9 @@ assets whose cluster changed), and the share of assets that kept one cluster fro
                 the August 2015 selloff and the December 2015 hike)
     auto K      the issue's stream with n_clusters = "auto"
 
-Writes docs/results/clustering.md; `--only credit` (about a minute) or `--only sp500` runs one
-part and writes docs/results/clustering-credit.md or clustering-sp500.md instead. Separate from
+Writes docs/results/clustering.md; `--only credit` (a few minutes: the book and three other draws
+of its generator) or `--only sp500` runs one part and writes docs/results/clustering-credit.md or
+clustering-sp500.md instead. Separate from
 `benchmarks.run` (whose full report takes about 20 minutes): this one takes 15-30 minutes on two
 shared cores, most of it the S&P 500 panel (`--quick`: a few minutes).
 """
@@ -44,7 +45,7 @@ from sklearn.metrics import adjusted_rand_score
 from streamval.config import EngineSettings
 from streamval.engine import Engine
 from streamval.stream.contract.schema import AssetEvent
-from streamval.stream.datasets.credit import generate
+from streamval.stream.datasets.credit import CreditPortfolioParams, generate
 from streamval.stream.datasets.sp500 import load_sp500
 from streamval.stream.datasets.synthetic import HARD_THREE_GROUPS, Group, grouped_panel
 
@@ -164,11 +165,14 @@ def synthetic(quick: bool) -> list[tuple[str, Outcome, Outcome]]:
     return out
 
 
-def credit(quick: bool) -> Outcome:
-    book = generate(n_customers=1000 if quick else 3000)
+def credit(quick: bool, seed: int | None = None) -> Outcome:
+    """The credit book's latent groups; `seed`: another draw of the same generator."""
+    params = CreditPortfolioParams() if seed is None else CreditPortfolioParams(seed=seed)
+    book = generate(params, n_customers=1000 if quick else 3000)
     truth = {str(k): int(v) for k, v in book.customers["group"].items()}
+    drawn = "" if seed is None else f" (generator seed {seed})"
     return run_stream(
-        f"credit book, {len(truth)} customers",
+        f"credit book, {len(truth)} customers{drawn}",
         book.events(),
         truth,
         BASE,
@@ -347,7 +351,7 @@ def write_part(path: Path, part: str, outcomes: list[Outcome], seconds: float) -
         "",
     ]
     if part == "credit":
-        (cred,) = outcomes
+        cred, *others = outcomes
         lines += [
             f"{cred.name}, 24 months, policy shock at month 18; re-fit every month from month "
             f"16. Churn per re-fit {_churn_cell(cred)}; kept from month 15: "
@@ -356,7 +360,18 @@ def write_part(path: Path, part: str, outcomes: list[Outcome], seconds: float) -
             "| month | " + " | ".join(str(m) for m in sorted(cred.ari)) + " |",
             "|---|" + "---|" * len(cred.ari),
             "| ARI | " + " | ".join(_fmt(cred.ari[m]) for m in sorted(cred.ari)) + " |",
+            "",
+            "Other draws of the same generator (no target: how much the book above is one draw).",
+            "",
+            "| book | ARI@13 | ARI@15 | ARI@24 | churn per re-fit | kept |",
+            "|---|---|---|---|---|---|",
         ]
+        for o in others:
+            lines.append(
+                f"| {o.name} | {_fmt(o.ari.get(13, float('nan')))} | "
+                f"{_fmt(o.ari.get(15, float('nan')))} | {_fmt(o.ari.get(24, float('nan')))} | "
+                f"{_churn_cell(o)} | {100 * o.kept:.1f}% |"
+            )
     else:
         lines += [
             "| run | clusters | ARI at day 60 | ARI mean after | ARI last | churn per re-fit | "
@@ -392,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.only:
         outcomes = (
-            [credit(args.quick)]
+            [credit(args.quick), *(credit(args.quick, seed) for seed in (1, 2, 3))]
             if args.only == "credit"
             else sp500(shared / "sp500_2015_2020", 120 if args.quick else args.sp500_days)
         )
