@@ -8,10 +8,11 @@
     1. window      the asset's last `seq_len` steps; a step holds the *lagged* value (the last
                    value known before this event: the model sees v(t-1), never v(t)) and the
                    dynamic features of the event (carried forward when an event omits one)
-    2. cluster     nearest centroid of the current clustering in the weighted profile space at
-                   the asset's first check; later checks (when its profile may have moved: its
-                   event count grew by an eighth since the last check, or its attributes
-                   changed) move it only with hysteresis (another centroid closer by
+    2. cluster     nearest cluster of the current clustering in the weighted profile space
+                   (distance scaled by each cluster's spread) at the asset's first check; later
+                   checks (when its profile may have moved: its event count grew by an eighth
+                   since the last check, or its attributes changed) move it only with
+                   hysteresis (another cluster closer by
                    `switch_margin` at `switch_checks` consecutive checks); re-fits keep assets
                    in place unless the new fit is clearly better for them
     3. valuation   the served scale-free change: the cluster's combination of persistence, its
@@ -1369,6 +1370,7 @@ class Engine:
             owner=owner,
             ids=[int(i) for i in state["ids"]],
             centroids=np.asarray(state["centroids"], dtype=np.float64),
+            spread=np.asarray(state["spread"], dtype=np.float64),
             next_id=int(state["next_id"]),
             space=self._space.state_dict(),
             parents=dict(self._parents),
@@ -1425,6 +1427,7 @@ class Engine:
             {
                 "ids": new_ids,
                 "centroids": shared.centroids,
+                "spread": shared.spread,
                 "dim": int(shared.centroids.shape[1]),
                 "next_id": shared.next_id,
                 "fitted": True,

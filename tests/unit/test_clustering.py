@@ -63,6 +63,35 @@ def test_state_round_trip() -> None:
     b = AssetClustering()
     b.load_state_dict(a.state_dict())
     assert np.array_equal(a.assign_many(x), b.assign_many(x)) and a.ids == b.ids
+    np.testing.assert_array_equal(a.spread, b.spread)
+    # A state saved before clusters had spreads: plain Euclidean distances.
+    old = {k: v for k, v in a.state_dict().items() if k != "spread"}
+    b.load_state_dict(old)
+    np.testing.assert_array_equal(b.spread, np.ones_like(a.spread))
+    with pytest.raises(ValueError):
+        b.load_state_dict({**old, "spread": -a.spread})
+
+
+def test_a_broad_cluster_keeps_its_edge_from_a_tight_neighbour() -> None:
+    """A tight group and a broad one: the broad group's members on the near side are closer to
+    the tight centroid than to their own, yet belong to the broad group; the distance scaled by
+    each cluster's spread (a diagonal Gaussian's likelihood) gives them to it."""
+    rng = np.random.default_rng(0)
+    tight = rng.normal(0.0, 0.2, size=(150, 2))
+    broad = rng.normal(5.0, 1.5, size=(150, 2))
+    x = np.concatenate([tight, broad])
+    truth = np.repeat([0, 1], 150)
+    clustering = AssetClustering(n_clusters=2)
+    fit = clustering.fit(x, np.zeros(len(x), dtype=np.int64))
+    assert adjusted_rand_score(truth, fit.labels) == 1.0
+    home, away = int(fit.labels[0]), int(fit.labels[-1])
+    edge = np.array([1.6, 1.6])  # nearer the tight centroid, 2.2 of its spreads; 2.0 of broad's
+    centroids = np.stack([x[fit.labels == c].mean(axis=0) for c in (home, away)])
+    assert np.argmin(np.linalg.norm(centroids - edge, axis=1)) == 0
+    assert clustering.assign(edge) == away
+    assert clustering.assign(np.array([0.3, -0.2])) == home
+    row = clustering.ids.index(home)
+    assert np.all(clustering.spread[row] < 0.1) and np.all(clustering.spread[1 - row] > 1.0)
 
 
 def test_profile_space_one_hot_standardises_and_imputes() -> None:

@@ -39,6 +39,8 @@ def test_message_round_trips_through_json() -> None:
     back = SharedClustering.from_json(shared.to_json())
     assert (back.version, back.owner, back.ids, back.next_id) == (7, "p1", shared.ids, 3)
     np.testing.assert_array_equal(back.centroids, shared.centroids)
+    assert shared.spread is not None and back.spread is not None
+    np.testing.assert_array_equal(back.spread, shared.spread)
     for name, value in shared.space.items():
         if isinstance(value, np.ndarray):
             np.testing.assert_array_equal(back.space[name], value)
@@ -83,6 +85,8 @@ def test_wrong_sizes_and_values_are_refused() -> None:
         lambda b: b.update(version="x"),
         lambda b: b.update(version=True),
         lambda b: b["space"]["scale"].__setitem__(0, float("nan")),
+        lambda b: b["spread"].pop(),
+        lambda b: b["spread"][0].__setitem__(0, 0.0),
     ):
         body = json.loads(json.dumps(good))
         change(body)

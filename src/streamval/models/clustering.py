@@ -2,7 +2,7 @@
 
 Fits: Agglomerative clustering (Ward linkage, Euclidean; the paper's choice) or KMeans, on the
 standardised profiles (`streamval.models.profiles`); other linkages and metrics are available
-for studies (`linkage`, `metric`), while centroids and online assignment stay Euclidean. K is
+for studies (`linkage`, `metric`), while centroids and assignment use the distance below. K is
 fixed (`n_clusters`, 3 by default), or ``"auto"``: the K in 2..max_clusters that maximises
 silhouette x stability, stability being the mean adjusted Rand index between the fit and fits on
 `n_resamples` bootstrap resamples (on the resampled assets): a K whose clusters a resample
@@ -22,15 +22,29 @@ sum of adjusted Rand indices over the blocks with c > 0, or over all blocks if n
 consensus criterion of cluster ensembles, Strehl & Ghosh 2002). So a crisp block that no other
 block supports (a risk tier cut from one score) does not overrule many blocks that agree on another
 grouping, while a clean attribute among noise blocks (which agree with nothing) is not drowned by
-them. At a re-fit the weights in use are a fourth candidate and win unless another weighting agrees
-more than 10% better: new weights redraw the whole space, and with it every asset's neighbours.
+them. Equal weights win unless another weighting agrees more than 10% better: a block whose groups
+overlap (the credit book's ages, its autocorrelations) has no contrast alone and so no vote, yet
+carries information that down-weighting it would throw away on the noise of a 500-asset sample.
+At a re-fit the weights in use are a fourth candidate with the same edge: new weights redraw the
+whole space, and with it every asset's neighbours.
 
-Hysteresis: online, an asset changes cluster only when another centroid is closer than its own by
+Distance to a cluster: each cluster keeps its centroid and its *spread*, its members' variance
+per coordinate (at least 1% of the coordinate's variance over the fitted assets), and the
+distance is sqrt(sum_j (x_j - c_j)^2 / s_j + sum_j log(s_j / r_j)), r_j the smallest spread of
+the clusters compared: twice a diagonal Gaussian's negative log-likelihood up to a constant, made
+>= 0 so that the switch margin applies to it. Nearest-centroid Euclidean assignment gives the
+wide edge of a spread-out cluster (the credit book's fragile borrowers) to a tight neighbour
+whose centroid is nearer; Ward's own labels do not, but only the fit's sample gets them. So the
+fit's labels are moved once to their nearest cluster by this distance (unless a cluster would be
+left empty), and every assignment after (assets outside the sample, online checks, re-fits'
+keep test) uses it.
+
+Hysteresis: online, an asset changes cluster only when another cluster is closer than its own by
 the margin (`distance < (1 - switch_margin) x distance to its own`) at `switch_checks` consecutive
-checks (`reassign`); its first check places it at the nearest centroid. A re-fit keeps every asset
-in its cluster unless the centroid of the new fit's cluster for it is closer by the margin than the
-centroid of its old cluster (its old members, in the new space), or its old id disappears; the
-centroids are then those of the kept assignment. The bootstrap fit (against the provisional cluster
+checks (`reassign`); its first check places it at the nearest cluster. A re-fit keeps every asset
+in its cluster unless the new fit's cluster for it is closer by the margin than its old cluster
+(its old members' centroid and spread, in the new space), or its old id disappears; centroids and
+spreads are then those of the kept assignment. The bootstrap fit (against the provisional cluster
 0) keeps nothing.
 
 Stable ids: a re-fit computes the old clusters' centroids *in the new space* (the members of each
@@ -74,6 +88,10 @@ _NULL_DRAWS = 4  # Gaussian nulls per block and K (block weights)
 # A re-fit keeps the block weights in use unless another weighting's agreement is this much
 # (relatively) larger: a new weighting redraws the whole space, and every asset with it.
 _KEEP_WEIGHTS = 0.1
+# A cluster's spread along a coordinate is at least this share of the coordinate's variance over
+# the fitted assets: a cluster whose members agree exactly on a coordinate (a one-hot category)
+# makes it decisive, not infinitely so.
+_SPREAD_FLOOR = 0.01
 Linkage = Literal["ward", "average", "complete", "single"]
 Metric = Literal["euclidean", "manhattan", "cosine"]
 
@@ -134,6 +152,7 @@ class AssetClustering(Estimator):
     def _reset(self) -> None:
         self._ids: list[int] = [0]
         self._centroids = np.zeros((1, 0))
+        self._spread = np.ones((1, 0))  # per cluster and coordinate: its members' variance
         self._next_id = 1
         self._fitted = False
 
@@ -234,8 +253,11 @@ class AssetClustering(Estimator):
             x = np.concatenate([b * w for b, w in zip(sample, weights, strict=True)], axis=1)
             labels, _ = self._labels(x)
             agreement = sum(float(adjusted_rand_score(p, labels)) for p in votes)
-            if keep and i == 0:
-                agreement *= 1.0 + _KEEP_WEIGHTS  # the weights in use win near-ties
+            if (keep and i == 0) or i == int(keep):
+                # The weights in use, and equal weights, win near-ties: a block whose groups
+                # overlap has no contrast alone (no vote) yet carries information, which
+                # down-weighting it throws away on a sample's noise.
+                agreement *= 1.0 + _KEEP_WEIGHTS
             if agreement > support + 1e-9:
                 chosen, support = weights, agreement
         return [float(w) for w in chosen]
@@ -270,6 +292,8 @@ class AssetClustering(Estimator):
         """
         keep = self._fitted if keep is None else keep
         raw, stability = self._labels(x)
+        floor = _SPREAD_FLOOR * np.maximum(x.var(axis=0), 1e-12) if len(x) else np.ones(0)
+        raw = _refined(x, raw, floor)
         new_k = int(raw.max()) + 1
         new_centroids = np.stack([x[raw == j].mean(axis=0) for j in range(new_k)])
         old_ids = sorted(set(old_labels.tolist()))
@@ -289,21 +313,18 @@ class AssetClustering(Estimator):
         ids = [new_to_id[j] for j in order]
         labels = np.array([new_to_id[int(j)] for j in raw], dtype=np.int64)
         if keep:
-            old = {cid: old_centroids[i] for i, cid in enumerate(old_ids)}
             labels = self._kept(
                 x,
                 labels,
                 old_labels,
                 ids=ids,
-                old_centroids=old,
-                new_centroids=new_centroids[order],
+                old=_moments(x, old_labels, old_ids, floor),
+                new=_moments(x, raw, order, floor),
             )
-        centroids = []
-        for j, cid in enumerate(ids):
-            members = labels == cid
-            centroids.append(x[members].mean(axis=0) if members.any() else new_centroids[order[j]])
+        centroids, spread = _moments(x, labels, ids, floor)
         self._ids = ids
-        self._centroids = np.stack(centroids)
+        self._centroids = centroids
+        self._spread = spread
         self._fitted = True
         removed = [i for i in old_ids if i not in self._ids]
         successors = {
@@ -329,30 +350,33 @@ class AssetClustering(Estimator):
         old_labels: IntArray,
         *,
         ids: list[int],
-        old_centroids: dict[int, FloatArray],
-        new_centroids: FloatArray,
+        old: tuple[FloatArray, FloatArray],
+        new: tuple[FloatArray, FloatArray],
     ) -> IntArray:
-        """The new labels, except where the old id survives and the asset's new cluster's
-        centroid is not closer than its old cluster's (its old members, in the new space) by
-        the margin."""
+        """The new labels, except where the old id survives and the asset's new cluster is not
+        closer than its old cluster (its old members, in the new space) by the margin; `old`
+        and `new`: (centroids, spreads) of the old clusters (ascending ids) and the new ones
+        (in `ids` order)."""
         index = {cid: j for j, cid in enumerate(ids)}
         new_col = np.array([index[int(c)] for c in labels], dtype=np.int64)
-        d_new = np.sqrt(((x - new_centroids[new_col]) ** 2).sum(axis=1))
+        reference = np.minimum(old[1].min(axis=0), new[1].min(axis=0))
+        d_new_all = _distances(x, *new, reference)
+        d_new = d_new_all[np.arange(len(x)), new_col]
+        old_ids = sorted(set(old_labels.tolist()))
+        d_old_all = _distances(x, *old, reference)
         d_old = np.full(len(x), np.inf)
-        for cid, centroid in old_centroids.items():
+        for i, cid in enumerate(old_ids):
             if cid in index:
                 rows = old_labels == cid
-                d_old[rows] = np.sqrt(((x[rows] - centroid) ** 2).sum(axis=1))
+                d_old[rows] = d_old_all[rows, i]
         better = d_new < (1.0 - self.switch_margin) * d_old
         out: IntArray = np.where(np.isfinite(d_old) & ~better, old_labels, labels).astype(np.int64)
         return out
 
     def distances(self, profiles: FloatArray) -> FloatArray:
-        """Euclidean distance of each profile to each centroid (columns in `ids` order)."""
-        d: FloatArray = np.sqrt(
-            ((profiles[:, None, :] - self._centroids[None, :, :]) ** 2).sum(axis=2)
-        )
-        return d
+        """Distance of each profile to each cluster, scaled by the cluster's spread (columns
+        in `ids` order; the module docstring)."""
+        return _distances(profiles, self._centroids, self._spread)
 
     def settle(self, profiles: FloatArray, current: IntArray) -> IntArray:
         """One margin check without a streak (assets outside a re-fit's sample): the nearest
@@ -398,24 +422,27 @@ class AssetClustering(Estimator):
         return cluster, candidate, streak
 
     def assign(self, profile: FloatArray) -> int:
-        """Id of the nearest centroid (cluster 0 before the first fit)."""
-        if not self._fitted or len(self._ids) == 1:
-            return self._ids[0]
-        d = ((self._centroids - profile) ** 2).sum(axis=1)
-        return self._ids[int(np.argmin(d))]
+        """Id of the nearest cluster (cluster 0 before the first fit)."""
+        return int(self.assign_many(np.asarray(profile, dtype=np.float64)[None, :])[0])
 
     def assign_many(self, profiles: FloatArray) -> IntArray:
-        """Nearest-centroid ids of several profiles."""
+        """Ids of the nearest clusters of several profiles (`distances`)."""
         if not self._fitted or len(self._ids) == 1:
             return np.full(len(profiles), self._ids[0], dtype=np.int64)
-        d = ((profiles[:, None, :] - self._centroids[None, :, :]) ** 2).sum(axis=2)
+        d = self.distances(profiles)
         ids: IntArray = np.asarray(self._ids, dtype=np.int64)[np.argmin(d, axis=1)]
         return ids
+
+    @property
+    def spread(self) -> FloatArray:
+        """Per cluster (rows in `ids` order) and coordinate: the variance distances divide by."""
+        return self._spread.copy()
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "ids": list(self._ids),
             "centroids": self._centroids.copy(),
+            "spread": self._spread.copy(),
             "dim": int(self._centroids.shape[1]),
             "next_id": self._next_id,
             "fitted": self._fitted,
@@ -426,8 +453,59 @@ class AssetClustering(Estimator):
         self._centroids = np.asarray(state["centroids"], dtype=np.float64).reshape(
             len(self._ids), int(state["dim"])
         )  # raises on a wrong size
+        # Without spreads (a clustering saved before they existed): plain Euclidean distances.
+        spread = state.get("spread")
+        self._spread = (
+            np.ones_like(self._centroids)
+            if spread is None
+            else np.asarray(spread, dtype=np.float64).reshape(self._centroids.shape)
+        )
+        if not np.all(np.isfinite(self._spread) & (self._spread > 0)):
+            raise ValueError("cluster spreads must be finite and positive")
         self._next_id = int(state["next_id"])
         self._fitted = bool(state["fitted"])
+
+
+def _moments(
+    x: FloatArray, labels: IntArray, ids: Sequence[int], floor: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Centroid and spread (per-coordinate variance, at least `floor`) of each cluster in
+    `ids` (a cluster without members: the population's)."""
+    centroids, spreads = [], []
+    for cid in ids:
+        members = x[labels == cid]
+        if not len(members):
+            members = x
+        centroids.append(members.mean(axis=0))
+        spreads.append(np.maximum(members.var(axis=0), floor))
+    return np.stack(centroids), np.stack(spreads)
+
+
+def _distances(
+    x: FloatArray, centroids: FloatArray, spread: FloatArray, reference: FloatArray | None = None
+) -> FloatArray:
+    """sqrt(sum_j (x_j - c_kj)^2 / s_kj + sum_j log(s_kj / r_j)) per row and cluster k, r the
+    smallest spread per coordinate (`reference`, when several sets of clusters are compared):
+    twice a diagonal Gaussian's negative log-likelihood up to a constant common to all
+    clusters, shifted to be >= 0 so that the switch margin (a share of the distance) applies."""
+    spread = np.maximum(spread, 1e-300)
+    ref = spread.min(axis=0) if reference is None else np.minimum(reference, spread.min(axis=0))
+    penalty = np.log(spread / ref[None, :]).sum(axis=1)
+    q = (((x[:, None, :] - centroids[None, :, :]) ** 2) / spread[None, :, :]).sum(axis=2)
+    d: FloatArray = np.sqrt(np.maximum(q + penalty[None, :], 0.0))
+    return d
+
+
+def _refined(x: FloatArray, labels: IntArray, floor: FloatArray) -> IntArray:
+    """A fit's labels moved once to the nearest cluster by `_distances` (clusters that a
+    tight neighbour's centroid would otherwise bite into keep their spread-out members);
+    unchanged if a cluster would be left empty."""
+    k = int(labels.max()) + 1 if len(labels) else 0
+    if k < 2:
+        return labels
+    centroids, spread = _moments(x, labels, range(k), floor)
+    out = np.argmin(_distances(x, centroids, spread), axis=1).astype(np.int64)
+    return out if len(np.unique(out)) == k else labels
 
 
 def _silhouette(x: FloatArray, labels: IntArray, max_rows: int, rng: np.random.Generator) -> float:

@@ -3,7 +3,8 @@
 The clustering owner of a deployment publishes `SharedClustering` on the compacted `clusterings`
 topic; every other process assigns its assets with the latest version it has read
 (`Engine.adopt_clustering`). The message carries what assignment needs (the profile space:
-attributes, categories, scalers, block scales and weights; the centroids and their ids) and
+attributes, categories, scalers, block scales and weights; the centroids, their ids and each
+cluster's spread, which the distance to it divides by) and
 what keeps models continuous across versions (each cluster's parent, each removed cluster's
 successor). JSON only, never pickles: a foreign or damaged message raises `ValueError`.
 
@@ -46,6 +47,8 @@ class SharedClustering:
     parents: dict[int, int] = field(default_factory=dict)  # cluster -> the one it was copied from
     successors: dict[int, int] = field(default_factory=dict)  # removed cluster -> its heir
     created_ms: int = 0
+    # per id and coordinate: the variance the distance divides by (None: ones, i.e. Euclidean)
+    spread: NDArray[np.float64] | None = None
 
     def profile_space(self) -> ProfileSpace:
         """The profile space to transform assets with."""
@@ -66,6 +69,11 @@ class SharedClustering:
             "created_ms": self.created_ms,
             "ids": list(self.ids),
             "centroids": np.asarray(self.centroids, dtype=np.float64).tolist(),
+            **(
+                {}
+                if self.spread is None
+                else {"spread": np.asarray(self.spread, dtype=np.float64).tolist()}
+            ),
             "next_id": self.next_id,
             "space": space,
             "parents": {str(k): v for k, v in sorted(self.parents.items())},
@@ -94,6 +102,11 @@ class SharedClustering:
             centroids = np.array(body["centroids"], dtype=np.float64).reshape(len(ids), dim)
             if not np.all(np.isfinite(centroids)):
                 raise ValueError("centroids are not finite")
+            spread = None
+            if body.get("spread") is not None:
+                spread = np.array(body["spread"], dtype=np.float64).reshape(len(ids), dim)
+                if not np.all(np.isfinite(spread) & (spread > 0)):
+                    raise ValueError("spreads are not finite and positive")
             shared = cls(
                 version=_int(body["version"]),
                 owner=str(body["owner"]),
@@ -104,6 +117,7 @@ class SharedClustering:
                 parents={_int(k): _int(v) for k, v in dict(body.get("parents", {})).items()},
                 successors={_int(k): _int(v) for k, v in dict(body.get("successors", {})).items()},
                 created_ms=_int(body.get("created_ms", 0)),
+                spread=spread,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"missing or wrong field: {type(exc).__name__}: {exc}") from exc
