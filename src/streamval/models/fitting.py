@@ -82,14 +82,13 @@ class FitRunner:
             self._pending = future
             try:
                 proc = self._start()
-                assert proc.stdin is not None
-                _write(proc.stdin, job)
             except Exception as exc:
-                self._stop()
                 future.set_exception(exc)
                 return future
+            # The job is written from the thread too: a pipe holds 64 kB, and until a new
+            # subprocess has imported its modules (about a second) the write would block.
             threading.Thread(
-                target=self._receive, args=(proc, future), name="streamval-fit", daemon=True
+                target=self._exchange, args=(proc, job, future), name="streamval-fit", daemon=True
             ).start()
             return future
 
@@ -102,9 +101,10 @@ class FitRunner:
             )
         return self._proc
 
-    def _receive(self, proc: subprocess.Popen[bytes], future: Future[Fitted]) -> None:
-        assert proc.stdout is not None
+    def _exchange(self, proc: subprocess.Popen[bytes], job: FitJob, future: Future[Fitted]) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
         try:
+            _write(proc.stdin, job)
             ok, value = _read(proc.stdout)
         except Exception as exc:  # the subprocess died or was stopped
             future.set_exception(RuntimeError(f"the fitting subprocess failed: {exc}"))
