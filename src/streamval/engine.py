@@ -468,11 +468,7 @@ class Engine:
         no training step or fit runs (a frozen model).
         """
         result = BatchResult()
-        # A finished fit is applied once no training step is in flight (the trainer holds off
-        # new ones until then): a batch later rather than waiting here for the step.
-        fit_done = self._pending_fit is not None and self._pending_fit.done()
-        if fit_done and self.trainer.hold():
-            self._apply_pending_fit()  # releases the hold
+        self.apply_finished_fit()
         before = {c: self.trainer.updates(c) for c in self._clusters}
         pos, n = 0, len(events)
         one_by_one = False
@@ -1282,6 +1278,17 @@ class Engine:
             return False
         self._apply_fit(job.run(), ready)
         return True
+
+    def apply_finished_fit(self) -> bool:
+        """Apply a fit that finished in the fitting subprocess, once no training step is in
+        flight (the trainer holds off new ones until then: a call later rather than waiting for
+        the step); whether one was applied. Each `process()` calls it; the service also between
+        polls, for a process whose partitions are quiet."""
+        fit_done = self._pending_fit is not None and self._pending_fit.done()
+        if fit_done and self.trainer.hold():
+            self._apply_pending_fit()  # releases the hold
+            return True
+        return False
 
     def _apply_pending_fit(self) -> None:
         """Apply the fit that ran in the fitting subprocess (waits for it if still running); ends a

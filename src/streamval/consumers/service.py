@@ -431,6 +431,7 @@ class ValuationService:
         if sync is None:
             return
         engine = self.engine
+        engine.apply_finished_fit()  # a quiet owner's bootstrap fit lands here
         owner = TopicPartition(self.settings.topics.input, 0) in self._assigned
         if owner != engine.fits_clustering:
             engine.fits_clustering = owner
