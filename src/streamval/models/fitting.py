@@ -9,11 +9,13 @@ imports no torch, so the subprocess starts in about a second and stays small.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import struct
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -72,6 +74,7 @@ class FitRunner:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # one job at a time
         self._pending: Future[Fitted] | None = None
+        self._finalizer: weakref.finalize[Any, FitRunner] | None = None
 
     def submit(self, job: FitJob) -> Future[Fitted]:
         """Run `job` in the subprocess; the future completes when its result is back."""
@@ -99,6 +102,8 @@ class FitRunner:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
+            # An engine dropped without `close()` (or the interpreter exiting) ends it too.
+            self._finalizer = weakref.finalize(self, _kill, self._proc)
         return self._proc
 
     def _exchange(self, proc: subprocess.Popen[bytes], job: FitJob, future: Future[Fitted]) -> None:
@@ -118,6 +123,8 @@ class FitRunner:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        if self._finalizer is not None:
+            self._finalizer.detach()
         if proc.stdin is not None:
             proc.stdin.close()  # the subprocess ends at end of input
         try:
@@ -132,6 +139,17 @@ class FitRunner:
         """Stop the subprocess (a running fit finishes first; its result is dropped)."""
         with self._lock:
             self._stop()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """End a fitting subprocess at once and close its pipes."""
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def _write(stream: IO[bytes], value: Any) -> None:
@@ -164,7 +182,10 @@ def _serve() -> None:
             reply: tuple[bool, Any] = (True, job.run())
         except Exception as exc:
             reply = (False, f"{type(exc).__name__}: {exc}")
-        _write(stdout, reply)
+        try:
+            _write(stdout, reply)
+        except (BrokenPipeError, OSError):  # the parent has gone: nobody wants the result
+            return
 
 
 if __name__ == "__main__":
