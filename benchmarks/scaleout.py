@@ -9,8 +9,8 @@ events are produced (far faster than they are consumed: a backlog); the rate is 
 broker append times over the steady part (every window full). Each process is both
 valuer and learner (the single-process path): it learns from the partitions it owns, and the
 member owning partition 0 fits the clustering for all. Also reported: how the processes split
-the events, samples trained and skipped (the overload rule), and one cluster id per true group
-across processes.
+the events, samples trained and skipped (the overload rule), and the cluster ids each true group
+gets across processes, on the backlog's last step and on one step sent after it.
 
 On a machine with few cores the processes, their trainers and the broker share them: the ratios
 say how far this machine scales, not how far Kafka does. Writes docs/results/scaleout.md.
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -32,6 +33,7 @@ import torch
 
 from benchmarks.throughput import (
     POLL,
+    Service,
     broker,
     engine_settings,
     fresh_settings,
@@ -72,10 +74,50 @@ def snapshots(settings: Settings) -> dict[tuple[str, int], dict[str, Any]]:
     return out
 
 
+def clustering_versions(services: list[Service]) -> list[int]:
+    """The shared clustering version each process uses (its /metrics gauge)."""
+    from urllib.request import urlopen
+
+    out = []
+    for service in services:
+        with urlopen(service.url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        match = re.search(r"^streamval_clustering_version (\S+)$", text, re.MULTILINE)
+        out.append(int(float(match.group(1))) if match else 0)
+    return out
+
+
+def wait_same_clustering(services: list[Service], timeout_s: float = 120) -> list[int]:
+    """Until every process uses the same clustering (a fit in flight may land after the
+    backlog); the versions seen last."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        versions = clustering_versions(services)
+        if (len(set(versions)) == 1 and versions[0] > 0) or time.monotonic() > deadline:
+            return versions
+        time.sleep(0.5)
+
+
+def ids_per_group(values: list[dict[str, Any]], truth: dict[str, int]) -> dict[int, list[int]]:
+    """The cluster ids the model-made valuations gave each true group."""
+    ids: dict[int, set[int]] = defaultdict(set)
+    for v in values:
+        if not v.get("warming") and v.get("cluster") is not None:
+            ids[truth[v["asset_id"]]].add(int(v["cluster"]))
+    return {g: sorted(c) for g, c in sorted(ids.items())}
+
+
 def run(
-    bootstrap: str, events: list[Any], truth: dict[str, int], n: int, steady: int
+    bootstrap: str,
+    events: list[Any],
+    truth: dict[str, int],
+    n: int,
+    *,
+    probe: list[Any],
+    steady: int,
 ) -> dict[str, Any]:
-    """N processes over a backlog of `events` on fresh topics."""
+    """N processes over a backlog of `events` on fresh topics, then one more step (`probe`)
+    once every process uses the same clustering."""
     settings = fresh_settings(bootstrap, partitions=PARTITIONS)
     services = [
         start_service(settings, {"STREAMVAL_CONSUMER__CLIENT_ID": f"scaleout-{i}"})
@@ -87,10 +129,14 @@ def run(
         t0 = time.monotonic()
         produce(settings, events)  # far faster than the processes consume: a backlog
         values = valuations(settings, len(events))
+        wall = time.monotonic() - t0
+        versions = wait_same_clustering(services)
+        produce(settings, probe)
+        probe_ts = probe[0].ts_ms
+        probed = [v for v in valuations(settings, len(events) + len(probe)) if v["ts"] == probe_ts]
     finally:
         for service in services:
             stop_service(service)
-    wall = time.monotonic() - t0
     snaps = snapshots(settings)
     by_ts = sorted(values, key=lambda v: v["ts"])
     times = sorted(v["_t"] for v in by_ts[steady:])
@@ -98,11 +144,7 @@ def run(
     per_instance: Counter[str] = Counter()
     for (instance, _), snap in snaps.items():
         per_instance[instance] += int((snap.get("total") or {}).get("n", 0))
-    ids: dict[int, set[int]] = defaultdict(set)
     last_ts = by_ts[-1]["ts"]
-    for v in by_ts:  # the last step: every process has the deployment's clustering by then
-        if v["ts"] == last_ts and not v.get("warming") and v.get("cluster") is not None:
-            ids[truth[v["asset_id"]]].add(int(v["cluster"]))
     return {
         "processes": n,
         "rate": rate,
@@ -110,7 +152,9 @@ def run(
         "split": sorted(per_instance.values(), reverse=True),
         "trained": sum(int(s.get("trained_samples", 0)) for s in snaps.values()),
         "skipped": sum(int(s.get("skipped_samples", 0)) for s in snaps.values()),
-        "ids_per_group": {g: sorted(c) for g, c in sorted(ids.items())},
+        "ids_last": ids_per_group([v for v in by_ts if v["ts"] == last_ts], truth),
+        "ids_probe": ids_per_group(probed, truth),
+        "versions": versions,
     }
 
 
@@ -122,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    events = stream(args.assets, args.steps)
+    everything = stream(args.assets, args.steps + 1)
+    events, probe = everything[: -args.assets], everything[-args.assets :]
     from streamval.stream.datasets.synthetic import THREE_GROUPS, grouped_panel
 
     panel = grouped_panel(THREE_GROUPS, max(1, args.assets // len(THREE_GROUPS)), 1, seed=0)
@@ -135,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     with broker() as bootstrap:
         for n in counts:
             print(f"{n} process(es) ...", file=sys.stderr)
-            results.append(run(bootstrap, events, truth, n, steady))
+            results.append(run(bootstrap, events, truth, n, probe=probe, steady=steady))
     base = results[0]["rate"]
     where = (
         "the cluster at KAFKA_BOOTSTRAP_SERVERS"
@@ -158,15 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         "steps, from the broker's append times",
         "",
         "| processes | events/s | vs 1 process | events scored per process | samples trained | "
-        "skipped (overload) | cluster ids per true group (last step) |",
-        "|---|---|---|---|---|---|---|",
+        "skipped (overload) | cluster ids per true group: last backlog step | "
+        "one step after the backlog | clustering version per process |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        ids = "; ".join(f"{g}: {c}" for g, c in r["ids_per_group"].items())
+        last = "; ".join(f"{g}: {c}" for g, c in r["ids_last"].items())
+        after = "; ".join(f"{g}: {c}" for g, c in r["ids_probe"].items())
         lines.append(
             f"| {r['processes']} | {r['rate']:,.0f} | {r['rate'] / base:.2f} | "
             f"{', '.join(f'{x:,}' for x in r['split'])} | {r['trained']:,} | {r['skipped']:,} | "
-            f"{ids} |"
+            f"{last} | {after} | {', '.join(str(v) for v in r['versions'])} |"
         )
     lines += [
         "",
@@ -174,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         "valuing and one for its trainer, so more processes here share the same cores and the "
         "ratios above are the machine's limit, not Kafka's. docs/ARCHITECTURE.md (Scale-out) "
         "estimates N machines.",
+        "",
+        "Cluster ids: until the owner's first fit lands (it needs `min_history` values of "
+        "`bootstrap_assets` assets, then a fit of a few seconds), every process values with the "
+        "provisional cluster 0. A process whose share of the backlog is small can value all of "
+        "it before then, so the last backlog step may show 0 beside the fitted ids. The step "
+        "sent after the backlog, once every process uses the same clustering version, is the "
+        "check that one id means one segment whichever process values the asset.",
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -298,9 +298,7 @@ class Engine:
         self.accept_late = accept_late
         self._fitter = FitRunner()  # a subprocess for fits (background training)
         self._pending_fit: Future[Fitted] | None = None
-        # False: this process follows a clustering fitted elsewhere (`adopt_clustering`) and
-        # never fits its own (scale-out: one clustering per deployment).
-        self.fits_clustering = True
+        self._fits_clustering = True  # see `fits_clustering`
         # Other processes' assets for this one's fits (the profiles topic); None: own only.
         self.profile_source: Callable[[], Sequence[AssetProfile]] | None = None
         self._trainer: Trainer | None = None
@@ -469,6 +467,8 @@ class Engine:
         """
         result = BatchResult()
         self.apply_finished_fit()
+        if learn and self._will_fit():
+            self._fitter.start()  # its imports overlap the warm-up before the bootstrap fit
         before = {c: self.trainer.updates(c) for c in self._clusters}
         pos, n = 0, len(events)
         one_by_one = False
@@ -1278,6 +1278,30 @@ class Engine:
             return False
         self._apply_fit(job.run(), ready)
         return True
+
+    @property
+    def fits_clustering(self) -> bool:
+        """False: this process follows a clustering fitted elsewhere (`adopt_clustering`) and
+        never fits its own (scale-out: one clustering per deployment). A process made the
+        owner before its first fit starts the fitting subprocess at once."""
+        return self._fits_clustering
+
+    @fits_clustering.setter
+    def fits_clustering(self, owner: bool) -> None:
+        self._fits_clustering = owner
+        if self._will_fit():
+            self._fitter.start()
+
+    def _will_fit(self) -> bool:
+        """Whether this engine is to run its bootstrap fit in the fitting subprocess."""
+        return (
+            self._fits_clustering
+            and self.settings.n_clusters != 1
+            and self._trainer is not None
+            and self._trainer.background
+            and not self._clustering.fitted
+            and self._pending_fit is None
+        )
 
     def apply_finished_fit(self) -> bool:
         """Apply a fit that finished in the fitting subprocess, once no training step is in

@@ -786,3 +786,27 @@ def test_a_damaged_state_is_refused_with_a_checkpoint_error(damage: Any) -> None
     with pytest.raises(CheckpointError):
         fresh.load_state_dict(state)
     assert fresh.n_assets == 0 and fresh.process(events[:5]).valuations  # still usable
+
+
+def test_the_fitting_subprocess_starts_before_the_bootstrap_fit() -> None:
+    """Its imports take seconds on a loaded machine: an engine that will fit starts it with its
+    first events, a follower made the clustering owner at once, a follower or a synchronous
+    engine never."""
+    background = EngineSettings(**{**SMALL, "training": "background", "n_clusters": 3})
+    owner = Engine(background)
+    follower = Engine(background)
+    follower.fits_clustering = False
+    sync = Engine(EngineSettings(**{**SMALL, "training": "sync", "n_clusters": 3}))
+    events, _ = three_groups(steps=2)
+    try:
+        first = [e for e in events if e.ts_ms == events[0].ts_ms]
+        for engine in (owner, follower, sync):
+            assert not engine._fitter.running
+            engine.process(first)
+        assert owner._fitter.running and not owner.fitted
+        assert not follower._fitter.running and not sync._fitter.running
+        follower.fits_clustering = True  # a rebalance made it the owner
+        assert follower._fitter.running
+    finally:
+        for engine in (owner, follower, sync):
+            engine.close()

@@ -65,10 +65,11 @@ class FitJob:
 
 
 class FitRunner:
-    """One fitting subprocess (`python -m streamval.models.fitting`), started at the first fit
-    and reused: jobs and results go through its stdin and stdout as length-prefixed pickles
-    (a trusted child of this process). A fresh interpreter rather than `multiprocessing`, which
-    would fork a process with threads or re-import the caller's main module."""
+    """One fitting subprocess (`python -m streamval.models.fitting`), started ahead of the first
+    fit (`start`) or by it, and reused: jobs and results go through its stdin and stdout as
+    length-prefixed pickles (a trusted child of this process). A fresh interpreter rather than
+    `multiprocessing`, which would fork a process with threads or re-import the caller's main
+    module."""
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
@@ -94,6 +95,17 @@ class FitRunner:
                 target=self._exchange, args=(proc, job, future), name="streamval-fit", daemon=True
             ).start()
             return future
+
+    def start(self) -> None:
+        """Start the subprocess ahead of its first job: its imports take a second on a quiet
+        machine and 20 s on a loaded one, which would otherwise delay the first fit."""
+        with self._lock:
+            self._start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the subprocess is up."""
+        return self._proc is not None and self._proc.poll() is None
 
     def _start(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
