@@ -88,10 +88,17 @@ def targets(results: dict[str, dict[str, Any]]) -> str:
     if sp:
         a = sp["alarms"]
         precision = a["precision"] if a["precision"] is not None else math.nan
+        big = sp.get("alarms_on_large_moves")
         add(
             "alarms: at least half within 5 steps after a listed shock",
             "sp500_2015_2020",
-            f"{a['hits']} of {a['alarms']}",
+            f"{a['hits']} of {a['alarms']}"
+            + (
+                f" (after one of the 1 % largest market moves: {big['hits']} of "
+                f"{big['alarms']}; random alarms {big['chance']:.2f})"
+                if big and big["alarms"]
+                else ""
+            ),
             precision >= 0.5,
         )
         away = sp["adapting_share_away"]

@@ -17,6 +17,8 @@ from streamval.backtest.online_scores import (
     PERSISTENCE,
     SEASONAL,
     alarm_scores,
+    chance_precision,
+    large_moves,
     near_events,
     score,
     worst_move,
@@ -177,3 +179,16 @@ def test_worst_move_does_not_count_valuing_through_a_one_row_spike(walk: np.ndar
     assert worst_move(run, f["scored"].to_numpy() & (f["step"] > 0))["moves"] <= 1.0
     f.loc[15, "valuation"] = 40.0  # a wild valuation: 26 moves from both of the last two values
     assert worst_move(run, f["scored"].to_numpy())["moves"] == 26.0
+
+
+def test_large_moves_are_the_steps_where_the_whole_panel_moves(walk: np.ndarray) -> None:
+    """One step where every asset drops by many typical moves is the data's own shock; a single
+    asset's jump of the same size moves the panel's mean by a third and ranks below it."""
+    values = walk.copy()
+    values[40:, :] -= 25.0  # all three assets at step 40
+    values[50:, 0] += 25.0  # one asset alone at step 50
+    run = run_online(panel_of(values), config(warmup=0.2))
+    assert large_moves(run, share=0.02) == [40]
+    assert large_moves(run, share=0.05)[:2] == [40, 50]
+    # Random alarms: 4 of the 60 steps are at most 1 step after a marked one.
+    assert chance_precision(60, [20, 40], warm=0, within=1) == pytest.approx(4 / 60)

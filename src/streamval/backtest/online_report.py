@@ -187,6 +187,7 @@ def markdown(s: dict[str, Any]) -> str:
             if a["listed"]
             else "no listed events to score them against."
         )
+        + _large_moves_sentence(s, c["alarm_within"])
         + f" Adapting: {share(s['adapting_share'])} of the scored valuations, "
         f"{share(s['adapting_share_away'])} outside the {c['window']} steps after each listed "
         "event."
@@ -277,6 +278,7 @@ def summary(results: Sequence[dict[str, Any]], coverage_target: float, link: str
         "engine MAE / EWMA's",
         "coverage",
         "alarm precision",
+        "alarms on large moves (chance)",
         "adapting away",
         "worst move",
         "run time (s)",
@@ -298,6 +300,7 @@ def summary(results: Sequence[dict[str, Any]], coverage_target: float, link: str
                 eng["mae_vs_ewma"],
                 s["interval"]["coverage"],
                 f"{a['hits']}/{a['alarms']}" if a["listed"] else "-",
+                _large_moves_cell(s),
                 s["adapting_share_away"],
                 s["worst_move"]["moves"],
                 round(s["seconds"]),
@@ -309,6 +312,27 @@ def summary(results: Sequence[dict[str, Any]], coverage_target: float, link: str
         lost = losses(s, coverage_target)
         lines.append(f"- {s['dataset']}: " + (" ".join(lost) if lost else "nowhere measured."))
     return "\n".join(lines) + "\n"
+
+
+def _large_moves_cell(s: dict[str, Any]) -> str:
+    big = s.get("alarms_on_large_moves")
+    if not big or not big["alarms"]:
+        return "-"
+    return f"{big['hits']}/{big['alarms']} ({fmt(big['chance'])})"
+
+
+def _large_moves_sentence(s: dict[str, Any], within: int) -> str:
+    """The alarms against the data's own largest common moves (absent in older result files)."""
+    big = s.get("alarms_on_large_moves")
+    if not big or not big["alarms"]:
+        return ""
+    return (
+        f" Against the data's own shocks (the {share(big['share'])} of steps after the warm-up "
+        f"with the largest common move, {big['listed']} steps): {big['hits']} of "
+        f"{big['alarms']} alarms within {within} steps after one (precision "
+        f"{fmt(big['precision'])}; alarms at random steps would get {fmt(big['chance'])}), "
+        f"{fmt(big['recall'])} of those steps caught."
+    )
 
 
 def run_online_backtest(

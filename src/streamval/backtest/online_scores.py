@@ -5,7 +5,9 @@ on the same events: after the warm-up, where the asset has a previous value, the
 valuation and (with a season) the seasonal baseline a value. MASE = MAE / persistence's MAE on
 those events (below 1 beats persistence); `mae_vs_ewma` and `mae_vs_seasonal` are the same ratio
 against the other baselines. Alarms are scored against the listed events: a hit is an alarm at
-most `alarm_within` steps after one; adaptation "away" is the share of scored valuations made
+most `alarm_within` steps after one. They are also scored against the largest common moves of
+the data itself (`large_moves`: the top 1 % of steps), beside the precision random alarms would
+get. Adaptation "away" is the share of scored valuations made
 while adapting outside every event's window (the `window` steps from the event on).
 """
 
@@ -24,6 +26,8 @@ ENGINE = "engine"
 PERSISTENCE = "persistence"
 EWMA = "EWMA"
 SEASONAL = "seasonal naive"
+# The share of steps after the warm-up that count as large common moves (`large_moves`).
+LARGE_MOVE_SHARE = 0.01
 
 
 def baselines(frame: pd.DataFrame, ewma_alpha: float, season: int) -> pd.DataFrame:
@@ -109,6 +113,37 @@ def alarm_scores(
     }
 
 
+def large_moves(run: OnlineRun, share: float = LARGE_MOVE_SHARE) -> list[int]:
+    """The steps after the warm-up whose common move is among the largest `share` of them (at
+    least one): the mean, over the assets that reported, of the one-step change in each asset's
+    typical moves. What a shock is for the detector (a crash or a tightening moves many assets
+    at once), measured from the data alone, so alarms can be scored where no list is complete."""
+    f = run.frame
+    typical = f["asset_id"].map(run.scale["typical_move"]).to_numpy(dtype=float)
+    change = f.groupby("asset_id", sort=False)["value"].diff().to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        moves = pd.Series(change / typical).replace([np.inf, -np.inf], np.nan)
+    common = moves.groupby(f["step"].to_numpy()).mean().dropna()
+    common = common[common.index >= run.warm_steps].abs()
+    if common.empty:
+        return []
+    n = max(1, round(share * len(common)))
+    return sorted(int(i) for i in common.nlargest(n).index)
+
+
+def chance_precision(n_steps: int, marked: list[int], warm: int, within: int) -> float:
+    """The precision of alarms placed at random steps after the warm-up: the share of those steps
+    at most `within` steps after a marked one.
+
+    >>> chance_precision(20, [10], warm=0, within=1)
+    0.1
+    """
+    steps = np.arange(warm, n_steps)
+    if not len(steps):
+        return math.nan
+    return float(near_events(steps, marked, within + 1).mean())
+
+
 def near_events(steps: np.ndarray, event_steps: list[int], window: int) -> np.ndarray:
     """Mask of `steps` inside some event's window [event, event + window).
 
@@ -166,6 +201,7 @@ def score(run: OnlineRun) -> dict[str, Any]:
     steps = f["step"].to_numpy()
     alarm_steps = run.alarms["step"].to_numpy() if not run.alarms.empty else np.array([])
     near = near_events(steps, event_steps, cfg.window)
+    large = large_moves(run)
     adapting = f["adapting"].to_numpy(dtype=bool)
     windows = []
     for marker, at in listed:
@@ -200,6 +236,11 @@ def score(run: OnlineRun) -> dict[str, Any]:
         "interval": coverage(f),
         "alarms": alarm_scores(alarm_steps, event_steps, run.warm_steps, cfg.alarm_within),
         "alarms_in_warmup": int((alarm_steps < run.warm_steps).sum()),
+        "alarms_on_large_moves": {
+            **alarm_scores(alarm_steps, large, run.warm_steps, cfg.alarm_within),
+            "share": LARGE_MOVE_SHARE,
+            "chance": chance_precision(len(run.steps), large, run.warm_steps, cfg.alarm_within),
+        },
         "adapting_share": float(adapting.mean()) if len(adapting) else math.nan,
         "adapting_share_away": float(adapting[~near].mean()) if (~near).any() else math.nan,
         "worst_move": worst_move(run, mask),
