@@ -810,3 +810,43 @@ def test_the_fitting_subprocess_starts_before_the_bootstrap_fit() -> None:
     finally:
         for engine in (owner, follower, sync):
             engine.close()
+
+
+def test_a_program_that_never_closes_its_engine_exits_cleanly() -> None:
+    """The background trainer is stopped at interpreter exit, before the daemon thread would be
+    cut off inside a torch call, which aborted such programs now and then ("terminate called
+    without an active exception"). The child exits while a (slowed) training step is in flight;
+    its first exit handler, which runs last, finds the trainer thread gone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, threading, torch\n"
+        "def trainer_alive():\n"
+        "    alive = any(t.name == 'streamval-trainer' for t in threading.enumerate())\n"
+        "    print('trainer running at exit' if alive else 'trainer stopped')\n"
+        "atexit.register(trainer_alive)  # runs after the handlers registered later\n"
+        "from streamval.config import EngineSettings\n"
+        "from streamval.engine import Engine\n"
+        "from streamval.models.learner import SequenceLearner\n"
+        "from streamval.stream.datasets.synthetic import THREE_GROUPS, grouped_panel\n"
+        "step, started = SequenceLearner.step, threading.Event()\n"
+        "def slow(self, *args, **kwargs):\n"
+        "    started.set()\n"
+        "    x = torch.ones(600, 600)\n"
+        "    for _ in range(40):\n"
+        "        x = torch.tanh(x @ x) / 600\n"
+        "    step(self, *args, **kwargs)\n"
+        "SequenceLearner.step = slow\n"
+        "engine = Engine(EngineSettings(training='background', batch_size=16, hidden=[8]))\n"
+        "for batch in grouped_panel(THREE_GROUPS, 20, 40, seed=0).steps():\n"
+        "    engine.process(batch)\n"
+        "    if started.is_set():\n"
+        "        break\n"
+        "print('in flight' if started.is_set() else 'no step')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["in flight", "trainer stopped"]

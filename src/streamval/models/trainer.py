@@ -39,6 +39,7 @@ The background thread runs at a lower OS priority (niceness +10) than the valuin
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections import deque
@@ -377,6 +378,9 @@ class Trainer:
         if self._thread is None and not self._closed:
             self._thread = threading.Thread(target=self._run, name="streamval-trainer", daemon=True)
             self._thread.start()
+            # An engine never closed: stopped at interpreter exit, before the daemon thread would
+            # be cut off inside a torch call (which aborts the process).
+            atexit.register(self.close)
 
     def _next(self) -> int | None:
         ready = [(s.queue.n, c) for c, s in self._slots.items() if s.queue.n >= self.batch_size]
@@ -473,6 +477,7 @@ class Trainer:
         """Stop the background thread (the step in flight finishes first). Queued samples stay;
         a later `submit` starts a new thread."""
         thread = self._thread
+        atexit.unregister(self.close)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
