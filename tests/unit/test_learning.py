@@ -144,10 +144,11 @@ def trained_learner(steps: int = 3) -> SequenceLearner:
 def test_a_model_round_trips_and_serves_the_same_predictions() -> None:
     learner = trained_learner()
     policy = cluster_policy(SETTINGS, 0)
-    record = ModelRecord(4, learner.updates, 2, slim_learner_state(learner.state_dict()), {})
-    record = ModelRecord(record.cluster, record.version, 2, record.learner, policy.state_dict())
+    state = slim_learner_state(learner.state_dict())
+    record = ModelRecord(4, learner.updates, 2, state, policy.state_dict(), covered=(1, 40, 7))
     back = decode_model(encode_model(record, "g", "g.models"))
     assert (back.cluster, back.version, back.clustering_version) == (4, 3, 2)
+    assert back.covered == (1, 40, 7)
     restored = SequenceLearner.from_settings(SETTINGS, seed=99)
     restored.load_state_dict(back.learner)
     cluster_policy(SETTINGS, 0).load_state_dict(back.policy)
@@ -245,3 +246,17 @@ def test_split_roles_need_per_cluster_models() -> None:
     settings = load_settings(None, overrides={"consumer.role": "learner"}, environ={})
     assert settings.training_samples_topic() == "streamval.training-samples"
     assert settings.models_topic() == "streamval.models"
+
+
+def test_a_model_of_other_settings_is_refused_and_the_served_one_stays() -> None:
+    engine = valuer_engine(Sink())
+    trainer = engine.trainer
+    assert isinstance(trainer, RemoteTrainer)
+    trainer.offer(0, 3, slim_learner_state(trained_learner(3).state_dict()))
+    assert trainer.apply_offered() == 1
+    other = EngineSettings(hidden=[4], seq_len=6, batch_size=16, n_clusters=1)
+    wrong = SequenceLearner.from_settings(other, seed=0)
+    trainer.offer(0, 9, slim_learner_state(wrong.state_dict()))
+    assert trainer.apply_offered() == 0
+    assert trainer.refused == 1 and "cluster 0, version 9" in trainer.refusal
+    assert trainer.snapshot(0).version == 3

@@ -65,8 +65,12 @@ class _Owned:
     clustering_version: int = 0
     steps_since_publish: int = 0
     trained_at_publish: int = 0
-    # (partition, offset, samples) of the records not yet covered by a published snapshot.
+    # Per record whose samples are not all in a published snapshot yet, in order:
+    # [partition, offset, samples of it not covered, index after its last sample submitted].
     marks: deque[list[int]] = field(default_factory=deque)
+    # Samples at or before this (partition, offset, index) are in the model already (restored
+    # from a snapshot that says so): skipped when read again.
+    skip: tuple[int, int, int] | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -101,6 +105,7 @@ class LearnerService:
         self._assigned: set[int] = set()
         self._revoked: set[int] = set()
         self._position: dict[int, int] = {}  # partition -> next offset to read
+        self._unsent: list[ModelRecord] = []  # snapshots taken, not acknowledged yet
         self._stop = threading.Event()
         self._log_once = LogOnce(log)
         self._consumer: KafkaConsumer | None = None
@@ -138,8 +143,11 @@ class LearnerService:
                 idle = 0 if got else idle + (1 if self._assigned else 0)
                 if max_idle_polls is not None and idle >= max_idle_polls:
                     break
-            self._publish(force=True)
-            self._commit()
+            for cluster, owned in self._owned.items():
+                if owned.steps_since_publish:
+                    self._unsent.append(self._snapshot(cluster, owned))
+            if self._send():
+                self._commit()
         finally:
             self._close()
 
@@ -173,13 +181,20 @@ class LearnerService:
             for message in messages:
                 self._take(tp.partition, message.offset, message.value)
                 self._position[tp.partition] = message.offset + 1
-        before = {c: self.trainer.counts(c)[1] for c in self._owned}
-        for cluster, steps in self.trainer.run_due().items():
-            self._owned[cluster].steps_since_publish += steps
-            self.trained += self.trainer.counts(cluster)[1] - before.get(cluster, 0)
-        self._publish()
-        self._commit()
+        self._train()
+        if self._send():
+            self._commit()
         return bool(records)
+
+    def _train(self) -> None:
+        """Every full step of every cluster, a snapshot taken every `model_every_steps`."""
+        every = self.settings.consumer.model_every_steps
+        for cluster, owned in self._owned.items():
+            while self.trainer.step_cluster(cluster):
+                self.trained += self.trainer.batch_size
+                owned.steps_since_publish += 1
+                if owned.steps_since_publish >= every:
+                    self._unsent.append(self._snapshot(cluster, owned))
 
     def _take(self, partition: int, offset: int, value: bytes | None) -> None:
         try:
@@ -195,12 +210,24 @@ class LearnerService:
         owned = self._own(block, partition)
         if owned is None:
             return
+        start = 0
+        if owned.skip is not None and owned.skip[0] == partition:
+            if offset < owned.skip[1]:
+                return  # in the snapshot this cluster was restored from
+            if offset == owned.skip[1]:
+                start = owned.skip[2]
+            else:
+                owned.skip = None
+        if start >= len(block):
+            return
         if block.alarm:
             self.trainer.boost(block.cluster)
-        self.trainer.submit(block.cluster, block.windows, block.targets, block.ts)
+        self.trainer.submit(
+            block.cluster, block.windows[start:], block.targets[start:], block.ts[start:]
+        )
         owned.partition = partition
         owned.clustering_version = max(owned.clustering_version, block.clustering_version)
-        owned.marks.append([partition, offset, len(block)])
+        owned.marks.append([partition, offset, len(block) - start, len(block)])
 
     def _own(self, block: SampleBlock, partition: int) -> _Owned | None:
         """The cluster's entry, its model started first if it is new here (module docstring)."""
@@ -244,6 +271,8 @@ class LearnerService:
                 policy, source = cluster_policy(s, c), "fresh"
         self.trainer.add(c, learner, policy)
         owned = self._owned[c] = _Owned(partition)
+        if record is not None and record.cluster == c and record.covered is not None:
+            owned.skip = record.covered
         log.info(
             "learning a cluster",
             extra={"cluster": c, "from": source, "version": learner.updates},
@@ -267,46 +296,43 @@ class LearnerService:
 
     # -- publishing and offsets ----------------------------------------------------------------
 
-    def _publish(self, *, force: bool = False) -> None:
-        """Snapshots of the clusters due (`force`: every one trained since its last), acked."""
-        every = self.settings.consumer.model_every_steps
-        due = [
-            c
-            for c, o in self._owned.items()
-            if o.steps_since_publish >= every or (force and o.steps_since_publish)
-        ]
-        if not due:
-            return
-        records = []
-        for c in due:
-            learner = self.trainer.learner(c)
-            records.append(
-                ModelRecord(
-                    cluster=c,
-                    version=learner.updates,
-                    clustering_version=self._owned[c].clustering_version,
-                    learner=slim_learner_state(learner.state_dict()),
-                    policy=self.trainer.policy(c).state_dict(),
-                )
-            )
+    def _snapshot(self, cluster: int, owned: _Owned) -> ModelRecord:
+        """The cluster's model now, and the last sample it covers (its marks move on)."""
+        owned.steps_since_publish = 0
+        trained = self.trainer.counts(cluster)[1]
+        covered, owned.trained_at_publish = trained - owned.trained_at_publish, trained
+        last: tuple[int, int, int] | None = None
+        while covered and owned.marks:
+            mark = owned.marks[0]
+            take = min(covered, mark[2])
+            mark[2] -= take
+            covered -= take
+            last = (mark[0], mark[1], mark[3] - mark[2])
+            if mark[2] == 0:
+                owned.marks.popleft()
+        learner = self.trainer.learner(cluster)
+        return ModelRecord(
+            cluster=cluster,
+            version=learner.updates,
+            clustering_version=owned.clustering_version,
+            learner=slim_learner_state(learner.state_dict()),
+            policy=self.trainer.policy(cluster).state_dict(),
+            covered=last,
+        )
+
+    def _send(self) -> bool:
+        """Publish the snapshots taken and wait for the acks; whether none is left unsent (the
+        offsets they cover may be committed only then)."""
+        if not self._unsent:
+            return True
         try:
-            self.models.publish(records)
-        except Exception as exc:  # published at the next iteration; offsets wait for it
+            self.models.publish(self._unsent)
+        except Exception as exc:  # sent again at the next iteration; offsets wait for it
             self._log_once("publish", f"publishing model snapshots failed: {exc}")
-            return
-        self.published += len(records)
-        for c in due:
-            owned = self._owned[c]
-            owned.steps_since_publish = 0
-            trained = self.trainer.counts(c)[1]
-            covered, owned.trained_at_publish = trained - owned.trained_at_publish, trained
-            while covered and owned.marks:
-                mark = owned.marks[0]
-                take = min(covered, mark[2])
-                mark[2] -= take
-                covered -= take
-                if mark[2] == 0:
-                    owned.marks.popleft()
+            return False
+        self.published += len(self._unsent)
+        self._unsent = []
+        return True
 
     def _commit(self) -> None:
         """Commit, per assigned partition, up to the first sample no snapshot covers yet."""
@@ -323,7 +349,7 @@ class LearnerService:
                 for mark in o.marks
                 if mark[0] == partition and mark[2]
             ]
-            offset = min(pending, default=position)
+            offset = min(pending, default=position)  # a record partly covered is read again
             offsets[TopicPartition(self.topic, partition)] = OffsetAndMetadata(offset, "", -1)
         if not offsets:
             return

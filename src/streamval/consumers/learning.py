@@ -200,6 +200,9 @@ class ModelRecord:
     clustering_version: int
     learner: dict[str, Any]  # `SequenceLearner.state_dict()` less optimizer moments and replay
     policy: dict[str, Any]  # `AdaptiveLearningRate.state_dict()`
+    # The last training sample in the model: (partition, offset, samples of that record);
+    # a learner restoring it skips those when it reads them again.
+    covered: tuple[int, int, int] | None = None
 
 
 def slim_learner_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +223,7 @@ def encode_model(record: ModelRecord, group_id: str, topic: str) -> bytes:
         "clustering_version": record.clustering_version,
         "learner": record.learner,
         "policy": record.policy,
+        "covered": None if record.covered is None else list(record.covered),
     }
     return encode(state, CheckpointMeta(group_id=group_id, topic=topic, partitions=0))
 
@@ -236,12 +240,18 @@ def decode_model(raw: bytes | None) -> ModelRecord:
         learner, policy = state["learner"], state["policy"]
         if not isinstance(learner, dict) or not isinstance(policy, dict):
             raise ValueError("state: learner and policy must be mappings")
+        covered = state.get("covered")
+        if covered is not None:
+            if not isinstance(covered, list) or len(covered) != 3:
+                raise ValueError(f"covered: {covered!r}")
+            covered = tuple(_int(v, "covered") for v in covered)
         return ModelRecord(
             cluster=_int(state["cluster"], "cluster"),
             version=_int(state["version"], "version"),
             clustering_version=_int(state["clustering_version"], "clustering_version"),
             learner=learner,
             policy=policy,
+            covered=covered,
         )
     except KeyError as exc:
         raise ValueError(f"state: {exc!r} missing") from None

@@ -242,7 +242,14 @@ class ValuationService:
         assert isinstance(trainer, RemoteTrainer)
         for record in self._models.latest().values():
             trainer.offer(record.cluster, record.version, record.learner)
+        refused = trainer.refused
         trainer.apply_offered()
+        if trainer.refused > refused:
+            self._log_once(
+                "model_unusable",
+                f"cannot serve a model from {self._models.topic} (learners with other engine "
+                f"settings?): {trainer.refusal}",
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
 

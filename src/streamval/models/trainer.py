@@ -334,6 +334,15 @@ class Trainer:
                 steps[cluster] = steps.get(cluster, 0) + 1
         return steps
 
+    def step_cluster(self, cluster: int) -> bool:
+        """Sync mode: one step of `cluster` if it has a full batch queued; whether it ran (a
+        learner publishing a snapshot every k steps steps its clusters one at a time)."""
+        slot = self._slots[cluster]
+        if slot.queue.n < self.batch_size:
+            return False
+        self._step(slot, *slot.queue.pop(self.batch_size)[:2])
+        return True
+
     def drain(self) -> None:
         """Wait until no full step is queued or in flight (background), or run them (sync)."""
         if not self.background:
@@ -599,6 +608,8 @@ class RemoteTrainer(Trainer):
         self._alarmed: set[int] = set()
         self.sent = 0  # samples handed to the sink
         self.applied = 0  # snapshots applied
+        self.refused = 0  # snapshots that do not fit this engine's models (other settings)
+        self.refusal = ""  # why the last one was refused
 
     def add(self, cluster: int, learner: SequenceLearner, policy: AdaptiveLearningRate) -> None:
         super().add(cluster, learner, policy)
@@ -645,9 +656,16 @@ class RemoteTrainer(Trainer):
             if held[0] <= self._served.get(cluster, -1):
                 return False
             self._served[cluster] = held[0]
-        slot.learner.load_state_dict(held[1])
-        slot.snapshot = slot.learner.snapshot()
-        slot.steps = slot.learner.updates
+        mirror = slot.learner.clone()  # a state that does not fit leaves the served one alone
+        try:
+            mirror.load_state_dict(held[1])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            self.refused += 1
+            self.refusal = f"cluster {cluster}, version {held[0]}: {type(exc).__name__}: {exc}"
+            return False
+        slot.learner = mirror
+        slot.snapshot = mirror.snapshot()
+        slot.steps = mirror.updates
         self.applied += 1
         return True
 
