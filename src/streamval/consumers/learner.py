@@ -15,9 +15,9 @@ topic, as valuers publish it); a fresh model seeded as the engine seeds it.
 
 Offsets: a partition's committed offset never passes a sample that no published snapshot covers
 yet (queued, or trained since the last snapshot), so a learner that dies loses no sample: its
-successor restores the last snapshot and re-reads what came after it (at least once: samples
-trained into a snapshot but not yet committed are trained twice). A clustering that drops a
-cluster drops its model here too, with its queued samples.
+successor restores the last snapshot and re-reads what came after it, skipping the samples the
+snapshot says it holds (`ModelRecord.covered`), so each sample is trained once. A clustering that
+drops a cluster drops its model here too, with its queued samples.
 """
 
 from __future__ import annotations
