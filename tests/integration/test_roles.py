@@ -213,6 +213,7 @@ def test_a_restarted_learner_goes_on_from_the_latest_snapshots(kafka_settings: S
                 r.service.stop()
                 r.thread.join(timeout=60)
     assert restarted.restored == 1  # from the models topic, not a cold start
+    assert learner.behind == restarted.behind == 0  # read to its end before each assignment
     versions = model_versions(settings)[0]
     assert versions == sorted(versions)  # the version continued, it was not reset
     assert versions[-1] > reached

@@ -83,6 +83,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.service._assigned |= {tp.partition for tp in assigned}
+        self.service._fresh = True
 
 
 class LearnerService:
@@ -104,6 +105,7 @@ class LearnerService:
         self._owned: dict[int, _Owned] = {}
         self._assigned: set[int] = set()
         self._revoked: set[int] = set()
+        self._fresh = False  # partitions were assigned since the last iteration
         self._position: dict[int, int] = {}  # partition -> next offset to read
         self._unsent: list[ModelRecord] = []  # snapshots taken, not acknowledged yet
         self._stop = threading.Event()
@@ -113,6 +115,7 @@ class LearnerService:
         self.trained = 0  # samples trained
         self.published = 0  # snapshots published
         self.restored = 0  # clusters started from the models topic
+        self.behind = 0  # assignments before which the models topic could not be read to its end
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -177,6 +180,15 @@ class LearnerService:
             return False
         self._drop_revoked()
         self._drop_retired()
+        if self._fresh:  # new partitions: their clusters start from their latest snapshots
+            self._fresh = False
+            if not self.models.read_to_end():
+                self.behind += 1
+                self._log_once(
+                    "models_behind",
+                    f"reading {self.models.topic} to its end took too long: a cluster may "
+                    "start from an older snapshot",
+                )
         for tp, messages in records.items():
             for message in messages:
                 self._take(tp.partition, message.offset, message.value)

@@ -273,6 +273,9 @@ class ModelSync(TopicSync):
         super().__init__(settings, instance, settings.models_topic(), on_rejected=on_rejected)
         self.received = 0
         self._latest: dict[int, ModelRecord] = {}
+        self._catch_up = threading.Event()  # asked: read to the end offsets of now
+        self._caught_up = threading.Event()
+        self._target: dict[TopicPartition, int] | None = None
 
     def _new_consumer(self) -> KafkaConsumer:
         """Outside any group, from the beginning, taking snapshots up to the topic's limit."""
@@ -304,6 +307,26 @@ class ModelSync(TopicSync):
         except Exception as exc:  # the reader thread keeps trying
             log.warning("reading the latest models at start failed: %s", exc)
         self._start_reader()
+
+    def read_to_end(self, timeout_s: float = CATCH_UP_S) -> bool:
+        """Wait until the reader has read every record on the topic now (a learner given new
+        partitions restores their clusters from their latest snapshots, not older ones);
+        whether it got there within `timeout_s`."""
+        self._caught_up.clear()
+        self._catch_up.set()
+        return self._caught_up.wait(timeout_s)
+
+    def _ready(self, consumer: KafkaConsumer) -> bool:
+        """On the reader thread, before each poll: serve a `read_to_end` request."""
+        if self._catch_up.is_set():
+            self._catch_up.clear()
+            self._target = consumer.end_offsets(list(consumer.assignment()))
+        if self._target is not None and all(
+            consumer.position(tp) >= end for tp, end in self._target.items()
+        ):
+            self._target = None
+            self._caught_up.set()
+        return True
 
     def latest(self) -> dict[int, ModelRecord]:
         """The newest model of every cluster read or published so far."""
