@@ -318,7 +318,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.accept_late = accept_late
-        # Makes the trainer (None: the local one); a valuer's sends its samples to learners.
+        # Makes the trainer (None: the local one); a valuer's sends its samples to the learners.
         self._make_trainer = trainer
         self._fitter = FitRunner()  # a subprocess for fits (background training)
         self._pending_fit: Future[Fitted] | None = None

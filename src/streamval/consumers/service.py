@@ -380,12 +380,12 @@ class ValuationService:
             self._profiles.start()
         if self._clusterings is not None:
             self._clusterings.start()
+            self._sync_clustering()
         if self._models is not None and self._outbox is not None:
             self._models.start()  # the latest models are served from the first batch on
             samples = consumer.partitions_for_topic(s.training_samples_topic())
             self._outbox.partitions = max(1, len(samples or ()))
             self._serve_models()
-            self._sync_clustering()
         consumer.subscribe([t.input], listener=_Rebalance(self))
         log.info(
             "valuation service started", extra={"topic": t.input, "group": s.consumer.group_id}
