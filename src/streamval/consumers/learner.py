@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from streamval.consumers.learning import (
     slim_learner_state,
     wait_until,
 )
-from streamval.consumers.service import instance_id
+from streamval.consumers.service import _idle_member, instance_id
 from streamval.engine import cluster_policy, cluster_seed
 from streamval.logs import LogOnce
 from streamval.models.learner import SequenceLearner
@@ -106,6 +107,8 @@ class LearnerService:
         self._assigned: set[int] = set()
         self._revoked: set[int] = set()
         self._fresh = False  # partitions were assigned since the last iteration
+        self._unassigned_since: float | None = None
+        self.rejoins = 0  # consumers re-created after too long without partitions
         self._position: dict[int, int] = {}  # partition -> next offset to read
         self._unsent: list[ModelRecord] = []  # snapshots taken, not acknowledged yet
         self._stop = threading.Event()
@@ -131,18 +134,12 @@ class LearnerService:
         self.models.start()
         if self.clusterings is not None:
             self.clusterings.start()
-        consumer = self._consumer = make_consumer(
-            s,
-            group_id=self.group_id,
-            client_id=f"{s.consumer.client_id}-learner",
-            auto_offset_reset="earliest",
-        )
-        consumer.subscribe([self.topic], listener=_Rebalance(self))
+        self._consumer = self._subscribe()
         log.info("learner started", extra={"topic": self.topic, "group": self.group_id})
         idle = 0
         try:
             while not self._stop.is_set():
-                got = self._iterate(consumer)
+                got = self._iterate(self._consumer)
                 idle = 0 if got else idle + (1 if self._assigned else 0)
                 if max_idle_polls is not None and idle >= max_idle_polls:
                     break
@@ -178,6 +175,7 @@ class LearnerService:
             self._log_once(f"poll:{type(exc).__name__}", f"polling {self.topic} failed: {exc}")
             self._stop.wait(BACKOFF_S)
             return False
+        self._check_membership(consumer)
         self._drop_revoked()
         self._drop_retired()
         if self._fresh:  # new partitions: their clusters start from their latest snapshots
@@ -207,6 +205,44 @@ class LearnerService:
                 owned.steps_since_publish += 1
                 if owned.steps_since_publish >= every:
                     self._unsent.append(self._snapshot(cluster, owned))
+
+    def _check_membership(self, consumer: KafkaConsumer) -> None:
+        """Join afresh after `consumer.rejoin_after_s` without partitions (kafka-python can stay
+        outside its group after a rebalance; see `ValuationService._check_membership`)."""
+        if consumer.assignment() or _idle_member(consumer):
+            self._unassigned_since = None
+            return
+        now = time.monotonic()
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+            return
+        if now - self._unassigned_since < self.settings.consumer.rejoin_after_s:
+            return
+        log.warning(
+            "no partition assigned for %.0f s: re-creating the consumer to join the group afresh",
+            now - self._unassigned_since,
+            extra={"group": self.group_id},
+        )
+        try:
+            consumer.close(autocommit=False)
+        except Exception as exc:
+            log.warning("closing the stuck consumer failed: %s", exc)
+        self._revoked |= self._assigned | set(self._position)
+        self._assigned = set()
+        self._consumer = self._subscribe()
+        self.rejoins += 1
+        self._unassigned_since = now
+
+    def _subscribe(self) -> KafkaConsumer:
+        s = self.settings
+        consumer = make_consumer(
+            s,
+            group_id=self.group_id,
+            client_id=f"{s.consumer.client_id}-learner",
+            auto_offset_reset="earliest",
+        )
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
+        return consumer
 
     def _take(self, partition: int, offset: int, value: bytes | None) -> None:
         try:
