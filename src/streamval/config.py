@@ -104,6 +104,16 @@ class TopicSettings(_Section):
         description="compacted, key asset id: each process's assets' profiles, so the "
         "clustering owner fits on all assets; empty = '<consumer.group_id>.profiles'",
     )
+    training_samples: str = Field(
+        "",
+        description="key cluster id: the labelled samples valuers send to learners "
+        "(consumer.role); empty = '<consumer.group_id>.training-samples'",
+    )
+    models: str = Field(
+        "",
+        description="compacted, key cluster id: each cluster's latest model snapshot, written "
+        "by its learner, served by the valuers; empty = '<consumer.group_id>.models'",
+    )
     partitions: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1)
 
@@ -197,6 +207,15 @@ class ConsumerSettings(_Section):
     )
     commit_every_polls: int = Field(
         1, ge=1, description="commit offsets (asynchronously, after the flush) every N batches"
+    )
+    role: Literal["all", "valuer", "learner"] = Field(
+        "all",
+        description="all = value and learn in this process; valuer = value, send the labelled "
+        "samples to the training-samples topic and serve the models topic's snapshots; "
+        "learner = train the clusters of its training-samples partitions, publish snapshots",
+    )
+    model_every_steps: int = Field(
+        1, ge=1, description="a learner publishes a cluster's snapshot every N training steps"
     )
 
     @field_validator("min_event_time")
@@ -449,6 +468,24 @@ class Settings(_Section):
     def profiles_topic(self) -> str:
         """The profiles topic: `topics.profiles`, else one named after the consumer group."""
         return self.topics.profiles or f"{self.consumer.group_id}.profiles"
+
+    def training_samples_topic(self) -> str:
+        """Labelled samples from valuers to learners: `topics.training_samples`, else one named
+        after the consumer group."""
+        return self.topics.training_samples or f"{self.consumer.group_id}.training-samples"
+
+    def models_topic(self) -> str:
+        """The cluster models' snapshots: `topics.models`, else one named after the group."""
+        return self.topics.models or f"{self.consumer.group_id}.models"
+
+    @model_validator(mode="after")
+    def _split_roles_train_per_cluster(self) -> Settings:
+        if self.consumer.role != "all" and self.engine.pooling != "cluster":
+            raise ValueError(
+                f"consumer.role={self.consumer.role!r} needs engine.pooling='cluster' (a learner "
+                f"owns whole cluster models; {self.engine.pooling!r} shares one between clusters)"
+            )
+        return self
 
 
 def _parse_scalar(text: str) -> Any:

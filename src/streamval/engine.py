@@ -290,12 +290,36 @@ class _Plan:
         return ~np.isnan(self.targets)
 
 
+def cluster_seed(settings: EngineSettings, cluster: int) -> int:
+    """The seed of a cluster's learner and policy (the same in every process)."""
+    return int(np.random.SeedSequence([settings.seed, cluster]).generate_state(1)[0])
+
+
+def cluster_policy(settings: EngineSettings, cluster: int) -> AdaptiveLearningRate:
+    """A new cluster's learning-rate policy and drift monitor."""
+    s = settings
+    return AdaptiveLearningRate.from_settings(
+        s,
+        seed=cluster_seed(s, cluster),
+        detector="adwin" if s.detector == "cross_sectional" else s.detector,
+        boost=s.lr_boost if s.drift_response == "boost" else 1.0,
+    )
+
+
 class Engine:
     """Prequential per-cluster valuation engine; see the module docstring for the semantics."""
 
-    def __init__(self, settings: EngineSettings, *, accept_late: bool = False) -> None:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        accept_late: bool = False,
+        trainer: Callable[[EngineSettings], Trainer] | None = None,
+    ) -> None:
         self.settings = settings
         self.accept_late = accept_late
+        # Makes the trainer (None: the local one); a valuer's sends its samples to the learners.
+        self._make_trainer = trainer
         self._fitter = FitRunner()  # a subprocess for fits (background training)
         self._pending_fit: Future[Fitted] | None = None
         self._fits_clustering = True  # see `fits_clustering`
@@ -310,12 +334,16 @@ class Engine:
         s = self.settings
         if self._trainer is not None:
             self._trainer.close()
-        self._trainer = Trainer(
-            batch_size=s.batch_size,
-            max_backlog=s.max_backlog,
-            background=s.training == "background",
-            pooled=s.pooling != "cluster",
-            catch_up_steps=s.catch_up_steps,
+        self._trainer = (
+            self._make_trainer(s)
+            if self._make_trainer is not None
+            else Trainer(
+                batch_size=s.batch_size,
+                max_backlog=s.max_backlog,
+                background=s.training == "background",
+                pooled=s.pooling != "cluster",
+                catch_up_steps=s.catch_up_steps,
+            )
         )
         self._shared: SequenceLearner | None = None  # the learner every cluster shares (pooled)
         self._rng = np.random.default_rng(s.seed)
@@ -363,7 +391,7 @@ class Engine:
         return self._trainer
 
     def _cluster_seed(self, cluster: int) -> int:
-        return int(np.random.SeedSequence([self.settings.seed, cluster]).generate_state(1)[0])
+        return cluster_seed(self.settings, cluster)
 
     def _new_learner(self, cluster: int) -> SequenceLearner:
         """A fresh training copy for `cluster`; pooled: the one shared learner (made once)."""
@@ -378,13 +406,7 @@ class Engine:
     ) -> None:
         """A cluster with this training copy; its intervals start from `parent`'s scores."""
         s = self.settings
-        policy = AdaptiveLearningRate.from_settings(
-            s,
-            seed=self._cluster_seed(cluster),
-            detector="adwin" if s.detector == "cross_sectional" else s.detector,
-            boost=s.lr_boost if s.drift_response == "boost" else 1.0,
-        )
-        self.trainer.add(cluster, learner, policy)
+        self.trainer.add(cluster, learner, cluster_policy(s, cluster))
         predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden, cluster=cluster)
         fast_predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden, cluster=cluster)
         if parent is not None and parent in self._clusters:

@@ -67,6 +67,8 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert topics.returncode == 0
         for name in ("asset-events", "asset-events.dlq", "valuations", "valuation-metrics"):
             assert f"* {name}  partitions=3" in topics.stdout
+        for name in ("streamval.training-samples", "streamval.models"):  # the role split's
+            assert f"* {name}  partitions=3" in topics.stdout
     finally:
         down = streamval(
             "kafka", "down", home=home, env={**env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}

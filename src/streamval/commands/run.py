@@ -10,6 +10,7 @@ import sys
 from types import FrameType
 
 from streamval.commands._common import Subparsers, add_command, settings_from_args
+from streamval.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,15 @@ topics.dlq with the reason in the `error` header, values every valid event with 
 model before learning from it, publishes valuations to topics.valuations and per-cluster metric
 snapshots plus drift alarms to topics.metrics, and commits offsets only after those outputs are
 acknowledged (at-least-once; --exactly-once uses Kafka transactions). Several processes with the
-same group id split the partitions; each holds its own copy of the cluster models.
+same group id split the partitions and share one clustering (the clusterings topic).
+
+--role splits valuing from learning (consumer.role): `valuer` processes value as above but send
+every labelled sample to the training-samples topic (keyed by cluster) and serve each cluster's
+latest model from the compacted models topic; `learner` processes (consumer group
+<group>.learners) train the clusters of their training-samples partitions and publish a
+snapshot every consumer.model_every_steps steps. A restarted learner goes on from the latest
+snapshots, a starting valuer serves them at once. The default, `all`, values and learns in one
+process, as before.
 
 Give every process its own --instance-id (recommended): with it a restarted process takes back
 its partitions at once instead of after a 45-50 s rebalance, and in --exactly-once mode its
@@ -89,6 +98,12 @@ def register(sub: Subparsers) -> None:
         "--metrics-port", type=int, metavar="PORT", help="monitoring.port (0 = any free)"
     )
     parser.add_argument(
+        "--role",
+        choices=["all", "valuer", "learner"],
+        help="all (default) = value and learn here; valuer = value, send samples to the "
+        "learners; learner = train clusters, publish their models (consumer.role)",
+    )
+    parser.add_argument(
         "--exit-when-idle",
         type=int,
         metavar="N",
@@ -109,9 +124,12 @@ def run(args: argparse.Namespace) -> int:
             "consumer.group_instance_id": args.instance_id,
             "consumer.exactly_once": args.exactly_once,
             "monitoring.port": args.metrics_port,
+            "consumer.role": args.role,
         },
     )
     settings = settings.with_bootstrap(resolve_bootstrap(settings))
+    if settings.consumer.role == "learner":
+        return _run_learner(settings, args)
 
     # Heavy imports (torch) only once the settings are known to be valid.
     from streamval.consumers.service import ValuationService, serve_metrics
@@ -143,6 +161,28 @@ def run(args: argparse.Namespace) -> int:
             server.stop()
     print(
         json.dumps({"batches": service.batches, "published": service.published}),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _run_learner(settings: Settings, args: argparse.Namespace) -> int:
+    """`--role learner`: train the clusters of this process's training-samples partitions."""
+    from streamval.consumers.learner import LearnerService
+    from streamval.engine import set_torch_threads
+
+    set_torch_threads(settings.engine)
+    service = LearnerService(settings)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        service.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    service.run(max_idle_polls=args.exit_when_idle)
+    print(
+        json.dumps({"trained": service.trained, "published": service.published, "role": "learner"}),
         file=sys.stderr,
     )
     return 0

@@ -244,11 +244,13 @@ class Delivery:
         futures = []
         for record in records:
             try:
+                at = {} if record.partition is None else {"partition": record.partition}
                 future = self.producer.send(
                     record.topic,
                     key=record.key,
                     value=record.value,
                     headers=list(record.headers),
+                    **at,
                 )
             except Exception as exc:  # too large, not serialisable, no metadata in time
                 failures.append((record, exc))
@@ -288,8 +290,8 @@ class Delivery:
             f"a {record.kind} record could not be produced: {detail}",
             topic=record.topic,
         )
-        if record.kind == "metrics":
-            return None
+        if record.kind in ("metrics", "sample"):
+            return None  # a lost training sample is counted here, its event was valued
         source = record.source
         if source is None:
             return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Kind = Literal["valuation", "dead_letter", "metrics"]
+Kind = Literal["valuation", "dead_letter", "metrics", "sample"]
 Header = tuple[str, bytes]
 # Headers the DLQ sets itself; same-named headers of the original record are replaced.
 _OWN_HEADER_PREFIXES = ("error", "source.")
@@ -68,6 +68,7 @@ class OutRecord:
     headers: list[Header] = field(default_factory=list)
     source: InRecord | None = None
     reason: str | None = None  # for dead letters
+    partition: int | None = None  # None: the producer's partitioner decides (by key)
 
     @property
     def size(self) -> int:

@@ -40,7 +40,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from streamval.config import Settings
+from streamval.config import EngineSettings, Settings
 from streamval.consumers.batch import (
     BatchProcessor,
     EngineFailureError,
@@ -51,6 +51,7 @@ from streamval.consumers.batch import (
 from streamval.consumers.checkpoint import CheckpointMeta, CheckpointStore, CheckpointWriter
 from streamval.consumers.clusterings import ClusteringSync
 from streamval.consumers.delivery import Delivery
+from streamval.consumers.learning import ModelSync, SampleOutbox
 from streamval.consumers.order import UNORDERED, EventTimeMerger
 from streamval.consumers.outage import Outage
 from streamval.consumers.profiles import ProfileSync
@@ -58,6 +59,7 @@ from streamval.consumers.recovery import Recovery
 from streamval.consumers.warmup import warm_up
 from streamval.engine import Engine
 from streamval.logs import LogOnce
+from streamval.models.trainer import RemoteTrainer, Trainer
 from streamval.monitoring.metrics import EngineMetrics
 from streamval.monitoring.server import MetricsServer
 from streamval.stream.contract.schema import Limits
@@ -158,6 +160,21 @@ class ValuationService:
         self.instance = instance or instance_id(settings)
         self.progress = progress  # a progress bar on stderr while warming up from history
         self.discard_checkpoint = discard_checkpoint
+        # The valuer role: samples leave for the learners, models come from the models topic.
+        self._outbox: SampleOutbox | None = None
+        self._models: ModelSync | None = None
+        if settings.consumer.role == "learner":
+            raise ValueError("the learner role runs a LearnerService, not a ValuationService")
+        if engine is None and settings.consumer.role == "valuer":
+            self._outbox = SampleOutbox(
+                settings.training_samples_topic(), lambda: self.engine.clustering_version
+            )
+            self._models = ModelSync(settings, self.instance)
+            engine = Engine(
+                settings.engine,
+                accept_late=settings.consumer.accept_late,
+                trainer=self._remote_trainer,
+            )
         self.engine = engine or Engine(settings.engine, accept_late=settings.consumer.accept_late)
         self.metrics = metrics or EngineMetrics()
         c = settings.consumer
@@ -211,6 +228,29 @@ class ValuationService:
             self.engine.profile_source = self._profiles.profiles
         self.metrics.identify(self.instance, settings.consumer.group_id)
 
+    def _remote_trainer(self, engine: EngineSettings) -> Trainer:
+        assert self._outbox is not None
+        return RemoteTrainer(
+            sink=self._outbox.add, batch_size=engine.batch_size, max_backlog=engine.max_backlog
+        )
+
+    def _serve_models(self) -> None:
+        """Valuer: serve the newest snapshot of each cluster from now on (between batches)."""
+        if self._models is None:
+            return
+        trainer = self.engine.trainer
+        assert isinstance(trainer, RemoteTrainer)
+        for record in self._models.latest().values():
+            trainer.offer(record.cluster, record.version, record.learner)
+        refused = trainer.refused
+        trainer.apply_offered()
+        if trainer.refused > refused:
+            self._log_once(
+                "model_unusable",
+                f"cannot serve a model from {self._models.topic} (learners with other engine "
+                f"settings?): {trainer.refusal}",
+            )
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -236,10 +276,11 @@ class ValuationService:
         s = self.settings
         t = s.topics
         check_reachable(s)
-        ensure_topics(
-            s,
-            [t.input, t.dlq, t.valuations, t.metrics, s.clusterings_topic(), s.profiles_topic()],
-        )
+        topics = [t.input, t.dlq, t.valuations, t.metrics]
+        topics += [s.clusterings_topic(), s.profiles_topic()]
+        if self._models is not None:
+            topics += [s.training_samples_topic(), s.models_topic()]
+        ensure_topics(s, topics)
         producer_config: dict[str, Any] = {}
         if s.consumer.exactly_once:
             producer_config["transactional_id"] = transactional_id(s)
@@ -262,6 +303,7 @@ class ValuationService:
                 got = self._poll()
                 self._check_membership(self._last_loop)
                 self._sync_clustering()
+                self._serve_models()
                 batch = self.merger.release(
                     s.consumer.max_poll_records, now=time.monotonic(), has_lag=self._has_lag
                 )
@@ -295,6 +337,10 @@ class ValuationService:
         )
         if not restored and s.consumer.history is not None:
             self._warm_up(s.consumer.history)
+            if self._outbox is not None:
+                # Every valuer may warm up on the same history: its samples would be trained
+                # once per valuer. The learners learn from the live stream only.
+                self._outbox.take()
         producer = self._producer = make_producer(s, **producer_config)
         if s.consumer.exactly_once:
             producer.init_transactions()
@@ -335,6 +381,11 @@ class ValuationService:
         if self._clusterings is not None:
             self._clusterings.start()
             self._sync_clustering()
+        if self._models is not None and self._outbox is not None:
+            self._models.start()  # the latest models are served from the first batch on
+            samples = consumer.partitions_for_topic(s.training_samples_topic())
+            self._outbox.partitions = max(1, len(samples or ()))
+            self._serve_models()
         consumer.subscribe([t.input], listener=_Rebalance(self))
         log.info(
             "valuation service started", extra={"topic": t.input, "group": s.consumer.group_id}
@@ -389,6 +440,8 @@ class ValuationService:
         t0 = time.monotonic()
         delivery.clean = False
         outcome = processor.process(batch)
+        if self._outbox is not None:
+            outcome.records.extend(self._outbox.take())
         delivery.deliver(outcome)
         m = self.metrics
         for partition, n in outcome.consumed.items():
@@ -705,6 +758,8 @@ class ValuationService:
                 self._clusterings.close()
             if self._profiles is not None:
                 self._profiles.close()
+            if self._models is not None:
+                self._models.close()
             close = getattr(self.engine, "close", None)
             if callable(close):
                 close()

@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -335,6 +335,15 @@ class Trainer:
                 steps[cluster] = steps.get(cluster, 0) + 1
         return steps
 
+    def step_cluster(self, cluster: int) -> bool:
+        """Sync mode: one step of `cluster` if it has a full batch queued; whether it ran (a
+        learner publishing a snapshot every k steps steps its clusters one at a time)."""
+        slot = self._slots[cluster]
+        if slot.queue.n < self.batch_size:
+            return False
+        self._step(slot, *slot.queue.pop(self.batch_size)[:2])
+        return True
+
     def drain(self) -> None:
         """Wait until no full step is queued or in flight (background), or run them (sync)."""
         if not self.background:
@@ -567,3 +576,104 @@ def _lower_priority() -> None:
         )
     except (AttributeError, OSError):  # not Linux, or not allowed: run at the same priority
         pass
+
+
+class SampleSink(Protocol):
+    """Where a valuer's labelled samples go: a cluster's windows, targets and event times, the
+    clusters there are now (for the cluster -> partition map), and whether a drift alarm of
+    the cluster came since its previous samples."""
+
+    def __call__(
+        self,
+        cluster: int,
+        *,
+        clusters: list[int],
+        x: Float32Array,
+        y: FloatArray,
+        ts: IntArray,
+        alarm: bool,
+    ) -> None: ...
+
+
+class RemoteTrainer(Trainer):
+    """A valuer's trainer (`consumer.role = "valuer"`): the same interface for the engine, but
+    the samples go to `sink` (the training-samples topic) instead of a local queue, and each
+    cluster's training copy mirrors the latest model a learner published (`offer`, applied
+    between batches by `apply_offered`). It never trains; a new cluster split from a parent
+    starts as a fork of the parent's mirror, so it is served the parent's model until its own
+    learner publishes one. Drift detection stays on the valuing side: an alarm travels with the
+    cluster's next samples (the learner boosts its lr policy); the fast-learner response needs
+    a learner of its own and is not run (its start and end are ignored)."""
+
+    def __init__(self, *, sink: SampleSink, batch_size: int, max_backlog: int) -> None:
+        super().__init__(batch_size=batch_size, max_backlog=max_backlog, background=True)
+        self.sink = sink
+        self._offered: dict[int, tuple[int, dict[str, Any]]] = {}  # cluster -> (version, state)
+        self._served: dict[int, int] = {}  # cluster -> version of the learner's snapshot served
+        self._alarmed: set[int] = set()
+        self.sent = 0  # samples handed to the sink
+        self.applied = 0  # snapshots applied
+        self.refused = 0  # snapshots that do not fit this engine's models (other settings)
+        self.refusal = ""  # why the last one was refused
+
+    def add(self, cluster: int, learner: SequenceLearner, policy: AdaptiveLearningRate) -> None:
+        super().add(cluster, learner, policy)
+        self._apply(cluster)
+
+    def submit(self, cluster: int, x: Float32Array, y: FloatArray, ts: IntArray) -> None:
+        """Send the samples on (in order); nothing is queued here."""
+        alarm = cluster in self._alarmed
+        self._alarmed.discard(cluster)
+        self.sink(cluster, clusters=sorted(self._slots), x=x, y=y, ts=ts, alarm=alarm)
+        self.sent += len(y)
+
+    def boost(self, cluster: int) -> None:
+        super().boost(cluster)
+        self._alarmed.add(cluster)
+
+    def start_fast(self, cluster: int, seed: int, lr: float) -> None:
+        return None
+
+    def end_fast(self, cluster: int, fold: bool) -> None:
+        return None
+
+    def offer(self, cluster: int, version: int, learner_state: dict[str, Any]) -> None:
+        """A learner's snapshot of `cluster` (any thread may call; applied between batches)."""
+        with self._cond:
+            held = self._offered.get(cluster)
+            if held is None or version > held[0]:
+                self._offered[cluster] = (version, learner_state)
+
+    def apply_offered(self) -> int:
+        """Serve the newest offered snapshots of the clusters this engine has (the valuing
+        thread, between batches); how many were applied."""
+        with self._cond:
+            clusters = [c for c in self._offered if c in self._slots]
+        return sum(self._apply(c) for c in clusters)
+
+    def _apply(self, cluster: int) -> bool:
+        with self._cond:
+            held = self._offered.get(cluster)
+            slot = self._slots[cluster]
+            if held is None:
+                return False
+            del self._offered[cluster]
+            if held[0] <= self._served.get(cluster, -1):
+                return False
+            self._served[cluster] = held[0]
+        mirror = slot.learner.clone()  # a state that does not fit leaves the served one alone
+        try:
+            mirror.load_state_dict(held[1])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            self.refused += 1
+            self.refusal = f"cluster {cluster}, version {held[0]}: {type(exc).__name__}: {exc}"
+            return False
+        slot.learner = mirror
+        slot.snapshot = mirror.snapshot()
+        slot.steps = mirror.updates
+        self.applied += 1
+        return True
+
+    def remove(self, cluster: int, successor: int | None) -> None:
+        super().remove(cluster, successor)
+        self._served.pop(cluster, None)

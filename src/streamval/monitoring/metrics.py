@@ -369,7 +369,7 @@ class EngineMetrics:
             "streamval_send_failures",
             "Output records that could not be produced for good, by kind: a valuation's input "
             "record goes to the DLQ (send_failed), a dead letter is resent minimal, a metrics "
-            "record is dropped.",
+            "record or a valuer's training sample is dropped.",
             ["kind"],
             registry=r,
         )

@@ -15,6 +15,9 @@ from streamval.config import Settings, kafka_client_config
 
 log = logging.getLogger(__name__)
 
+# The largest model snapshot the models topic (and its producers) accept.
+MODEL_MESSAGE_BYTES = 16 * 1024 * 1024
+
 
 def topic_names(settings: Settings) -> list[str]:
     """The four topics of the event contract and the internal ones, as configured."""
@@ -26,17 +29,22 @@ def topic_names(settings: Settings) -> list[str]:
         t.metrics,
         settings.clusterings_topic(),
         settings.profiles_topic(),
+        settings.training_samples_topic(),
+        settings.models_topic(),
     ]
 
 
 def internal_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     """Topics whose shape is fixed, whatever `topics.partitions` says: name -> (partitions,
     configs). The clusterings topic holds one key, and compaction keeps its latest value; the
-    profiles topic one key per asset."""
+    profiles topic one key per asset, the models topic one per cluster (a snapshot may be larger
+    than the broker's default 1 MiB message limit)."""
     compact = {"cleanup.policy": "compact"}
+    models = {**compact, "max.message.bytes": str(MODEL_MESSAGE_BYTES)}
     return {
         settings.clusterings_topic(): (1, compact),
         settings.profiles_topic(): (settings.topics.partitions, compact),
+        settings.models_topic(): (settings.topics.partitions, models),
     }
 
 

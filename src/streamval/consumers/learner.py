@@ -1,0 +1,436 @@
+"""The learner role (`streamval run --role learner`): trains the cluster models off the valuers.
+
+A member of consumer group `<consumer.group_id>.learners` on the training-samples topic. The
+clusters whose samples arrive on its partitions are its own (valuers map clusters to partitions
+explicitly, `learning.partition_of`). For each it keeps the engine's training copy in a
+`Trainer` (sync mode): every sample trained once, in steps of `engine.batch_size`, with the
+cluster's lr policy (boosted when a sample block says the valuer's drift detector alarmed).
+Every `consumer.model_every_steps` steps of a cluster it publishes the cluster's model on the
+compacted models topic, the version being the model's optimizer steps.
+
+A cluster's model starts from, in order: its latest snapshot on the models topic (a restart, or
+a cluster that moved here from another learner: training goes on from the version reached); a
+fork of its parent's model (a cluster split off by a re-fit; parents come from the clusterings
+topic, as valuers publish it); a fresh model seeded as the engine seeds it.
+
+Offsets: a partition's committed offset never passes a sample that no published snapshot covers
+yet (queued, or trained since the last snapshot), so a learner that dies loses no sample: its
+successor restores the last snapshot and re-reads what came after it, skipping the samples the
+snapshot says it holds (`ModelRecord.covered`), so each sample is trained once. A clustering that
+drops a cluster drops its model here too, with its queued samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from streamval.config import Settings
+from streamval.consumers.clusterings import ClusteringSync
+from streamval.consumers.learning import (
+    ModelRecord,
+    ModelSync,
+    SampleBlock,
+    decode_samples,
+    slim_learner_state,
+    wait_until,
+)
+from streamval.consumers.service import _idle_member, instance_id
+from streamval.engine import cluster_policy, cluster_seed
+from streamval.logs import LogOnce
+from streamval.models.learner import SequenceLearner
+from streamval.models.trainer import Trainer
+from streamval.stream.kafka.clients import check_reachable, make_consumer
+from streamval.stream.kafka.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+BACKOFF_S = 1.0
+# How long a sample of a clustering newer than the one read waits for it (its parents).
+CLUSTERING_WAIT_S = 10.0
+
+
+@dataclass
+class _Owned:
+    """A cluster this learner trains: where its samples come from and what is not covered yet."""
+
+    partition: int
+    clustering_version: int = 0
+    steps_since_publish: int = 0
+    trained_at_publish: int = 0
+    # Per record whose samples are not all in a published snapshot yet, in order:
+    # [partition, offset, samples of it not covered, index after its last sample submitted].
+    marks: deque[list[int]] = field(default_factory=deque)
+    # Samples at or before this (partition, offset, index) are in the model already (restored
+    # from a snapshot that says so): skipped when read again.
+    skip: tuple[int, int, int] | None = None
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: LearnerService) -> None:
+        self.service = service
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.service._revoked.update(tp.partition for tp in revoked)
+        self.service._assigned -= {tp.partition for tp in revoked}
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.service._assigned |= {tp.partition for tp in assigned}
+        self.service._fresh = True
+
+
+class LearnerService:
+    """Trains the clusters of its training-samples partitions; publishes their snapshots."""
+
+    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+        if settings.engine.pooling != "cluster":
+            raise ValueError("the learner role needs engine.pooling='cluster'")
+        self.settings = settings
+        self.instance = instance or instance_id(settings)
+        self.topic = settings.training_samples_topic()
+        self.group_id = f"{settings.consumer.group_id}.learners"
+        s = settings.engine
+        self.trainer = Trainer(
+            batch_size=s.batch_size, max_backlog=s.max_backlog, background=False, pooled=False
+        )
+        self.models = ModelSync(settings, self.instance)
+        self.clusterings = ClusteringSync(settings, self.instance) if s.n_clusters != 1 else None
+        self._owned: dict[int, _Owned] = {}
+        self._assigned: set[int] = set()
+        self._revoked: set[int] = set()
+        self._fresh = False  # partitions were assigned since the last iteration
+        self._unassigned_since: float | None = None
+        self.rejoins = 0  # consumers re-created after too long without partitions
+        self._position: dict[int, int] = {}  # partition -> next offset to read
+        self._unsent: list[ModelRecord] = []  # snapshots taken, not acknowledged yet
+        self._stop = threading.Event()
+        self._log_once = LogOnce(log)
+        self._consumer: KafkaConsumer | None = None
+        self.rejected = 0  # records that were not sample blocks
+        self.trained = 0  # samples trained
+        self.published = 0  # snapshots published
+        self.restored = 0  # clusters started from the models topic
+        self.behind = 0  # assignments before which the models topic could not be read to its end
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the iteration, publish what is unpublished, commit and return (thread-safe)."""
+        self._stop.set()
+
+    def run(self, *, max_idle_polls: int | None = None) -> None:
+        """Consume until `stop()`, or `max_idle_polls` empty polls in a row (scripts, tests)."""
+        s = self.settings
+        check_reachable(s)
+        ensure_topics(s, [self.topic, s.models_topic(), s.clusterings_topic()])
+        self.models.start()
+        if self.clusterings is not None:
+            self.clusterings.start()
+        self._consumer = self._subscribe()
+        log.info("learner started", extra={"topic": self.topic, "group": self.group_id})
+        idle = 0
+        try:
+            while not self._stop.is_set():
+                got = self._iterate(self._consumer)
+                idle = 0 if got else idle + (1 if self._assigned else 0)
+                if max_idle_polls is not None and idle >= max_idle_polls:
+                    break
+            for cluster, owned in self._owned.items():
+                if owned.steps_since_publish:
+                    self._unsent.append(self._snapshot(cluster, owned))
+            if self._send():
+                self._commit()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception as exc:
+                log.warning("closing the learner's consumer failed: %s", exc)
+        self.models.close()
+        if self.clusterings is not None:
+            self.clusterings.close()
+        log.info(
+            "learner stopped",
+            extra={"trained": self.trained, "published": self.published},
+        )
+
+    # -- one iteration -------------------------------------------------------------------------
+
+    def _iterate(self, consumer: KafkaConsumer) -> bool:
+        """Poll, train what is due, publish, commit; whether any record came."""
+        try:
+            records = consumer.poll(timeout_ms=self.settings.consumer.poll_timeout_ms)
+        except KafkaError as exc:
+            self._log_once(f"poll:{type(exc).__name__}", f"polling {self.topic} failed: {exc}")
+            self._stop.wait(BACKOFF_S)
+            return False
+        self._check_membership(consumer)
+        self._drop_revoked()
+        self._drop_retired()
+        if self._fresh:  # new partitions: their clusters start from their latest snapshots
+            self._fresh = False
+            if not self.models.read_to_end():
+                self.behind += 1
+                self._log_once(
+                    "models_behind",
+                    f"reading {self.models.topic} to its end took too long: a cluster may "
+                    "start from an older snapshot",
+                )
+        for tp, messages in records.items():
+            for message in messages:
+                self._take(tp.partition, message.offset, message.value)
+                self._position[tp.partition] = message.offset + 1
+        self._train()
+        if self._send():
+            self._commit()
+        return bool(records)
+
+    def _train(self) -> None:
+        """Every full step of every cluster, a snapshot taken every `model_every_steps`."""
+        every = self.settings.consumer.model_every_steps
+        for cluster, owned in self._owned.items():
+            while self.trainer.step_cluster(cluster):
+                self.trained += self.trainer.batch_size
+                owned.steps_since_publish += 1
+                if owned.steps_since_publish >= every:
+                    self._unsent.append(self._snapshot(cluster, owned))
+
+    def _check_membership(self, consumer: KafkaConsumer) -> None:
+        """Join afresh after `consumer.rejoin_after_s` without partitions (kafka-python can stay
+        outside its group after a rebalance; see `ValuationService._check_membership`)."""
+        if consumer.assignment() or _idle_member(consumer):
+            self._unassigned_since = None
+            return
+        now = time.monotonic()
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+            return
+        if now - self._unassigned_since < self.settings.consumer.rejoin_after_s:
+            return
+        log.warning(
+            "no partition assigned for %.0f s: re-creating the consumer to join the group afresh",
+            now - self._unassigned_since,
+            extra={"group": self.group_id},
+        )
+        try:
+            consumer.close(autocommit=False)
+        except Exception as exc:
+            log.warning("closing the stuck consumer failed: %s", exc)
+        self._revoked |= self._assigned | set(self._position)
+        self._assigned = set()
+        self._consumer = self._subscribe()
+        self.rejoins += 1
+        self._unassigned_since = now
+
+    def _subscribe(self) -> KafkaConsumer:
+        s = self.settings
+        consumer = make_consumer(
+            s,
+            group_id=self.group_id,
+            client_id=f"{s.consumer.client_id}-learner",
+            auto_offset_reset="earliest",
+        )
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
+        return consumer
+
+    def _take(self, partition: int, offset: int, value: bytes | None) -> None:
+        try:
+            block = decode_samples(value)
+        except ValueError as exc:
+            self.rejected += 1
+            kind = str(exc).split(":", 1)[0]
+            self._log_once(
+                f"samples:{kind}",
+                f"ignored a record on {self.topic} that is no sample block: {exc}",
+            )
+            return
+        owned = self._own(block, partition)
+        if owned is None:
+            return
+        start = 0
+        if owned.skip is not None and owned.skip[0] == partition:
+            if offset < owned.skip[1]:
+                return  # in the snapshot this cluster was restored from
+            if offset == owned.skip[1]:
+                start = owned.skip[2]
+            else:
+                owned.skip = None
+        if start >= len(block):
+            return
+        if block.alarm:
+            self.trainer.boost(block.cluster)
+        self.trainer.submit(
+            block.cluster, block.windows[start:], block.targets[start:], block.ts[start:]
+        )
+        owned.partition = partition
+        owned.clustering_version = max(owned.clustering_version, block.clustering_version)
+        owned.marks.append([partition, offset, len(block) - start, len(block)])
+
+    def _own(self, block: SampleBlock, partition: int) -> _Owned | None:
+        """The cluster's entry, its model started first if it is new here (module docstring)."""
+        c = block.cluster
+        if c in self._owned:
+            return self._owned[c]
+        s = self.settings.engine
+        learner = SequenceLearner.from_settings(s, seed=cluster_seed(s, c))
+        window_shape = (learner.seq_len, learner.n_inputs)
+        if block.windows.shape[1:] != window_shape:
+            self.rejected += 1
+            self._log_once(
+                "samples:shape",
+                f"ignored samples of shape {block.windows.shape[1:]}: this learner's windows are "
+                f"{window_shape} (engine settings differ from the valuers')",
+            )
+            return None
+        policy = cluster_policy(s, c)
+        record = self.models.get(c)
+        source = "fresh"
+        if record is None:
+            parent = self._parent(c, block.clustering_version)
+            if parent is not None and parent in self._owned:
+                learner = self.trainer.spawn(parent, cluster_seed(s, c))
+                source = f"fork of {parent}"
+            elif parent is not None and (record := self.models.get(parent)) is not None:
+                source = f"fork of {parent} (models topic)"
+        else:
+            source = "models topic"
+        if record is not None:
+            try:
+                learner.load_state_dict(record.learner)
+                if record.cluster == c:
+                    policy.load_state_dict(record.policy)
+                    self.restored += 1
+            except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+                self._log_once(
+                    f"restore:{c}", f"cluster {c}: its snapshot is unusable, starting fresh: {exc}"
+                )
+                learner = SequenceLearner.from_settings(s, seed=cluster_seed(s, c))
+                policy, source = cluster_policy(s, c), "fresh"
+        self.trainer.add(c, learner, policy)
+        owned = self._owned[c] = _Owned(partition)
+        if record is not None and record.cluster == c and record.covered is not None:
+            owned.skip = record.covered
+        log.info(
+            "learning a cluster",
+            extra={"cluster": c, "from": source, "version": learner.updates},
+        )
+        return owned
+
+    def _parent(self, cluster: int, clustering_version: int) -> int | None:
+        """The cluster `cluster` was split from, per the clustering the sample was valued with
+        (waiting a while for it to arrive on the clusterings topic)."""
+        sync = self.clusterings
+        if sync is None or clustering_version == 0:
+            return None
+
+        def arrived() -> bool:
+            latest = sync.latest()
+            return latest is not None and latest.version >= clustering_version
+
+        wait_until(arrived, CLUSTERING_WAIT_S, self._stop)
+        latest = sync.latest()
+        return None if latest is None else latest.parents.get(cluster)
+
+    # -- publishing and offsets ----------------------------------------------------------------
+
+    def _snapshot(self, cluster: int, owned: _Owned) -> ModelRecord:
+        """The cluster's model now, and the last sample it covers (its marks move on)."""
+        owned.steps_since_publish = 0
+        trained = self.trainer.counts(cluster)[1]
+        covered, owned.trained_at_publish = trained - owned.trained_at_publish, trained
+        last: tuple[int, int, int] | None = None
+        while covered and owned.marks:
+            mark = owned.marks[0]
+            take = min(covered, mark[2])
+            mark[2] -= take
+            covered -= take
+            last = (mark[0], mark[1], mark[3] - mark[2])
+            if mark[2] == 0:
+                owned.marks.popleft()
+        learner = self.trainer.learner(cluster)
+        return ModelRecord(
+            cluster=cluster,
+            version=learner.updates,
+            clustering_version=owned.clustering_version,
+            learner=slim_learner_state(learner.state_dict()),
+            policy=self.trainer.policy(cluster).state_dict(),
+            covered=last,
+        )
+
+    def _send(self) -> bool:
+        """Publish the snapshots taken and wait for the acks; whether none is left unsent (the
+        offsets they cover may be committed only then)."""
+        if not self._unsent:
+            return True
+        try:
+            self.models.publish(self._unsent)
+        except Exception as exc:  # sent again at the next iteration; offsets wait for it
+            self._log_once("publish", f"publishing model snapshots failed: {exc}")
+            return False
+        self.published += len(self._unsent)
+        self._unsent = []
+        return True
+
+    def _commit(self) -> None:
+        """Commit, per assigned partition, up to the first sample no snapshot covers yet."""
+        consumer = self._consumer
+        assert consumer is not None
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for partition in self._assigned:
+            position = self._position.get(partition)
+            if position is None:
+                continue
+            pending = [
+                mark[1]
+                for o in self._owned.values()
+                for mark in o.marks
+                if mark[0] == partition and mark[2]
+            ]
+            offset = min(pending, default=position)  # a record partly covered is read again
+            offsets[TopicPartition(self.topic, partition)] = OffsetAndMetadata(offset, "", -1)
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets)
+        except KafkaError as exc:  # committed at the next iteration
+            self._log_once(f"commit:{type(exc).__name__}", f"committing offsets failed: {exc}")
+
+    # -- ownership changes ---------------------------------------------------------------------
+
+    def _drop_revoked(self) -> None:
+        """Forget the clusters of partitions taken away (their next owner restores them from
+        the models topic and re-reads the samples no snapshot covers)."""
+        if not self._revoked:
+            return
+        # All of them, even those assigned again: the consumer goes back to the committed offset
+        # and re-reads what no snapshot covers, so the clusters restart from their snapshots.
+        revoked, self._revoked = self._revoked, set()
+        for c in [c for c, o in self._owned.items() if o.partition in revoked]:
+            self._forget(c, "partition revoked")
+        for partition in revoked:
+            self._position.pop(partition, None)
+
+    def _drop_retired(self) -> None:
+        """Forget the clusters a newer clustering no longer has."""
+        latest = self.clusterings.latest() if self.clusterings is not None else None
+        if latest is None:
+            return
+        for c, o in list(self._owned.items()):
+            if c not in latest.ids and latest.version > o.clustering_version:
+                self._forget(c, f"retired by clustering {latest.version}")
+
+    def _forget(self, cluster: int, why: str) -> None:
+        self.trainer.remove(cluster, None)
+        del self._owned[cluster]
+        log.info("stopped learning a cluster", extra={"cluster": cluster, "why": why})

@@ -1,0 +1,225 @@
+"""The valuer/learner split on a real broker: a valuer sends its labelled samples to the
+training-samples topic, a learner trains the clusters and publishes snapshots on the models
+topic, the valuer serves them; a restarted learner goes on from the latest snapshots."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+
+import pytest
+from tests.integration.test_scaleout import T0, configure, produce, wait_for
+
+from streamval.config import Settings
+from streamval.consumers.learner import LearnerService
+from streamval.consumers.learning import decode_model, decode_samples
+from streamval.consumers.service import ValuationService
+from streamval.models.trainer import RemoteTrainer
+from streamval.stream.datasets.synthetic import DAY_MS, THREE_GROUPS, grouped_panel
+from streamval.stream.kafka.reader import read_topic
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def role(settings: Settings, name: str) -> Settings:
+    consumer = settings.consumer.model_copy(update={"role": name})
+    return settings.model_copy(update={"consumer": consumer})
+
+
+class Running:
+    """A valuer or learner service in a thread; `failure` holds what it raised."""
+
+    def __init__(self, service: ValuationService | LearnerService, name: str) -> None:
+        self.service = service
+        self.failure: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.service.run()
+        except BaseException as exc:
+            self.failure.append(exc)
+
+    def ok(self) -> bool:
+        """True while it runs without failure (a failure fails the waiting test at once)."""
+        assert not self.failure, self.failure
+        return True
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+        assert not self.failure, self.failure
+
+
+def model_versions(settings: Settings) -> dict[int, list[int]]:
+    """Per cluster, the versions on the models topic in the order they were written."""
+    out: dict[int, list[int]] = defaultdict(list)
+    for record in read_topic(settings, settings.models_topic(), timeout_s=30):
+        model = decode_model(record.value)
+        assert record.key == str(model.cluster).encode()
+        out[model.cluster].append(model.version)
+    return dict(out)
+
+
+def valued(settings: Settings) -> list[dict[str, object]]:
+    return [json.loads(r.value) for r in read_topic(settings, settings.topics.valuations)]
+
+
+def test_a_valuer_serves_the_models_a_learner_trains_on_its_samples(
+    kafka_settings: Settings,
+) -> None:
+    settings = configure(kafka_settings)
+    panel = grouped_panel(
+        THREE_GROUPS, 8, 70, seed=0, t0_ms=T0, attributes=True, attribute_noise=0.1
+    )
+    fitted, split = T0 + 20 * DAY_MS, T0 + 45 * DAY_MS
+    early = [e for e in panel.events if e.ts_ms < fitted]
+    first = [e for e in panel.events if fitted <= e.ts_ms < split]
+    second = [e for e in panel.events if e.ts_ms >= split]
+    valuer = ValuationService(role(settings, "valuer"), instance="valuer")
+    learner = LearnerService(role(settings, "learner"), instance="learner")
+    running = [Running(valuer, "valuer"), Running(learner, "learner")]
+    try:
+        produce(settings, early)
+        wait_for(
+            lambda: (
+                all(r.ok() for r in running)
+                and valuer.published >= len(early)
+                and valuer.engine.clustering_version >= 1
+            ),
+            120,
+            "the start valued and the clustering fitted",
+        )
+        produce(settings, first)
+        wait_for(
+            lambda: (
+                all(r.ok() for r in running)
+                and valuer.published >= len(early) + len(first)
+                and len(learner.models.latest()) >= 3
+                and learner.published >= 10
+            ),
+            120,
+            "snapshots of every cluster",
+        )
+        published = {c: r.version for c, r in learner.models.latest().items()}
+        # The valuer serves them: every cluster's latest version, within the valuer's loop.
+        trainer = valuer.engine.trainer
+        assert isinstance(trainer, RemoteTrainer)
+        wait_for(
+            lambda: all(
+                c not in valuer.engine.clusters or trainer.snapshot(c).version >= v
+                for c, v in published.items()
+            ),
+            30,
+            "the valuer to serve the snapshots",
+        )
+        produce(settings, second)
+        wait_for(
+            lambda: all(r.ok() for r in running) and valuer.published >= len(panel.events),
+            120,
+            "the second part valued",
+        )
+        for r in running:
+            r.stop()
+    finally:
+        for r in running:
+            r.service.stop()
+            r.thread.join(timeout=60)
+
+    out = valued(settings)
+    keys = {(e.asset_id, e.ts_ms) for e in panel.events}
+    assert {(v["asset_id"], v["ts"]) for v in out} == keys  # every event valued
+    assert len(out) == len(keys)
+    # Nothing was trained in the valuer; every sample went to the learner, and it trained them.
+    assert trainer.sent > 0 and learner.trained > 0
+    assert all(trainer.counts(c)[1] == 0 for c in valuer.engine.clusters)
+    samples = read_topic(settings, settings.training_samples_topic(), timeout_s=30)
+    assert sum(len(decode_samples(r.value)) for r in samples) == trainer.sent
+    # Each cluster's samples sit in one partition, chosen by the map (not by hashing the key).
+    partitions: dict[int, set[int]] = defaultdict(set)
+    clustering = {decode_samples(r.value).clustering_version for r in samples}
+    latest = max(clustering)
+    for r in samples:
+        block = decode_samples(r.value)
+        if block.clustering_version == latest:
+            partitions[block.cluster].add(r.partition)
+    assert all(len(p) == 1 for p in partitions.values())
+    assert len(set().union(*partitions.values())) == len(partitions)  # no two share one
+    # Versions advance on the models topic, and the second part is valued by those models.
+    versions = model_versions(settings)
+    assert len(versions) >= 2
+    assert all(v == sorted(v) and v[-1] > v[0] for v in versions.values() if len(v) > 1)
+    on_topic = {(c, v) for c, vs in versions.items() for v in vs}
+    late = [v for v in out if int(str(v["ts"])) >= split and not v["warming"]]
+    assert late and all(int(str(v["model_version"])) > 0 for v in late)
+    served = {(int(str(v["cluster"])), int(str(v["model_version"]))) for v in late}
+    # Served versions are the learner's (a new cluster may be served its parent's at first).
+    parents_or_own = {v for _, v in on_topic}
+    assert all(version in parents_or_own for _, version in served)
+
+
+def test_a_restarted_learner_goes_on_from_the_latest_snapshots(kafka_settings: Settings) -> None:
+    settings = configure(kafka_settings)
+    engine = settings.engine.model_copy(update={"n_clusters": 1})
+    settings = settings.model_copy(update={"engine": engine})
+    panel = grouped_panel(THREE_GROUPS, 6, 60, seed=1, t0_ms=T0, attributes=False)
+    split = T0 + 30 * DAY_MS
+    first = [e for e in panel.events if e.ts_ms < split]
+    second = [e for e in panel.events if e.ts_ms >= split]
+    valuer = Running(ValuationService(role(settings, "valuer"), instance="valuer"), "valuer")
+    learner = LearnerService(role(settings, "learner"), instance="learner-1")
+    first_learner = Running(learner, "learner-1")
+    again: Running | None = None
+    try:
+        produce(settings, first)
+        assert isinstance(valuer.service, ValuationService)
+        service = valuer.service
+        trainer = service.engine.trainer
+        assert isinstance(trainer, RemoteTrainer)
+        wait_for(
+            lambda: first_learner.ok() and service.published >= len(first),
+            120,
+            "the first part valued",
+        )
+        wait_for(
+            lambda: first_learner.ok() and learner.trained >= 300,
+            120,
+            "the first learner training",
+        )
+        first_learner.stop()
+        reached = learner.models.latest()[0].version
+        assert reached > 0 and learner.restored == 0
+        produce(settings, second)
+        wait_for(lambda: service.published >= len(panel.events), 120, "the second part valued")
+        restarted = LearnerService(role(settings, "learner"), instance="learner-2")
+        again = Running(restarted, "learner-2")
+        wait_for(
+            lambda: (
+                again is not None
+                and again.ok()
+                and restarted.trained + learner.trained >= trainer.sent - 32
+            ),
+            120,
+            "the second learner training the rest",
+        )
+        again.stop()
+        valuer.stop()
+    finally:
+        for r in (valuer, first_learner, again):
+            if r is not None:
+                r.service.stop()
+                r.thread.join(timeout=60)
+    assert restarted.restored == 1  # from the models topic, not a cold start
+    assert learner.behind == restarted.behind == 0  # read to its end before each assignment
+    versions = model_versions(settings)[0]
+    assert versions == sorted(versions)  # the version continued, it was not reset
+    assert versions[-1] > reached
+    after = versions[versions.index(reached) + 1 :]
+    assert after and after[0] == reached + 1
+    # Every sample trained exactly once across the restart: the second learner skipped those in
+    # the snapshot it restored and read the rest (a last partial batch stays queued).
+    queued = restarted.trainer.counts(0)[0]
+    assert learner.trained + restarted.trained + queued == trainer.sent
