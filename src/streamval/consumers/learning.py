@@ -32,7 +32,7 @@ from streamval.consumers.records import OutRecord
 from streamval.consumers.topic_sync import POLL_TIMEOUT_MS, TopicSync
 from streamval.errors import CheckpointError
 from streamval.models.trainer import Float32Array, FloatArray, IntArray
-from streamval.stream.kafka.clients import make_consumer, make_producer
+from streamval.stream.kafka.clients import make_producer
 from streamval.stream.kafka.topics import MODEL_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,7 @@ class ModelSync(TopicSync):
     beginning: compaction keeps the latest) in the background; publishes this learner's."""
 
     what = "models"
+    max_message_bytes = MODEL_MESSAGE_BYTES
 
     def __init__(
         self,
@@ -276,17 +277,6 @@ class ModelSync(TopicSync):
         self._catch_up = threading.Event()  # asked: read to the end offsets of now
         self._caught_up = threading.Event()
         self._target: dict[TopicPartition, int] | None = None
-
-    def _new_consumer(self) -> KafkaConsumer:
-        """Outside any group, from the beginning, taking snapshots up to the topic's limit."""
-        self._consumer = make_consumer(
-            self.settings,
-            group_id=None,
-            client_id=f"{self.settings.consumer.client_id}-{self.what}",
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=MODEL_MESSAGE_BYTES,
-        )
-        return self._consumer
 
     def start(self) -> None:
         """Read up to the topic's end of now (at most `CATCH_UP_S`), then keep reading."""

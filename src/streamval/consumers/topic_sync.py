@@ -26,6 +26,7 @@ class TopicSync:
     """The reader thread, the producer and the bookkeeping shared by the topic's users."""
 
     what = "records"  # of this topic, in client ids and log lines
+    max_message_bytes: int | None = None  # records larger than the client's default fetch size
 
     def __init__(
         self,
@@ -49,11 +50,17 @@ class TopicSync:
 
     def _new_consumer(self) -> KafkaConsumer:
         """A consumer outside any group that reads from the beginning."""
+        fetch = (
+            {}
+            if self.max_message_bytes is None
+            else {"max_partition_fetch_bytes": self.max_message_bytes}
+        )
         self._consumer = make_consumer(
             self.settings,
             group_id=None,
             client_id=f"{self.settings.consumer.client_id}-{self.what}",
             auto_offset_reset="earliest",
+            **fetch,
         )
         return self._consumer
 
