@@ -81,6 +81,10 @@ def test_a_valuer_serves_the_models_a_learner_trains_on_its_samples(
     second = [e for e in panel.events if e.ts_ms >= split]
     valuer = ValuationService(role(settings, "valuer"), instance="valuer")
     learner = LearnerService(role(settings, "learner"), instance="learner")
+    # Born at 0 (for increase() in alerts) in a valuer, absent where nothing sends samples.
+    sample_failures = ("streamval_send_failures_total", {"kind": "sample"})
+    assert valuer.metrics.registry.get_sample_value(*sample_failures) == 0.0
+    assert ValuationService(settings).metrics.registry.get_sample_value(*sample_failures) is None
     running = [Running(valuer, "valuer"), Running(learner, "learner")]
     try:
         produce(settings, early)

@@ -177,6 +177,8 @@ class ValuationService:
             )
         self.engine = engine or Engine(settings.engine, accept_late=settings.consumer.accept_late)
         self.metrics = metrics or EngineMetrics()
+        if self._outbox is not None:
+            self.metrics.sends_samples()
         c = settings.consumer
         self.store = CheckpointStore(c.checkpoint_dir) if c.checkpoint_dir else None
         self.recovery = Recovery(self.store)

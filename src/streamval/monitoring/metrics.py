@@ -557,6 +557,10 @@ class EngineMetrics:
         """The consumer is `lag` messages behind the end of `partition`."""
         self._consumer_lag.labels(str(partition)).set(max(lag, 0))
 
+    def sends_samples(self) -> None:
+        """A valuer: its `sample` send failures are born at 0 too (see the other kinds)."""
+        self._send_failures.labels("sample")
+
     def identify(self, instance: str, group: str) -> None:
         """This process's id in its consumer group (`streamval_instance_info`)."""
         self._instance.info({"instance_id": instance, "group": group})
