@@ -5,11 +5,11 @@ topic, the valuer serves them; a restarted learner goes on from the latest snaps
 from __future__ import annotations
 
 import json
-import threading
 from collections import defaultdict
 
 import pytest
 from tests.integration.test_scaleout import T0, configure, produce, wait_for
+from tests.integration.threads import Running
 
 from streamval.config import Settings
 from streamval.consumers.learner import LearnerService
@@ -25,33 +25,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 def role(settings: Settings, name: str) -> Settings:
     consumer = settings.consumer.model_copy(update={"role": name})
     return settings.model_copy(update={"consumer": consumer})
-
-
-class Running:
-    """A valuer or learner service in a thread; `failure` holds what it raised."""
-
-    def __init__(self, service: ValuationService | LearnerService, name: str) -> None:
-        self.service = service
-        self.failure: list[BaseException] = []
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.service.run()
-        except BaseException as exc:
-            self.failure.append(exc)
-
-    def ok(self) -> bool:
-        """True while it runs without failure (a failure fails the waiting test at once)."""
-        assert not self.failure, self.failure
-        return True
-
-    def stop(self) -> None:
-        self.service.stop()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive()
-        assert not self.failure, self.failure
 
 
 def model_versions(settings: Settings) -> dict[int, list[int]]:

@@ -6,11 +6,11 @@ ignored."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 
 import pytest
+from tests.integration.threads import Running
 
 from streamval.config import Settings
 from streamval.consumers.service import ValuationService
@@ -78,21 +78,15 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-class Member:
-    """A service running in a thread; `failure` holds what it raised."""
+class Member(Running):
+    """A valuation service of the group running in a thread, with its own metrics."""
 
     def __init__(self, settings: Settings, instance: str) -> None:
         self.metrics = EngineMetrics()
-        self.service = ValuationService(settings, metrics=self.metrics, instance=instance)
-        self.failure: list[BaseException] = []
-        self.thread = threading.Thread(target=self._run, name=instance, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.service.run()
-        except BaseException as exc:
-            self.failure.append(exc)
+        super().__init__(
+            ValuationService(settings, metrics=self.metrics, instance=instance), instance
+        )
+        self.service: ValuationService
 
     @property
     def engine(self) -> Engine:
@@ -102,12 +96,6 @@ class Member:
 
     def partitions(self) -> set[int]:
         return {tp.partition for tp in set(self.service._assigned)}
-
-    def stop(self) -> None:
-        self.service.stop()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive()
-        assert not self.failure, self.failure
 
 
 def wait_until_split(members: list[Member]) -> None:
