@@ -29,6 +29,12 @@ def test_quick_backtest_writes_the_full_report(tmp_path: Path, shared_data: Path
             "--no-progress",
             "--jobs",
             "1",
+            # Smaller than --quick's own 12 assets and 500 customers: this checks the report's
+            # shape, and the suite's time is budgeted.
+            "--max-assets",
+            "6",
+            "--customers",
+            "300",
         ],
         capture_output=True,
         text=True,

@@ -51,6 +51,10 @@ def start_engine(
     }
     engine = ENGINE.model_dump(include={"hidden", "seq_len", "bootstrap_assets", "min_history"})
     sets.update({f"engine.{k}": v for k, v in engine.items()})
+    if instance_id is None:
+        # A dynamic member that restarts waits for the dead one's session to expire: 10 s
+        # here instead of kafka-python's default 45 s keeps the test short.
+        sets["kafka.consumer"] = {"session_timeout_ms": 10_000}
     args = [f"{k}={json.dumps(v)}" for k, v in sets.items()] + [
         "consumer.max_poll_records=50",
         "consumer.checkpoint_interval_s=1",

@@ -31,7 +31,7 @@ def start(settings: Settings, role: str, log: Path, idle_polls: int) -> subproce
         "topics.metrics": t.metrics,
         "topics.partitions": 3,
         "consumer.group_id": settings.consumer.group_id,
-        "consumer.poll_timeout_ms": 500,
+        "consumer.poll_timeout_ms": 250,
         "engine.n_clusters": 1,
         "engine.hidden": [8],
         "engine.seq_len": 6,

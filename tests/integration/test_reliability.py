@@ -221,7 +221,7 @@ def test_broker_stop_start_mid_stream_then_an_outage_past_the_bound(
             keys = {(b["asset_id"], b["ts"]) for b in valued(settings)}  # to the end offsets
             assert keys == {(e.asset_id, e.ts_ms) for e in good}  # at least once, none lost
 
-            service.outage.bound_s = 15.0
+            service.outage.bound_s = 6.0
             broker.stop()
             worker.join(timeout=90)
             assert not worker.is_alive()
@@ -230,7 +230,7 @@ def test_broker_stop_start_mid_stream_then_an_outage_past_the_bound(
             worker.join(timeout=30)
             server.stop()
         assert len(failure) == 1 and isinstance(failure[0], OutageError)
-        assert "longer than consumer.outage_timeout_s (15 s)" in str(failure[0])
+        assert "longer than consumer.outage_timeout_s (6 s)" in str(failure[0])
     finally:
         broker.stop()
         gc.collect()
