@@ -1,16 +1,22 @@
 """Events per second with 1, 2 and 4 `streamval run` processes in one consumer group.
 
     python -m benchmarks.scaleout [--assets 3000] [--steps 24] [--processes 1,2,4]
+                                  [--roles all,split]
 
 One broker (KAFKA_BOOTSTRAP_SERVERS, or a local one started here), one synthetic stream (three
 dynamics groups; the paper's LSTM 100/50 over 12 steps) on a 6-input-partition topic, a backlog
 per run on fresh topics and a fresh group. N processes start and own their partitions, then the
 events are produced (far faster than they are consumed: a backlog); the rate is the valuations'
-broker append times over the steady part (every window full). Each process is both
-valuer and learner (the single-process path): it learns from the partitions it owns, and the
-member owning partition 0 fits the clustering for all. Also reported: how the processes split
-the events, samples trained and skipped (the overload rule), and the cluster ids each true group
-gets across processes, on the backlog's last step and on one step sent after it.
+broker append times over the steady part (every window full). With `all` each process is
+both valuer and learner (the single-process path): it learns from the partitions it owns, and
+the member owning partition 0 fits the clustering for all. With `split` the N processes are
+valuers (`--role valuer`) and one more process is the learner (`--role learner`): every
+labelled sample goes to the learner over `<group>.training-samples`, the valuers serve the
+models it publishes on `<group>.models`; reported besides are when the learner had trained
+every sample (it may finish after the last valuation) and what it wrote to the models topic.
+Also reported: how the processes split the events, samples trained and skipped (the overload
+rule), and the cluster ids each true group gets across processes, on the backlog's last step
+and on one step sent after it.
 
 On a machine with few cores the processes, their trainers and the broker share them: the ratios
 say how far this machine scales, not how far Kafka does. Writes docs/results/scaleout.md.
@@ -23,7 +29,10 @@ import json
 import os
 import platform
 import re
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -39,6 +48,7 @@ from benchmarks.throughput import (
     fresh_settings,
     git_commit,
     produce,
+    service_env,
     start_service,
     stop_service,
     stream,
@@ -98,6 +108,60 @@ def wait_same_clustering(services: list[Service], timeout_s: float = 120) -> lis
         time.sleep(0.5)
 
 
+def start_learner(settings: Settings, log: Path) -> subprocess.Popen[str]:
+    """`streamval run --role learner` for the group; its summary line goes to `log`."""
+    env = service_env(settings, {"STREAMVAL_CONSUMER__ROLE": "learner"})
+    with log.open("w") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamval.cli", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+
+
+def stop_learner(proc: subprocess.Popen[str], log: Path) -> dict[str, Any]:
+    """SIGTERM, then the learner's summary ({"trained", "published"})."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for line in reversed(log.read_text().splitlines()):
+        if line.startswith("{") and '"role": "learner"' in line:
+            return dict(json.loads(line))
+    raise RuntimeError(f"the learner left no summary: {log.read_text()[-2000:]}")
+
+
+def topic_end(settings: Settings, topic: str) -> int:
+    """Records written to `topic` so far (the sum of its partitions' end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        return int(sum(ends.values()))
+    finally:
+        consumer.close()
+
+
+def wait_learner_done(settings: Settings, t0: float, quiet_s: float = 15) -> tuple[float, int]:
+    """Seconds from `t0` until the learner's last model (no new model for `quiet_s`), and the
+    records on the models topic then."""
+    topic = settings.models_topic()
+    last, changed = topic_end(settings, topic), time.monotonic()
+    while time.monotonic() - changed < quiet_s:
+        time.sleep(1)
+        now = topic_end(settings, topic)
+        if now != last:
+            last, changed = now, time.monotonic()
+    return changed - t0, last
+
+
 def ids_per_group(values: list[dict[str, Any]], truth: dict[str, int]) -> dict[int, list[int]]:
     """The cluster ids the model-made valuations gave each true group."""
     ids: dict[int, set[int]] = defaultdict(set)
@@ -115,14 +179,20 @@ def run(
     *,
     probe: list[Any],
     steady: int,
+    roles: str = "all",
 ) -> dict[str, Any]:
     """N processes over a backlog of `events` on fresh topics, then one more step (`probe`)
-    once every process uses the same clustering."""
+    once every process uses the same clustering; `roles="split"`: N valuers and a learner."""
     settings = fresh_settings(bootstrap, partitions=PARTITIONS)
+    role = {"all": {}, "split": {"STREAMVAL_CONSUMER__ROLE": "valuer"}}[roles]
+    learner_log = Path(tempfile.mkdtemp(prefix="scaleout-")) / "learner.log"
+    learner = start_learner(settings, learner_log) if roles == "split" else None
     services = [
-        start_service(settings, {"STREAMVAL_CONSUMER__CLIENT_ID": f"scaleout-{i}"})
+        start_service(settings, {"STREAMVAL_CONSUMER__CLIENT_ID": f"scaleout-{i}", **role})
         for i in range(n)
     ]
+    learned_s, models = None, 0
+    summary: dict[str, Any] = {}
     try:
         for service in services:  # every member owns its partitions before the events come
             service.wait_ready()
@@ -130,6 +200,8 @@ def run(
         produce(settings, events)  # far faster than the processes consume: a backlog
         values = valuations(settings, len(events))
         wall = time.monotonic() - t0
+        if learner is not None:
+            learned_s, models = wait_learner_done(settings, t0)
         versions = wait_same_clustering(services)
         produce(settings, probe)
         probe_ts = probe[0].ts_ms
@@ -137,6 +209,8 @@ def run(
     finally:
         for service in services:
             stop_service(service)
+        if learner is not None:
+            summary = stop_learner(learner, learner_log)
     snaps = snapshots(settings)
     by_ts = sorted(values, key=lambda v: v["ts"])
     times = sorted(v["_t"] for v in by_ts[steady:])
@@ -145,12 +219,16 @@ def run(
     for (instance, _), snap in snaps.items():
         per_instance[instance] += int((snap.get("total") or {}).get("n", 0))
     last_ts = by_ts[-1]["ts"]
+    trained = sum(int(s.get("trained_samples", 0)) for s in snaps.values())
     return {
+        "roles": roles,
         "processes": n,
         "rate": rate,
         "wall_s": wall,
+        "learned_s": learned_s,
+        "models": models,
         "split": sorted(per_instance.values(), reverse=True),
-        "trained": sum(int(s.get("trained_samples", 0)) for s in snaps.values()),
+        "trained": int(summary["trained"]) if summary else trained,
         "skipped": sum(int(s.get("skipped_samples", 0)) for s in snaps.values()),
         "ids_last": ids_per_group([v for v in by_ts if v["ts"] == last_ts], truth),
         "ids_probe": ids_per_group(probed, truth),
@@ -163,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets", type=int, default=3000)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--processes", default="1,2,4")
+    parser.add_argument("--roles", default="all,split", help="all, split or both (all,split)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -176,11 +255,17 @@ def main(argv: list[str] | None = None) -> int:
     steady = (settings0.seq_len + 1) * args.assets
     counts = [int(p) for p in args.processes.split(",") if p]
     t_start = time.perf_counter()
+    modes = [m for m in args.roles.split(",") if m]
+    if not set(modes) <= {"all", "split"}:
+        parser.error(f"--roles: all and/or split, not {args.roles!r}")
     results = []
     with broker() as bootstrap:
-        for n in counts:
-            print(f"{n} process(es) ...", file=sys.stderr)
-            results.append(run(bootstrap, events, truth, n, probe=probe, steady=steady))
+        for mode in modes:
+            for n in counts:
+                print(f"{mode}: {n} process(es) ...", file=sys.stderr)
+                results.append(
+                    run(bootstrap, events, truth, n, probe=probe, steady=steady, roles=mode)
+                )
     base = results[0]["rate"]
     where = (
         "the cluster at KAFKA_BOOTSTRAP_SERVERS"
@@ -198,22 +283,29 @@ def main(argv: list[str] | None = None) -> int:
         f"- stream: {args.assets:,} assets x {args.steps} steps = {len(events):,} events, a "
         f"backlog on an input topic of {PARTITIONS} partitions, polls of {POLL} events",
         f"- model: the defaults of `streamval run` ({settings0.cell.upper()} {settings0.hidden}, "
-        f"seq_len {settings0.seq_len}); each process values and learns (no role split)",
+        f"seq_len {settings0.seq_len}); `all`: each process values and learns; `split`: the "
+        "processes are valuers and one more process is the learner of every cluster",
         f"- rate: valuations per second over the events after the first {settings0.seq_len + 1} "
         "steps, from the broker's append times",
         "",
-        "| processes | events/s | vs 1 process | events scored per process | samples trained | "
-        "skipped (overload) | cluster ids per true group: last backlog step | "
-        "one step after the backlog | clustering version per process |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| roles | valuing processes | events/s | vs 1 process, all | events scored per process "
+        "| samples trained | skipped (overload) | all learned after (s) | cluster ids per true "
+        "group: last backlog step | one step after the backlog | clustering version per "
+        "process |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         last = "; ".join(f"{g}: {c}" for g, c in r["ids_last"].items())
         after = "; ".join(f"{g}: {c}" for g, c in r["ids_probe"].items())
+        learned = (
+            f"{r['learned_s']:.0f} (valued in {r['wall_s']:.0f}; {r['models']:,} models)"
+            if r["learned_s"] is not None
+            else "-"
+        )
         lines.append(
-            f"| {r['processes']} | {r['rate']:,.0f} | {r['rate'] / base:.2f} | "
+            f"| {r['roles']} | {r['processes']} | {r['rate']:,.0f} | {r['rate'] / base:.2f} | "
             f"{', '.join(f'{x:,}' for x in r['split'])} | {r['trained']:,} | {r['skipped']:,} | "
-            f"{last} | {after} | {', '.join(str(v) for v in r['versions'])} |"
+            f"{learned} | {last} | {after} | {', '.join(str(v) for v in r['versions'])} |"
         )
     lines += [
         "",
