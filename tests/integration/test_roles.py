@@ -8,6 +8,8 @@ import json
 from collections import defaultdict
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_scaleout import T0, configure, produce, wait_for
 from tests.integration.threads import Running
 
@@ -35,6 +37,17 @@ def model_versions(settings: Settings) -> dict[int, list[int]]:
         assert record.key == str(model.cluster).encode()
         out[model.cluster].append(model.version)
     return dict(out)
+
+
+def valuer_cluster_series(valuer: ValuationService) -> set[str]:
+    """The names of the valuer's exported samples that carry a cluster label."""
+    text = generate_latest(valuer.metrics.registry).decode()
+    return {
+        sample.name
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if "cluster" in sample.labels and not sample.name.endswith("_created")
+    }
 
 
 def valued(settings: Settings) -> list[dict[str, object]]:
@@ -125,6 +138,31 @@ def test_a_valuer_serves_the_models_a_learner_trains_on_its_samples(
             partitions[block.cluster].add(r.partition)
     assert all(len(p) == 1 for p in partitions.values())
     assert len(set().union(*partitions.values())) == len(partitions)  # no two share one
+    # Per-cluster metrics come from the cluster's owner: the learner's series are the engine's
+    # own definitions over the scored events (one valuer here: the same numbers as the valuer's
+    # engine keeps), the valuer exports none but its valuations by cluster.
+    owned = sorted(learner.snapshots(), key=lambda snap: snap.cluster)
+    assert owned and {snap.cluster for snap in owned} == set(valuer.engine.clusters)
+    engine_side = {snap.cluster: snap for snap in valuer.engine.snapshot()}
+    for snap in owned:
+        assert snap.total == engine_side[snap.cluster].total, snap.cluster
+        assert snap.rolling == engine_side[snap.cluster].rolling, snap.cluster
+        assert snap.assets == engine_side[snap.cluster].assets > 0
+        labels = {"cluster": str(snap.cluster), "window": "total"}
+        got = learner.metrics.registry.get_sample_value("streamval_cluster_mae", labels)
+        assert got == snap.total.mae
+    assert not valuer_cluster_series(valuer) - {"streamval_valuations_published_total"}
+    trained = learner.metrics.registry.get_sample_value("streamval_learner_samples_trained_total")
+    assert trained == learner.trained
+    # The metrics topic holds the learner's snapshots keyed by cluster, none of the valuer's.
+    snapshots = [
+        (r.key, json.loads(r.value))
+        for r in read_topic(settings, settings.topics.metrics, timeout_s=30)
+    ]
+    mine = [(k, v) for k, v in snapshots if v.get("kind") == "snapshot"]
+    assert mine and all(v["instance"] == "learner" for _, v in mine)
+    assert all(k == str(v["cluster"]).encode() for k, v in mine)
+    assert {v["cluster"] for _, v in mine} >= {snap.cluster for snap in owned}
     # Versions advance on the models topic, and the second part is valued by those models.
     versions = model_versions(settings)
     assert len(versions) >= 2
