@@ -1203,8 +1203,13 @@ class Engine:
                         response=response,
                     )
                 )
-        # Training samples, with the scored events (for a cluster owner elsewhere).
-        if learn:
+        # Training samples, with the scored events where a cluster's owner is elsewhere.
+        if learn and not trainer.wants_scored:
+            samples = plan.samples
+            for c in np.unique(plan.cluster[samples]).tolist():
+                idx = np.flatnonzero(samples & (plan.cluster == c))
+                trainer.submit(c, plan.windows[idx], plan.targets[idx], plan.ts[idx])
+        elif learn:
             samples = plan.samples
             with np.errstate(over="ignore", invalid="ignore"):
                 z = plan.values / plan.unit - plan.valuations / plan.unit

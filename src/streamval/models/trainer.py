@@ -271,6 +271,10 @@ class Trainer:
                     self._start()
                     self._cond.notify_all()
 
+    # Whether the engine should hand over its scored events (`submit_scored`): only where the
+    # cluster's metrics and detectors run elsewhere (a valuer's `RemoteTrainer`).
+    wants_scored = False
+
     def submit_scored(
         self, cluster: int, x: Float32Array, y: FloatArray, ts: IntArray, scored: Scored
     ) -> None:
@@ -634,6 +638,8 @@ class RemoteTrainer(Trainer):
     which sees every valuer's, keeps its error metrics and runs its drift detection (and boosts
     its lr policy). The valuing side's own alarms change nothing here; the fast-learner response
     needs a learner of its own and is not run (its start and end are ignored)."""
+
+    wants_scored = True
 
     def __init__(self, *, sink: SampleSink, batch_size: int, max_backlog: int) -> None:
         super().__init__(batch_size=batch_size, max_backlog=max_backlog, background=True)
