@@ -206,6 +206,7 @@ def test_a_restarted_learner_goes_on_from_the_latest_snapshots(kafka_settings: S
         )
         first_learner.stop()
         reached = learner.models.latest()[0].version
+        handed = learner.models.latest()[0].watch
         assert reached > 0 and learner.restored == 0
         produce(settings, second)
         wait_for(lambda: service.published >= len(panel.events), 120, "the second part valued")
@@ -228,6 +229,15 @@ def test_a_restarted_learner_goes_on_from_the_latest_snapshots(kafka_settings: S
                 r.service.stop()
                 r.thread.join(timeout=60)
     assert restarted.restored == 1  # from the models topic, not a cold start
+    # The cluster's metrics and detector went on from the snapshot too: its count continued
+    # (no restart from 0, no event counted twice) and the detector did not calibrate again.
+    assert handed is not None and handed["errors"]["n"] > 0
+    (snap,) = restarted.snapshots()
+    assert handed["errors"]["n"] < snap.total.n <= service.engine.snapshot()[0].total.n
+    watch = restarted._owned[0].watch
+    assert watch.shock is not None and handed["shock"] is not None
+    calibrating = len(handed["shock"]["calib"])  # steps gathered towards its calibration
+    assert calibrating > 0 and len(watch.shock.state_dict()["calib"]) > calibrating
     assert learner.behind == restarted.behind == 0  # read to its end before each assignment
     versions = model_versions(settings)[0]
     assert versions == sorted(versions)  # the version continued, it was not reset

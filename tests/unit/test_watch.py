@@ -10,8 +10,15 @@ import pytest
 from tests.unit.test_shocks import DAY, TINY, panel
 
 from streamval.config import EngineSettings
+from streamval.consumers.learning import (
+    ModelRecord,
+    decode_model,
+    encode_model,
+    slim_learner_state,
+)
 from streamval.consumers.watch import ClusterWatch
 from streamval.engine import Engine, cluster_policy
+from streamval.models.learner import SequenceLearner
 from streamval.models.shocks import CrossSectionalDetector
 from streamval.models.trainer import RemoteTrainer, Scored, Trainer
 from streamval.stream.contract.outputs import DriftAlarm
@@ -107,3 +114,42 @@ def test_a_silent_valuer_stops_holding_steps_back_and_late_events_are_counted() 
     n = watch.errors.n
     watch.observe("b", 10, steps_of(range(10), range(1, 3), rng, -1), monitor, now=42.0)
     assert watch.late == 20 and watch.errors.n == n + 20
+
+
+def test_the_watch_goes_on_from_its_state_in_a_model_record() -> None:
+    """A learner taking a cluster over continues its metrics and its calibrated detector."""
+    settings = EngineSettings(**TINY, shock_calibration=20, shock_rate=0.05)
+    learner = SequenceLearner.from_settings(settings, seed=1)
+    rng = np.random.default_rng(2)
+    first = ClusterWatch(settings, 3)
+    policy = cluster_policy(settings, 3)
+    for start in range(0, 40, 5):
+        first.observe(
+            "a", 30, steps_of(range(30), range(start, start + 5), rng, 45), policy.monitor
+        )
+    assert first.shock is not None and first.shock.calibrated
+    record = ModelRecord(
+        cluster=3,
+        version=learner.updates,
+        clustering_version=1,
+        learner=slim_learner_state(learner.state_dict()),
+        policy=policy.state_dict(),
+        watch=first.state_dict(),
+        watched=(2, 17),
+    )
+    back = decode_model(encode_model(record, "group", "models"))
+    assert back.watched == (2, 17) and back.watch is not None
+    second = ClusterWatch(settings, 3)
+    second.load_state_dict(back.watch)
+    monitor = cluster_policy(settings, 3).monitor
+    monitor.load_state_dict(back.policy["monitor"])
+    rest = [steps_of(range(30), range(s, s + 5), rng, 45) for s in range(40, 60, 5)]
+    got_first = [a for part in rest for a in first.observe("a", 30, part, policy.monitor)]
+    got_second = [a for part in rest for a in second.observe("a", 30, part, monitor)]
+    assert alarm_keys(got_second) == alarm_keys(got_first)
+    assert any(a.ts_ms == 45 for a in got_second)
+    assert second.errors.stats(rolling=False) == first.errors.stats(rolling=False)
+    # A state of another detector setting is refused, not half applied.
+    other = ClusterWatch(EngineSettings(**TINY, detector="adwin"), 3)
+    with pytest.raises(ValueError, match="detector"):
+        other.load_state_dict(back.watch)

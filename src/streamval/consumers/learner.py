@@ -85,6 +85,10 @@ class _Owned:
     # Samples at or before this (partition, offset, index) are in the model already (restored
     # from a snapshot that says so): skipped when read again.
     skip: tuple[int, int, int] | None = None
+    # The last record watched (partition, offset); the scored events of records at or before
+    # `watch_skip` are in the watch restored from a snapshot already: not watched again.
+    watched: tuple[int, int] | None = None
+    watch_skip: tuple[int, int] | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -307,7 +311,13 @@ class LearnerService:
                 start = owned.skip[2]
             else:
                 owned.skip = None
-        self._watch(block, owned)
+        if owned.watch_skip is not None and (
+            owned.watch_skip[0] != partition or offset > owned.watch_skip[1]
+        ):
+            owned.watch_skip = None
+        if owned.watch_skip is None:
+            self._watch(block, owned)
+            owned.watched = (partition, offset)
         self.metrics.received(len(block))
         owned.partition = partition
         owned.clustering_version = max(owned.clustering_version, block.clustering_version)
@@ -396,6 +406,17 @@ class LearnerService:
         owned = self._owned[c] = _Owned(partition, ClusterWatch(s, c))
         if record is not None and record.cluster == c and record.covered is not None:
             owned.skip = record.covered
+        if record is not None and record.cluster == c and record.watch is not None:
+            try:
+                owned.watch.load_state_dict(record.watch)
+                owned.watch_skip = owned.watched = record.watched
+            except (KeyError, ValueError, TypeError) as exc:
+                owned.watch = ClusterWatch(s, c)
+                self._log_once(
+                    f"restore_watch:{c}",
+                    f"cluster {c}: its metrics and detector state are unusable, starting them "
+                    f"afresh: {exc}",
+                )
         log.info(
             "learning a cluster",
             extra={"cluster": c, "from": source, "version": learner.updates},
@@ -441,6 +462,8 @@ class LearnerService:
             learner=slim_learner_state(learner.state_dict()),
             policy=self.trainer.policy(cluster).state_dict(),
             covered=last,
+            watch=owned.watch.state_dict(),
+            watched=owned.watched,
         )
 
     def _send(self) -> bool:

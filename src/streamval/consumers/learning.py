@@ -267,6 +267,11 @@ class ModelRecord:
     # The last training sample in the model: (partition, offset, samples of that record);
     # a learner restoring it skips those when it reads them again.
     covered: tuple[int, int, int] | None = None
+    # The owner's watch of the cluster (`watch.ClusterWatch.state_dict`) and the last training
+    # samples record it had watched, (partition, offset): a learner restoring it does not
+    # watch those again.
+    watch: dict[str, Any] | None = None
+    watched: tuple[int, int] | None = None
 
 
 def slim_learner_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -288,6 +293,8 @@ def encode_model(record: ModelRecord, group_id: str, topic: str) -> bytes:
         "learner": record.learner,
         "policy": record.policy,
         "covered": None if record.covered is None else list(record.covered),
+        "watch": record.watch,
+        "watched": None if record.watched is None else list(record.watched),
     }
     return encode(state, CheckpointMeta(group_id=group_id, topic=topic, partitions=0))
 
@@ -309,6 +316,13 @@ def decode_model(raw: bytes | None) -> ModelRecord:
             if not isinstance(covered, list) or len(covered) != 3:
                 raise ValueError(f"covered: {covered!r}")
             covered = tuple(_int(v, "covered") for v in covered)
+        watch, watched = state.get("watch"), state.get("watched")
+        if watch is not None and not isinstance(watch, dict):
+            raise ValueError("state: watch must be a mapping")
+        if watched is not None:
+            if not isinstance(watched, list) or len(watched) != 2:
+                raise ValueError(f"watched: {watched!r}")
+            watched = tuple(_int(v, "watched") for v in watched)
         return ModelRecord(
             cluster=_int(state["cluster"], "cluster"),
             version=_int(state["version"], "version"),
@@ -316,6 +330,8 @@ def decode_model(raw: bytes | None) -> ModelRecord:
             learner=learner,
             policy=policy,
             covered=covered,
+            watch=watch,
+            watched=watched,
         )
     except KeyError as exc:
         raise ValueError(f"state: {exc!r} missing") from None

@@ -13,12 +13,17 @@ per-event detector of the policy. A step is judged over all valuers' events: val
 of each other in event time (as input partitions do), so a step's events wait until every valuer
 heard from in the last `silence_s` has sent a later step of the cluster; an event of a step
 already judged is late (in the metrics, not in the detection; counted).
+
+The metrics' and detectors' state travels with the cluster's model record (`state_dict`), so a
+learner that takes a cluster over goes on with them (no second calibration of the detector);
+events of steps still waiting are not in it.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
@@ -121,3 +126,24 @@ class ClusterWatch:
                     )
                 )
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The error metrics, the shock detector and the last step judged."""
+        return {
+            "errors": self.errors.state_dict(),
+            "shock": None if self.shock is None else self.shock.state_dict(),
+            "judged": self._judged,
+            "watermark": self.watermark,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from `state_dict` (ValueError, KeyError or TypeError if it does not fit)."""
+        self.errors.load_state_dict(state["errors"])
+        shock = state["shock"]
+        if (shock is None) != (self.shock is None):
+            raise ValueError("watch: a detector state of another engine.detector")
+        if self.shock is not None:
+            self.shock.load_state_dict(shock)
+        judged = state["judged"]
+        self._judged = None if judged is None else int(judged)
+        self.watermark = int(state["watermark"])
