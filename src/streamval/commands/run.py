@@ -179,7 +179,7 @@ def _run_learner(settings: Settings, args: argparse.Namespace) -> int:
     if m.enabled:  # the owned clusters' series and the learner's own on /metrics
         server = MetricsServer(service.metrics.registry, m.host, m.port, ready=service.ready)
         server.start()
-        print(json.dumps({"metrics": server.url, "role": "learner"}), flush=True)
+        print(json.dumps({"metrics": server.url}), flush=True)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})

@@ -82,6 +82,11 @@ do. The metrics carry no `instance` label of their own (a scrape would rename it
 `exported_instance`); `streamval_instance_info` maps the target to the group member's id, the one
 that keys this process's snapshots on the metrics topic.
 
+Split into valuers and learners (`consumer.role`), a cluster's series come from its owner only:
+a valuer's `EngineMetrics(cluster_series=False)` exports none labelled by cluster but
+`streamval_valuations_published_total` (its own count), and each learner's `LearnerMetrics`
+exports those of the clusters it owns, under the same names.
+
 Replay metrics (`ReplayMetrics`):
 
     streamval_build_info{version}                      gauge      always 1, carries the version
