@@ -12,12 +12,15 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_scaleout import T0, configure, produce, wait_for
 from tests.integration.threads import Running
+from tests.unit.test_shocks import DAY
+from tests.unit.test_shocks import panel as shock_panel
 
 from streamval.config import Settings
 from streamval.consumers.learner import LearnerService
 from streamval.consumers.learning import decode_model, decode_samples
 from streamval.consumers.service import ValuationService
 from streamval.models.trainer import RemoteTrainer
+from streamval.stream.contract.schema import AssetEvent
 from streamval.stream.datasets.synthetic import DAY_MS, THREE_GROUPS, grouped_panel
 from streamval.stream.kafka.reader import read_topic
 
@@ -248,3 +251,61 @@ def test_a_restarted_learner_goes_on_from_the_latest_snapshots(kafka_settings: S
     # the snapshot it restored and read the rest (a last partial batch stays queued).
     queued = restarted.trainer.counts(0)[0]
     assert learner.trained + restarted.trained + queued == trainer.sent
+
+
+def test_the_learner_detects_a_shock_over_the_valuers_events_and_boosts_its_lr(
+    kafka_settings: Settings,
+) -> None:
+    """Drift detection runs where the cluster trains: a crash of every asset at one step, valued
+    by a valuer, is detected by the learner, which boosts the cluster's lr and reports it."""
+    settings = configure(kafka_settings)
+    engine = settings.engine.model_copy(
+        update={"n_clusters": 1, "shock_calibration": 50, "drift_response": "boost"}
+    )
+    settings = settings.model_copy(update={"engine": engine})
+    events = [
+        AssetEvent(e.asset_id, T0 + e.ts_ms, e.value)
+        for e in shock_panel(steps=140, n=30, shock_at=110)
+    ]
+    shock_ts = T0 + 111 * DAY
+    valuer = ValuationService(role(settings, "valuer"), instance="valuer")
+    learner = LearnerService(role(settings, "learner"), instance="learner")
+    running = [Running(valuer, "valuer"), Running(learner, "learner")]
+    try:
+        produce(settings, events)
+        wait_for(
+            lambda: all(r.ok() for r in running) and valuer.published >= len(events),
+            180,
+            "every event valued",
+        )
+        wait_for(
+            lambda: all(r.ok() for r in running) and learner.trainer.policy(0).alarms >= 1,
+            120,
+            "the learner's drift alarm",
+        )
+        for r in running:
+            r.stop()
+    finally:
+        for r in running:
+            r.service.stop()
+            r.thread.join(timeout=60)
+    drift = [
+        json.loads(r.value)
+        for r in read_topic(settings, settings.topics.metrics, timeout_s=30)
+        if json.loads(r.value).get("kind") == "drift"
+    ]
+    shocks = [d for d in drift if d["ts"] == shock_ts and d["detector"] == "cross_sectional"]
+    assert len(shocks) == 1, drift
+    assert shocks[0]["assets"] == 30 and shocks[0]["response"] == "boost"
+    assert shocks[0]["lr"] > settings.engine.lr  # boosted where the cluster trains
+    assert len(drift) == learner.trainer.policy(0).alarms  # the valuer sent none
+    counted = learner.metrics.registry.get_sample_value(
+        "streamval_drift_alarms_total", {"cluster": "0", "detector": "cross_sectional"}
+    )
+    assert counted is not None and counted >= 1
+    assert (
+        valuer.metrics.registry.get_sample_value(
+            "streamval_drift_alarms_total", {"cluster": "0", "detector": "cross_sectional"}
+        )
+        is None
+    )
