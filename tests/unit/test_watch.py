@@ -153,3 +153,22 @@ def test_the_watch_goes_on_from_its_state_in_a_model_record() -> None:
     other = ClusterWatch(EngineSettings(**TINY, detector="adwin"), 3)
     with pytest.raises(ValueError, match="detector"):
         other.load_state_dict(back.watch)
+
+
+def test_a_split_off_cluster_starts_with_its_parents_detector_calibration() -> None:
+    settings = EngineSettings(**TINY, shock_calibration=10)
+    rng = np.random.default_rng(3)
+    parent = ClusterWatch(settings, 1)
+    parent.observe(
+        "a", 20, steps_of(range(20), range(0, 15), rng, -1), cluster_policy(settings, 1).monitor
+    )
+    assert parent.shock is not None and parent.shock.calibrated
+    for source in (parent, parent.state_dict()):  # owned here, or from the models topic
+        child = ClusterWatch(settings, 4)
+        child.fork_detector(source)
+        assert child.shock is not None and child.shock.calibrated
+        assert child.shock.thresholds == parent.shock.thresholds
+        assert child.errors.n == 0 and child.shock.alarms == 0
+    unusable = ClusterWatch(settings, 5)
+    unusable.fork_detector({"shock": None})
+    assert unusable.shock is not None and not unusable.shock.calibrated

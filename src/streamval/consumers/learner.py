@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -381,13 +382,16 @@ class LearnerService:
         policy = cluster_policy(s, c)
         record = self.models.get(c)
         source = "fresh"
+        parent_watch: ClusterWatch | dict[str, Any] | None = None
         if record is None:
             parent = self._parent(c, block.clustering_version)
             if parent is not None and parent in self._owned:
                 learner = self.trainer.spawn(parent, cluster_seed(s, c))
                 source = f"fork of {parent}"
+                parent_watch = self._owned[parent].watch
             elif parent is not None and (record := self.models.get(parent)) is not None:
                 source = f"fork of {parent} (models topic)"
+                parent_watch = record.watch
         else:
             source = "models topic"
         if record is not None:
@@ -417,6 +421,8 @@ class LearnerService:
                     f"cluster {c}: its metrics and detector state are unusable, starting them "
                     f"afresh: {exc}",
                 )
+        if parent_watch is not None:  # a split-off cluster: its parent's detector calibration
+            owned.watch.fork_detector(parent_watch)
         log.info(
             "learning a cluster",
             extra={"cluster": c, "from": source, "version": learner.updates},

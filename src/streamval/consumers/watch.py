@@ -46,6 +46,7 @@ class ClusterWatch:
         self, settings: EngineSettings, cluster: int, *, silence_s: float = VALUER_SILENCE_S
     ) -> None:
         self.cluster = cluster
+        self._settings = settings
         self.detector = settings.detector
         self.step_ms = settings.shock_step_ms
         self.silence_s = silence_s
@@ -147,3 +148,20 @@ class ClusterWatch:
         judged = state["judged"]
         self._judged = None if judged is None else int(judged)
         self.watermark = int(state["watermark"])
+
+    def fork_detector(self, parent: ClusterWatch | dict[str, Any]) -> None:
+        """A cluster split off `parent` (its watch, or its watch's `state_dict`) starts with the
+        parent's detector calibration, as the engine forks it (`CrossSectionalDetector.fork`);
+        its error metrics start afresh. A state that does not fit is ignored."""
+        if self.shock is None:
+            return
+        if isinstance(parent, dict):
+            other = ClusterWatch.__new__(ClusterWatch)
+            other.shock = CrossSectionalDetector.from_settings(self._settings)
+            try:
+                other.shock.load_state_dict(parent["shock"])
+            except (KeyError, ValueError, TypeError):
+                return
+            parent = other
+        if parent.shock is not None:
+            self.shock = parent.shock.fork()
