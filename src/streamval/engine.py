@@ -108,7 +108,7 @@ from streamval.models.profiles import ProfileInputs, ProfileSpace, series_counts
 from streamval.models.shared import AssetProfile, SharedClustering
 from streamval.models.shocks import CrossSectionalDetector
 from streamval.models.state import rng_state, set_rng_state
-from streamval.models.trainer import Trainer
+from streamval.models.trainer import Scored, Trainer
 from streamval.stream.contract.ordering import Order, order_of
 from streamval.stream.contract.outputs import (
     BatchResult,
@@ -462,6 +462,11 @@ class Engine:
         """The asset's current cluster, or None for an unknown asset."""
         slot = self._assets.ids.get(asset_id)
         return None if slot is None else int(self._assets["cluster"][slot])
+
+    def cluster_sizes(self) -> dict[int, int]:
+        """Live assets per cluster."""
+        counts = np.bincount(self._assets["cluster"][self._assets["live"]])
+        return {c: int(counts[c]) if c < len(counts) else 0 for c in self.clusters}
 
     def assignments(self) -> dict[str, int]:
         """Current cluster of every known asset."""
@@ -1198,12 +1203,34 @@ class Engine:
                         response=response,
                     )
                 )
-        # Training samples.
-        if learn:
+        # Training samples, with the scored events where a cluster's owner is elsewhere.
+        if learn and not trainer.wants_scored:
             samples = plan.samples
             for c in np.unique(plan.cluster[samples]).tolist():
                 idx = np.flatnonzero(samples & (plan.cluster == c))
                 trainer.submit(c, plan.windows[idx], plan.targets[idx], plan.ts[idx])
+        elif learn:
+            samples = plan.samples
+            with np.errstate(over="ignore", invalid="ignore"):
+                z = plan.values / plan.unit - plan.valuations / plan.unit
+            z = np.clip(np.nan_to_num(z, nan=MAX_RATIO), -MAX_RATIO, MAX_RATIO)
+            z[plan.warming] = np.nan
+            for c in np.unique(plan.cluster[labelled]).tolist():
+                mine = plan.cluster == c
+                idx = np.flatnonzero(samples & mine)
+                scored = np.flatnonzero(labelled & mine)
+                trainer.submit_scored(
+                    c,
+                    plan.windows[idx],
+                    plan.targets[idx],
+                    plan.ts[idx],
+                    Scored(
+                        plan.ts[scored],
+                        plan.values[scored],
+                        plan.valuations[scored],
+                        z[scored],
+                    ),
+                )
 
     def _count_dropped(self, plan: _Plan) -> None:
         """Feature values beyond `max_features`: counted per cluster and per name (the first

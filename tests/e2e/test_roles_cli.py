@@ -1,6 +1,7 @@
 """`streamval run --role valuer` and `streamval run --role learner` as two processes: the
 learner trains on the valuer's samples and publishes models, the valuer values every event and
-serves the learner's models."""
+serves the learner's models; the learner's /metrics serves its clusters' series, the valuer's
+none."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tests.integration.prom import free_port
 from tests.integration.test_scaleout import T0, produce
 
 from streamval.config import Settings
@@ -22,7 +26,9 @@ from streamval.stream.kafka.topics import ensure_topics
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
-def start(settings: Settings, role: str, log: Path, idle_polls: int) -> subprocess.Popen[bytes]:
+def start(
+    settings: Settings, role: str, log: Path, idle_polls: int, port: int
+) -> subprocess.Popen[bytes]:
     t = settings.topics
     sets = {
         "topics.input": t.input,
@@ -35,7 +41,9 @@ def start(settings: Settings, role: str, log: Path, idle_polls: int) -> subproce
         "engine.n_clusters": 1,
         "engine.hidden": [8],
         "engine.seq_len": 6,
-        "monitoring.enabled": False,
+        "consumer.metrics_interval_s": 1.0,
+        "monitoring.enabled": True,
+        "monitoring.port": port,
     }
     cmd = [sys.executable, "-m", "streamval.cli", "run", "--role", role]
     cmd += ["--bootstrap-servers", str(settings.kafka.bootstrap_servers)]
@@ -44,6 +52,20 @@ def start(settings: Settings, role: str, log: Path, idle_polls: int) -> subproce
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     with log.open("ab") as err:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Name -> labels -> value of what http://127.0.0.1:port/metrics serves now ({} if down)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
 
 
 def models_on_topic(settings: Settings) -> list[tuple[int, int]]:
@@ -79,8 +101,11 @@ def test_a_valuer_and_a_learner_process_split_the_work(
     second = [e for e in panel.events if e.ts_ms >= split]
     produce(settings, first)
     log = tmp_path / "roles.log"
-    learner = start(settings, "learner", log, 60)
-    valuer = start(settings, "valuer", log, 60)
+    learner_port, valuer_port = free_port(), free_port()
+    learner = start(settings, "learner", log, 60, learner_port)
+    valuer = start(settings, "valuer", log, 60, valuer_port)
+    learned: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    valuing: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     try:
         deadline = time.monotonic() + 120
         while not models_on_topic(settings):
@@ -89,6 +114,11 @@ def test_a_valuer_and_a_learner_process_split_the_work(
             time.sleep(1)
         time.sleep(3)  # the valuer serves the snapshot from its next loop iteration
         produce(settings, second)
+        deadline = time.monotonic() + 120
+        while not learned.get("streamval_cluster_mae"):  # the next snapshot interval
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+            learned, valuing = scrape(learner_port), scrape(valuer_port)
         assert valuer.wait(timeout=180) == 0, log.read_text()[-3000:]
         assert learner.wait(timeout=180) == 0, log.read_text()[-3000:]
     finally:
@@ -111,3 +141,21 @@ def test_a_valuer_and_a_learner_process_split_the_work(
     later = [v for v in out if v["ts"] >= split + 6 * DAY_MS]
     assert later and all(v["model_version"] > 0 for v in later)
     assert {v["model_version"] for v in later} <= set(versions)
+    # Per-cluster series from the cluster's owner: the learner serves them, the valuer does not
+    # (its valuations by cluster are its own count); both serve their process series.
+    assert learned["streamval_cluster_mae"][(("cluster", "0"), ("window", "total"))] > 0
+    assert learned["streamval_cluster_error_samples"][(("cluster", "0"), ("window", "total"))] > 0
+    assert learned["streamval_learner_samples_trained_total"][()] > 0
+    assert learned["streamval_instance_info"]
+    assert valuing["streamval_events_consumed_total"]
+    cluster_series = {
+        name for name, series in valuing.items() if any("cluster" in dict(k) for k in series)
+    }
+    published = {"streamval_valuations_published_total", "streamval_valuations_published_created"}
+    assert cluster_series <= published, cluster_series
+    # The metrics topic holds the learner's snapshots, keyed by cluster.
+    snapshots = [
+        (r.key, json.loads(r.value)) for r in read_topic(settings, t.metrics, timeout_s=30)
+    ]
+    assert [k for k, v in snapshots if v.get("kind") == "snapshot"]
+    assert {k for k, v in snapshots if v.get("kind") == "snapshot"} == {b"0"}

@@ -1,8 +1,11 @@
 """Every dashboard query returns data from a real Prometheus scraping `MetricsServer`s.
 
-The engine and the replay are stood in for by `EngineMetrics` / `ReplayMetrics` fed with plausible
-values on a background thread while Prometheus scrapes them every second. This proves the harness
-in `prom.py`, and that the dashboard and the alert rules use the metric names the code exports.
+The engine, a learner and the replay are stood in for by `EngineMetrics` / `LearnerMetrics` /
+`ReplayMetrics` fed with plausible values on a background thread while Prometheus scrapes them
+every second. The engine runs in the default role (`all`) and exports cluster 0-2; the learner owns
+cluster 7, as in a split deployment, so each cluster's series come from one process. This proves
+the harness in `prom.py`, and that the dashboard and the alert rules use the metric names the code
+exports.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 from tests.integration.prom import PrometheusServer, Query, alert_queries, dashboard_queries
 
-from streamval.monitoring import EngineMetrics, MetricsServer, ReplayMetrics
+from streamval.monitoring import EngineMetrics, LearnerMetrics, MetricsServer, ReplayMetrics
 from streamval.stream.contract.outputs import (
     ClusteringStats,
     ClusterSnapshot,
@@ -27,6 +30,7 @@ from streamval.stream.contract.outputs import (
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
 CLUSTERS = (0, 1, 2)
+LEARNED = 7  # the cluster the learner owns
 PARTITIONS = (0, 1, 2)
 
 
@@ -36,6 +40,7 @@ class Feeder:
 
     engine: EngineMetrics
     replay: ReplayMetrics
+    learner: LearnerMetrics
     period_s: float = 0.1
     drift_every: int = 10  # ticks between drift alarms, after the first scrapes
 
@@ -122,24 +127,55 @@ class Feeder:
             )
         m.update_clusters(snapshots)
         self.replay.produced(batch)
+        self._learn(tick, now)
         if tick % 15 == 0:
             self.replay.marker(
                 f"FOMC hike {tick // 15}", kind="policy", event_ts_ms=1_647_388_800_000 + tick
             )
 
+    def _learn(self, tick: int, now: float) -> None:
+        """A learner owning cluster 7: its samples, steps, snapshots and lag."""
+        rng, m = self._rng, self.learner
+        m.received(rng.randint(100, 200))
+        m.trained(128, 2)
+        m.published(1)
+        m.lag(0, 400 + tick)
+        if tick % 7 == 0:
+            m.rejected("version")
+        if tick and tick % self.drift_every == 0:
+            m.drift_alarm(DriftAlarm(LEARNED, "cross_sectional", int(now * 1000), 0.9, 3.1, 5e-3))
+        self._updates[LEARNED] = self._updates.get(LEARNED, 0) + 2
+        m.update_clusters(
+            [
+                ClusterSnapshot(
+                    cluster=LEARNED,
+                    ts_ms=int(now * 1000),
+                    assets=600,
+                    rolling=ErrorStats(n=500, mae=0.05, rmse=0.07, r2=0.85),
+                    total=ErrorStats(n=5_000 + tick, mae=0.04, rmse=0.06, r2=0.9),
+                    drift_alarms=tick // self.drift_every,
+                    lr=1e-3,
+                    updates=self._updates[LEARNED],
+                    model_version=self._updates[LEARNED],
+                )
+            ]
+        )
+
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[PrometheusServer]:
     """Engine and replay metrics servers, fed continuously, scraped by a real Prometheus."""
-    engine, replay = EngineMetrics(), ReplayMetrics()
+    engine, replay, learner = EngineMetrics(), ReplayMetrics(), LearnerMetrics()
     with (
         MetricsServer(engine.registry, port=0) as engine_server,
         MetricsServer(replay.registry, port=0) as replay_server,
-        Feeder(engine, replay),
+        MetricsServer(learner.registry, port=0) as learner_server,
+        Feeder(engine, replay, learner),
         PrometheusServer(
             {
                 "streamval-engine": [f"127.0.0.1:{engine_server.port}"],
                 "streamval-replay": [f"127.0.0.1:{replay_server.port}"],
+                "streamval-learner": [f"127.0.0.1:{learner_server.port}"],
             }
         ) as prom,
     ):
@@ -170,7 +206,18 @@ def test_panel_values_are_plausible(stack: PrometheusServer) -> None:
         "0": 1800.0,
         "1": 900.0,
         "2": 300.0,
+        "7": 600.0,  # from the learner that owns it
     }
+    # One series per cluster, whichever process reports it: a sum by cluster counts none twice.
+    owners = stack.wait_for_data('count by (cluster) (streamval_cluster_mae{window="rolling"})')
+    assert {s["metric"]["cluster"]: float(s["value"][1]) for s in owners} == {
+        "0": 1.0,
+        "1": 1.0,
+        "2": 1.0,
+        "7": 1.0,
+    }
+    (learned,) = stack.wait_for_data('streamval_cluster_mae{cluster="7", window="rolling"}')
+    assert learned["metric"]["job"] == "streamval-learner"
     assert not stack.query('streamval_cluster_mae{asset_id!=""}')
 
 
@@ -184,7 +231,7 @@ def test_replay_marker_annotation_is_placed_at_the_wall_clock_time(stack: Promet
 
 def test_every_alert_expression_evaluates(stack: PrometheusServer) -> None:
     queries = alert_queries()
-    assert len(queries) == 10
+    assert len(queries) == 12
     for q in queries:
         stack.query(q.promql)  # raises PrometheusError on a bad expression or a type error
 
@@ -192,8 +239,10 @@ def test_every_alert_expression_evaluates(stack: PrometheusServer) -> None:
 def test_rules_are_loaded_and_the_cluster_drift_alert_fires(stack: PrometheusServer) -> None:
     firing = stack.wait_for_alert("StreamvalClusterDrift", timeout_s=20)
     assert firing, stack.alerts()
-    assert {a["labels"]["cluster"] for a in firing} <= {"0", "1", "2"}
-    assert all(a["labels"]["job"] == "streamval-engine" for a in firing)
+    assert {a["labels"]["cluster"] for a in firing} <= {"0", "1", "2", "7"}
+    # Each cluster's alarms from the one process that reports it: 7's from its learner.
+    jobs = {(a["labels"]["cluster"], a["labels"]["job"]) for a in firing}
+    assert all(job == ("streamval-learner" if c == "7" else "streamval-engine") for c, job in jobs)
     rules = stack.api("rules")["groups"]
     assert {r["name"] for g in rules for r in g["rules"]} == {
         q.source.removeprefix("alert ") for q in alert_queries()

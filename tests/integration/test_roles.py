@@ -8,14 +8,19 @@ import json
 from collections import defaultdict
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_scaleout import T0, configure, produce, wait_for
 from tests.integration.threads import Running
+from tests.unit.test_shocks import DAY
+from tests.unit.test_shocks import panel as shock_panel
 
 from streamval.config import Settings
 from streamval.consumers.learner import LearnerService
 from streamval.consumers.learning import decode_model, decode_samples
 from streamval.consumers.service import ValuationService
 from streamval.models.trainer import RemoteTrainer
+from streamval.stream.contract.schema import AssetEvent
 from streamval.stream.datasets.synthetic import DAY_MS, THREE_GROUPS, grouped_panel
 from streamval.stream.kafka.reader import read_topic
 
@@ -35,6 +40,17 @@ def model_versions(settings: Settings) -> dict[int, list[int]]:
         assert record.key == str(model.cluster).encode()
         out[model.cluster].append(model.version)
     return dict(out)
+
+
+def valuer_cluster_series(valuer: ValuationService) -> set[str]:
+    """The names of the valuer's exported samples that carry a cluster label."""
+    text = generate_latest(valuer.metrics.registry).decode()
+    return {
+        sample.name
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if "cluster" in sample.labels and not sample.name.endswith("_created")
+    }
 
 
 def valued(settings: Settings) -> list[dict[str, object]]:
@@ -125,6 +141,31 @@ def test_a_valuer_serves_the_models_a_learner_trains_on_its_samples(
             partitions[block.cluster].add(r.partition)
     assert all(len(p) == 1 for p in partitions.values())
     assert len(set().union(*partitions.values())) == len(partitions)  # no two share one
+    # Per-cluster metrics come from the cluster's owner: the learner's series are the engine's
+    # own definitions over the scored events (one valuer here: the same numbers as the valuer's
+    # engine keeps), the valuer exports none but its valuations by cluster.
+    owned = sorted(learner.snapshots(), key=lambda snap: snap.cluster)
+    assert owned and {snap.cluster for snap in owned} == set(valuer.engine.clusters)
+    engine_side = {snap.cluster: snap for snap in valuer.engine.snapshot()}
+    for snap in owned:
+        assert snap.total == engine_side[snap.cluster].total, snap.cluster
+        assert snap.rolling == engine_side[snap.cluster].rolling, snap.cluster
+        assert snap.assets == engine_side[snap.cluster].assets > 0
+        labels = {"cluster": str(snap.cluster), "window": "total"}
+        got = learner.metrics.registry.get_sample_value("streamval_cluster_mae", labels)
+        assert got == snap.total.mae
+    assert not valuer_cluster_series(valuer) - {"streamval_valuations_published_total"}
+    trained = learner.metrics.registry.get_sample_value("streamval_learner_samples_trained_total")
+    assert trained == learner.trained
+    # The metrics topic holds the learner's snapshots keyed by cluster, none of the valuer's.
+    snapshots = [
+        (r.key, json.loads(r.value))
+        for r in read_topic(settings, settings.topics.metrics, timeout_s=30)
+    ]
+    mine = [(k, v) for k, v in snapshots if v.get("kind") == "snapshot"]
+    assert mine and all(v["instance"] == "learner" for _, v in mine)
+    assert all(k == str(v["cluster"]).encode() for k, v in mine)
+    assert {v["cluster"] for _, v in mine} >= {snap.cluster for snap in owned}
     # Versions advance on the models topic, and the second part is valued by those models.
     versions = model_versions(settings)
     assert len(versions) >= 2
@@ -168,6 +209,7 @@ def test_a_restarted_learner_goes_on_from_the_latest_snapshots(kafka_settings: S
         )
         first_learner.stop()
         reached = learner.models.latest()[0].version
+        handed = learner.models.latest()[0].watch
         assert reached > 0 and learner.restored == 0
         produce(settings, second)
         wait_for(lambda: service.published >= len(panel.events), 120, "the second part valued")
@@ -190,6 +232,15 @@ def test_a_restarted_learner_goes_on_from_the_latest_snapshots(kafka_settings: S
                 r.service.stop()
                 r.thread.join(timeout=60)
     assert restarted.restored == 1  # from the models topic, not a cold start
+    # The cluster's metrics and detector went on from the snapshot too: its count continued
+    # (no restart from 0, no event counted twice) and the detector did not calibrate again.
+    assert handed is not None and handed["errors"]["n"] > 0
+    (snap,) = restarted.snapshots()
+    assert handed["errors"]["n"] < snap.total.n <= service.engine.snapshot()[0].total.n
+    watch = restarted._owned[0].watch
+    assert watch.shock is not None and handed["shock"] is not None
+    calibrating = len(handed["shock"]["calib"])  # steps gathered towards its calibration
+    assert calibrating > 0 and len(watch.shock.state_dict()["calib"]) > calibrating
     assert learner.behind == restarted.behind == 0  # read to its end before each assignment
     versions = model_versions(settings)[0]
     assert versions == sorted(versions)  # the version continued, it was not reset
@@ -200,3 +251,61 @@ def test_a_restarted_learner_goes_on_from_the_latest_snapshots(kafka_settings: S
     # the snapshot it restored and read the rest (a last partial batch stays queued).
     queued = restarted.trainer.counts(0)[0]
     assert learner.trained + restarted.trained + queued == trainer.sent
+
+
+def test_the_learner_detects_a_shock_over_the_valuers_events_and_boosts_its_lr(
+    kafka_settings: Settings,
+) -> None:
+    """Drift detection runs where the cluster trains: a crash of every asset at one step, valued
+    by a valuer, is detected by the learner, which boosts the cluster's lr and reports it."""
+    settings = configure(kafka_settings)
+    engine = settings.engine.model_copy(
+        update={"n_clusters": 1, "shock_calibration": 50, "drift_response": "boost"}
+    )
+    settings = settings.model_copy(update={"engine": engine})
+    events = [
+        AssetEvent(e.asset_id, T0 + e.ts_ms, e.value)
+        for e in shock_panel(steps=140, n=30, shock_at=110)
+    ]
+    shock_ts = T0 + 111 * DAY
+    valuer = ValuationService(role(settings, "valuer"), instance="valuer")
+    learner = LearnerService(role(settings, "learner"), instance="learner")
+    running = [Running(valuer, "valuer"), Running(learner, "learner")]
+    try:
+        produce(settings, events)
+        wait_for(
+            lambda: all(r.ok() for r in running) and valuer.published >= len(events),
+            180,
+            "every event valued",
+        )
+        wait_for(
+            lambda: all(r.ok() for r in running) and learner.trainer.policy(0).alarms >= 1,
+            120,
+            "the learner's drift alarm",
+        )
+        for r in running:
+            r.stop()
+    finally:
+        for r in running:
+            r.service.stop()
+            r.thread.join(timeout=60)
+    drift = [
+        json.loads(r.value)
+        for r in read_topic(settings, settings.topics.metrics, timeout_s=30)
+        if json.loads(r.value).get("kind") == "drift"
+    ]
+    shocks = [d for d in drift if d["ts"] == shock_ts and d["detector"] == "cross_sectional"]
+    assert len(shocks) == 1, drift
+    assert shocks[0]["assets"] == 30 and shocks[0]["response"] == "boost"
+    assert shocks[0]["lr"] > settings.engine.lr  # boosted where the cluster trains
+    assert len(drift) == learner.trainer.policy(0).alarms  # the valuer sent none
+    counted = learner.metrics.registry.get_sample_value(
+        "streamval_drift_alarms_total", {"cluster": "0", "detector": "cross_sectional"}
+    )
+    assert counted is not None and counted >= 1
+    assert (
+        valuer.metrics.registry.get_sample_value(
+            "streamval_drift_alarms_total", {"cluster": "0", "detector": "cross_sectional"}
+        )
+        is None
+    )

@@ -12,6 +12,9 @@ import pytest
 from streamval.config import EngineSettings, load_settings
 from streamval.consumers.learning import (
     SAMPLES_PER_RECORD,
+    SAMPLES_SIGNATURE,
+    SAMPLES_VERSION,
+    SCORED_PER_RECORD,
     ModelRecord,
     SampleBlock,
     SampleOutbox,
@@ -22,16 +25,29 @@ from streamval.consumers.learning import (
     partition_of,
     slim_learner_state,
 )
+from streamval.consumers.watch import ClusterWatch
 from streamval.engine import Engine, cluster_policy, cluster_seed
 from streamval.errors import ConfigError
 from streamval.models.learner import SequenceLearner
-from streamval.models.trainer import RemoteTrainer, Trainer
+from streamval.models.trainer import RemoteTrainer, Scored, Trainer
 from streamval.stream.datasets.synthetic import THREE_GROUPS, grouped_panel
 
 SETTINGS = EngineSettings(hidden=[8], seq_len=6, batch_size=16, n_clusters=1, training="sync")
 
 
-def block(n: int = 5, cluster: int = 2, alarm: bool = False) -> SampleBlock:
+def scored(m: int, seed: int = 0) -> Scored:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=m)
+    z[:2] = np.nan  # warming: scored in the metrics, no standardised error
+    return Scored(
+        np.arange(m, dtype=np.int64) * 1000 + 1_600_000_000_000,
+        rng.normal(size=m) + 100,
+        rng.normal(size=m) + 100,
+        z,
+    )
+
+
+def block(n: int = 5, cluster: int = 2, m: int = 7) -> SampleBlock:
     rng = np.random.default_rng(n)
     return SampleBlock(
         cluster=cluster,
@@ -39,7 +55,9 @@ def block(n: int = 5, cluster: int = 2, alarm: bool = False) -> SampleBlock:
         windows=rng.normal(size=(n, 6, 9)).astype(np.float32),
         targets=rng.normal(size=n),
         ts=np.arange(n, dtype=np.int64) * 1000 + 1_600_000_000_000,
-        alarm=alarm,
+        scored=scored(m),
+        valuer="v",
+        assets=12,
     )
 
 
@@ -66,16 +84,33 @@ def test_a_cluster_missing_from_the_list_still_gets_a_partition_and_bad_counts_f
 
 
 def test_a_sample_block_round_trips_exactly() -> None:
-    original = block(alarm=True)
+    original = block()
     back = decode_samples(encode_samples(original))
-    assert (back.cluster, back.clustering_version, back.alarm) == (2, 7, True)
+    assert (back.cluster, back.clustering_version, back.valuer, back.assets) == (2, 7, "v", 12)
     np.testing.assert_array_equal(back.windows, original.windows)
     np.testing.assert_array_equal(back.targets, original.targets)
     np.testing.assert_array_equal(back.ts, original.ts)
     assert back.windows.dtype == np.float32 and back.ts.dtype == np.int64
+    for name in ("ts", "values", "valuations", "z"):  # NaN z (warming) kept as NaN
+        np.testing.assert_array_equal(getattr(back.scored, name), getattr(original.scored, name))
     # Compact: the numbers plus a header of well under 200 bytes.
     raw = encode_samples(original)
-    assert len(raw) < original.windows.nbytes + 16 * len(original) + 200
+    payload = original.windows.nbytes + 16 * len(original) + 32 * len(original.scored)
+    assert len(raw) < payload + 200
+    # Scored events alone (a segment of warming assets) make a block; nothing at all does not.
+    alone = decode_samples(encode_samples(block(n=0, m=3)))
+    assert len(alone) == 0 and len(alone.scored) == 3
+    with pytest.raises(ValueError, match="empty"):
+        decode_samples(encode_samples(block(n=0, m=0)))
+
+
+def test_a_block_of_another_format_version_is_refused_not_misread() -> None:
+    raw = encode_samples(block())
+    assert raw.startswith(SAMPLES_SIGNATURE) and raw[len(SAMPLES_SIGNATURE)] == SAMPLES_VERSION
+    for version in (1, SAMPLES_VERSION + 1):
+        other = SAMPLES_SIGNATURE + bytes([version]) + raw[len(SAMPLES_SIGNATURE) + 1 :]
+        with pytest.raises(ValueError, match=f"version: a sample block of format {version}"):
+            decode_samples(other)
 
 
 @pytest.mark.parametrize(
@@ -85,9 +120,10 @@ def test_a_sample_block_round_trips_exactly() -> None:
         (lambda raw: raw[:10], "truncated"),
         (lambda raw: raw[:-3], "length"),
         (lambda raw: raw + b"\0", "length"),
-        (lambda raw: raw[:12] + raw[12:].replace(b'"n":5', b'"n":0'), "n"),
+        (lambda raw: raw[:12] + raw[12:].replace(b'"n":5', b'"n":0'), "length"),
+        (lambda raw: raw[:12] + raw[12:].replace(b'"m":7', b'"m":-'), "header"),
         (lambda raw: raw[:12] + raw[12:].replace(b'"cluster":2', b'"cluster":-'), "header"),
-        (lambda raw: raw[:12] + raw[12:].replace(b"false", b"0    "), "alarm"),
+        (lambda raw: raw[:12] + raw[12:].replace(b'"valuer":"v"', b'"valuer":0  '), "valuer"),
     ],
 )
 def test_a_damaged_sample_block_is_refused_with_the_problem_named(
@@ -111,22 +147,36 @@ def test_non_finite_samples_and_empty_records_are_refused() -> None:
     assert np.isnan(decode_samples(encode_samples(unknown)).windows[:, :, 3]).all()
     with pytest.raises(ValueError, match="signature"):
         decode_samples(None)
+    bad = block()
+    bad.scored.values[3] = np.inf
+    with pytest.raises(ValueError, match="scored"):
+        decode_samples(encode_samples(bad))
+    bad = block()
+    bad.scored.z[3] = -np.inf
+    with pytest.raises(ValueError, match="scored"):
+        decode_samples(encode_samples(bad))
 
 
 def test_the_outbox_cuts_records_keys_them_by_cluster_and_places_them_by_the_map() -> None:
-    outbox = SampleOutbox("samples", lambda: 3)
+    sizes = [{5: 40}, {5: 41}]
+    outbox = SampleOutbox("samples", lambda: 3, instance="v1", assets=lambda: sizes.pop(0))
     outbox.partitions = 2
-    big = block(n=SAMPLES_PER_RECORD + 10, cluster=5)
-    outbox.add(5, clusters=[0, 5, 9], x=big.windows, y=big.targets, ts=big.ts, alarm=True)
+    big = block(n=SAMPLES_PER_RECORD + 10, cluster=5, m=2 * SCORED_PER_RECORD + 1)
+    x, y, ts = big.windows, big.targets, big.ts
+    outbox.add(5, clusters=[0, 5, 9], x=x, y=y, ts=ts, scored=big.scored)
     records = outbox.take()
     assert outbox.take() == []
-    assert [r.partition for r in records] == [1, 1]
+    assert [r.partition for r in records] == [1, 1, 1]
     assert {r.key for r in records} == {b"5"} and {r.kind for r in records} == {"sample"}
     blocks = [decode_samples(r.value) for r in records]
-    assert [len(b) for b in blocks] == [SAMPLES_PER_RECORD, 10]
-    assert [b.alarm for b in blocks] == [True, False]  # an alarm is acted on once
-    assert {b.clustering_version for b in blocks} == {3}
+    assert [len(b) for b in blocks] == [SAMPLES_PER_RECORD, 10, 0]
+    assert [len(b.scored) for b in blocks] == [SCORED_PER_RECORD, SCORED_PER_RECORD, 1]
+    assert {(b.clustering_version, b.valuer, b.assets) for b in blocks} == {(3, "v1", 40)}
     np.testing.assert_array_equal(np.concatenate([b.ts for b in blocks]), big.ts)
+    np.testing.assert_array_equal(np.concatenate([b.scored.ts for b in blocks]), big.scored.ts)
+    # The valuer's asset counts are asked again after each take.
+    outbox.add(5, clusters=[5], x=x[:1], y=y[:1], ts=ts[:1], scored=big.scored[:1])
+    assert decode_samples(outbox.take()[0].value).assets == 41
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -174,12 +224,12 @@ def test_a_damaged_or_foreign_model_record_is_refused() -> None:
 
 class Sink:
     def __init__(self) -> None:
-        self.calls: list[tuple[int, list[int], int, bool]] = []
+        self.calls: list[tuple[int, list[int], int, Scored]] = []
 
     def __call__(
-        self, cluster: int, *, clusters: list[int], x: Any, y: Any, ts: Any, alarm: bool
+        self, cluster: int, *, clusters: list[int], x: Any, y: Any, ts: Any, scored: Scored
     ) -> None:
-        self.calls.append((cluster, clusters, len(y), alarm))
+        self.calls.append((cluster, clusters, len(y), scored))
 
 
 def valuer_engine(sink: Sink) -> Engine:
@@ -227,15 +277,25 @@ def test_a_valuer_serves_an_offered_model_from_the_next_batch_and_never_an_older
     assert trainer.apply_offered() == 0
 
 
-def test_a_drift_alarm_travels_with_the_clusters_next_samples() -> None:
+def test_the_scored_events_travel_with_the_samples_and_give_the_owner_the_engines_metrics() -> None:
+    events = grouped_panel(THREE_GROUPS, 4, 30, seed=0).events
     sink = Sink()
     engine = valuer_engine(sink)
-    engine.process(grouped_panel(THREE_GROUPS, 4, 20, seed=0).events)
-    engine.trainer.boost(0)
-    engine.process(grouped_panel(THREE_GROUPS, 4, 4, seed=0, t0_ms=10**12).events)
-    engine.process(grouped_panel(THREE_GROUPS, 4, 4, seed=0, t0_ms=2 * 10**12).events)
-    alarms = [alarm for _, _, _, alarm in sink.calls]
-    assert alarms.count(True) == 1 and alarms.index(True) > 0
+    result = engine.process(events)
+    labelled = [v for v in result.valuations if v.value is not None]
+    sent = [scored for _, _, _, scored in sink.calls]
+    assert sum(len(s) for s in sent) == len(labelled)
+    warming = np.concatenate([np.isnan(s.z) for s in sent])
+    assert warming.tolist() == [v.warming for v in labelled]
+    # The owner's metrics over the scored events are the engine's own, to the last digit.
+    watch = ClusterWatch(SETTINGS, 0)
+    monitor = cluster_policy(SETTINGS, 0).monitor
+    for s in sent:
+        watch.observe("v", 4, s, monitor)
+    snap = engine.snapshot()[0]
+    assert watch.errors.stats(rolling=True) == snap.rolling
+    assert watch.errors.stats(rolling=False) == snap.total
+    assert watch.assets() == 4
 
 
 def test_split_roles_need_per_cluster_models() -> None:

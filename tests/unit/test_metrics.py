@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamval import __version__
 from streamval.config import MonitoringSettings
-from streamval.monitoring import EngineMetrics, MetricsServer, ReplayMetrics
+from streamval.monitoring import EngineMetrics, LearnerMetrics, MetricsServer, ReplayMetrics
 from streamval.monitoring.metrics import KNOWN_DETECTORS
 from streamval.stream.contract.outputs import (
     ClusteringStats,
@@ -84,6 +84,22 @@ def exercised_engine_metrics() -> EngineMetrics:
     return m
 
 
+def exercised_learner_metrics() -> LearnerMetrics:
+    """A LearnerMetrics on which every method but `identify` has been called at least once."""
+    m = LearnerMetrics()
+    m.received(300)
+    m.trained(256, 2)
+    m.published(2)
+    m.rejected("version")
+    m.late(4)
+    m.lag(1, 17)
+    m.update_clusters([snapshot(0), snapshot(1, rolling_mae=None, total_mae=None)])
+    m.drift_alarm(
+        DriftAlarm(cluster=0, detector="adwin", ts_ms=1, error_before=0.1, error_after=0.4, lr=5e-3)
+    )
+    return m
+
+
 def exercised_replay_metrics() -> ReplayMetrics:
     m = ReplayMetrics()
     m.produced(1000)
@@ -107,7 +123,9 @@ def value(registry: CollectorRegistry, metric: str, **labels: str) -> float | No
 # -- names and labels ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [exercised_engine_metrics, exercised_replay_metrics])
+@pytest.mark.parametrize(
+    "make", [exercised_engine_metrics, exercised_learner_metrics, exercised_replay_metrics]
+)
 def test_names_follow_prometheus_conventions(make: object) -> None:
     registry = make().registry  # type: ignore[operator]
     fams = families(registry)
@@ -127,7 +145,9 @@ def test_names_follow_prometheus_conventions(make: object) -> None:
             assert forbidden not in fam.name, fam.name
 
 
-@pytest.mark.parametrize("make", [exercised_engine_metrics, exercised_replay_metrics])
+@pytest.mark.parametrize(
+    "make", [exercised_engine_metrics, exercised_learner_metrics, exercised_replay_metrics]
+)
 def test_labels_are_bounded_and_never_asset_id(make: object) -> None:
     registry = make().registry  # type: ignore[operator]
     seen: set[str] = set()
@@ -402,7 +422,9 @@ def test_replay_markers_keep_one_series_per_kind() -> None:
 
 
 @pytest.mark.prometheus
-@pytest.mark.parametrize("make", [exercised_engine_metrics, exercised_replay_metrics])
+@pytest.mark.parametrize(
+    "make", [exercised_engine_metrics, exercised_learner_metrics, exercised_replay_metrics]
+)
 def test_promtool_check_metrics_is_clean(make: object) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -545,3 +567,58 @@ def test_interval_gauges_and_dropped_features_follow_the_snapshots() -> None:
     assert value(r, "streamval_cluster_dropped_feature_values_total", cluster="0") == 7
     m.retire_clusters([0])
     assert value(r, "streamval_cluster_interval_coverage", cluster="0") is None
+
+
+# -- the valuer/learner split ----------------------------------------------------------------
+
+
+def test_a_valuer_exports_no_cluster_series_but_its_valuations_by_cluster() -> None:
+    m = EngineMetrics(cluster_series=False)
+    m.update_clusters([snapshot(0, drift_alarms=2), snapshot(1)])
+    m.published(0, 5)
+    m.drift_alarm(
+        DriftAlarm(cluster=0, detector="adwin", ts_ms=1, error_before=0.1, error_after=0.4, lr=5e-3)
+    )
+    cluster_labelled = {
+        f.name.removesuffix("_created")
+        for f in families(m.registry)
+        if any("cluster" in sample.labels for sample in f.samples)
+    }
+    assert cluster_labelled == {"streamval_valuations_published"}
+    assert value(m.registry, "streamval_valuations_published_total", cluster="1") == 0.0
+    assert value(m.registry, "streamval_clustering_silhouette") == 0.55  # process-wide: kept
+
+
+def test_a_learner_exports_its_clusters_under_the_engines_names_and_retires_moved_ones() -> None:
+    learner, engine = LearnerMetrics(retired_ttl_s=0.0), EngineMetrics()
+    snaps = [snapshot(0, drift_alarms=1, updates=7), snapshot(3, rolling_mae=None)]
+    learner.update_clusters(snaps)
+    engine.update_clusters(snaps)
+    for name, labels in [
+        ("streamval_cluster_mae", {"cluster": "0", "window": "rolling"}),
+        ("streamval_cluster_rmse", {"cluster": "0", "window": "total"}),
+        ("streamval_cluster_r2", {"cluster": "3", "window": "total"}),
+        ("streamval_cluster_error_samples", {"cluster": "3", "window": "rolling"}),
+        ("streamval_cluster_learning_rate", {"cluster": "0"}),
+        ("streamval_cluster_assets", {"cluster": "3"}),
+        ("streamval_cluster_model_version", {"cluster": "0"}),
+        ("streamval_cluster_model_updates_total", {"cluster": "0"}),
+        ("streamval_cluster_drift_alarms", {"cluster": "0"}),
+        ("streamval_drift_alarms_total", {"cluster": "3", "detector": "adwin"}),
+    ]:
+        got = learner.registry.get_sample_value(name, labels)
+        assert got is not None and got == engine.registry.get_sample_value(name, labels), name
+    rolling_3 = {"cluster": "3", "window": "rolling"}
+    assert learner.registry.get_sample_value("streamval_cluster_mae", rolling_3) is None
+    assert value(learner.registry, "streamval_learner_clusters") == 2
+    learner.retire_clusters([3])  # moved to another learner
+    learner.update_clusters(snaps[:1])
+    assert value(learner.registry, "streamval_cluster_assets", cluster="3") is None
+    assert value(learner.registry, "streamval_cluster_model_updates_total", cluster="3") is None
+    assert value(learner.registry, "streamval_learner_clusters") == 1
+    learner.trained(32, 2)
+    learner.lag(0, 5)
+    learner.partitions_revoked([0])
+    assert value(learner.registry, "streamval_learner_samples_trained_total") == 32
+    assert value(learner.registry, "streamval_learner_training_steps_total") == 2
+    assert value(learner.registry, "streamval_learner_lag_messages", partition="0") is None

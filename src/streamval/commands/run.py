@@ -170,9 +170,16 @@ def _run_learner(settings: Settings, args: argparse.Namespace) -> int:
     """`--role learner`: train the clusters of this process's training-samples partitions."""
     from streamval.consumers.learner import LearnerService
     from streamval.engine import set_torch_threads
+    from streamval.monitoring.server import MetricsServer
 
     set_torch_threads(settings.engine)
     service = LearnerService(settings)
+    m = settings.monitoring
+    server = None
+    if m.enabled:  # the owned clusters' series and the learner's own on /metrics
+        server = MetricsServer(service.metrics.registry, m.host, m.port, ready=service.ready)
+        server.start()
+        print(json.dumps({"metrics": server.url}), flush=True)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})
@@ -180,7 +187,11 @@ def _run_learner(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    service.run(max_idle_polls=args.exit_when_idle)
+    try:
+        service.run(max_idle_polls=args.exit_when_idle)
+    finally:
+        if server is not None:
+            server.stop()
     print(
         json.dumps({"trained": service.trained, "published": service.published, "role": "learner"}),
         file=sys.stderr,

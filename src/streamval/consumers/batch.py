@@ -200,17 +200,23 @@ class BatchProcessor:
 
 
 def snapshot_records(
-    snapshots: Sequence[ClusterSnapshot], topic: str, instance: str | None = None
+    snapshots: Sequence[ClusterSnapshot],
+    topic: str,
+    instance: str | None = None,
+    *,
+    by_cluster: bool = False,
 ) -> list[OutRecord]:
     """Per-cluster snapshots as records for the metrics topic: keyed by cluster, or with an
     `instance` by "<instance>/<cluster>" (several processes' snapshots stay apart), which the
-    value then carries too."""
+    value then carries too; `by_cluster`: keyed by cluster even so (the cluster's owner, a
+    learner, is the one process that reports it)."""
     out = []
     for s in snapshots:
         body = s.to_json()
         key = str(s.cluster)
         if instance is not None:
             body["instance"] = instance
-            key = f"{instance}/{key}"
+            if not by_cluster:
+                key = f"{instance}/{key}"
         out.append(OutRecord(topic, key.encode(), orjson.dumps(body), "metrics"))
     return out

@@ -2,11 +2,17 @@
 
 A member of consumer group `<consumer.group_id>.learners` on the training-samples topic. The
 clusters whose samples arrive on its partitions are its own (valuers map clusters to partitions
-explicitly, `learning.partition_of`). For each it keeps the engine's training copy in a
-`Trainer` (sync mode): every sample trained once, in steps of `engine.batch_size`, with the
-cluster's lr policy (boosted when a sample block says the valuer's drift detector alarmed).
-Every `consumer.model_every_steps` steps of a cluster it publishes the cluster's model on the
-compacted models topic, the version being the model's optimizer steps.
+explicitly, `learning.partition_of`): it is their owner. For each it keeps the engine's training
+copy in a `Trainer` (sync mode): every sample trained once, in steps of `engine.batch_size`, with
+the cluster's lr policy. Every `consumer.model_every_steps` steps of a cluster it publishes the
+cluster's model on the compacted models topic, the version being the model's optimizer steps.
+
+As the owner it also watches the cluster (`watch.ClusterWatch`) on the scored events every
+valuer sends with its samples: the cluster's error metrics over all its assets, and its drift
+detection, whose alarms boost the cluster's lr here, where it trains (the fast-learner response
+is not run in the split: an alarm counts and boosts only with `engine.drift_response="boost"`).
+Every `consumer.metrics_interval_s` the owned clusters' snapshots go to the metrics topic keyed
+by cluster and to this process's Prometheus series (`LearnerMetrics`), alarms as they come.
 
 A cluster's model starts from, in order: its latest snapshot on the models topic (a restart, or
 a cluster that moved here from another learner: training goes on from the version reached); a
@@ -27,13 +33,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+import orjson
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from streamval.config import Settings
+from streamval.consumers.batch import snapshot_records
 from streamval.consumers.clusterings import ClusteringSync
 from streamval.consumers.learning import (
     ModelRecord,
@@ -43,12 +52,16 @@ from streamval.consumers.learning import (
     slim_learner_state,
     wait_until,
 )
+from streamval.consumers.records import OutRecord
 from streamval.consumers.service import _idle_member, instance_id
+from streamval.consumers.watch import ClusterWatch
 from streamval.engine import cluster_policy, cluster_seed
 from streamval.logs import LogOnce
 from streamval.models.learner import SequenceLearner
 from streamval.models.trainer import Trainer
-from streamval.stream.kafka.clients import check_reachable, make_consumer
+from streamval.monitoring.metrics import LearnerMetrics
+from streamval.stream.contract.outputs import ClusterSnapshot
+from streamval.stream.kafka.clients import check_reachable, make_consumer, make_producer
 from streamval.stream.kafka.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -63,6 +76,7 @@ class _Owned:
     """A cluster this learner trains: where its samples come from and what is not covered yet."""
 
     partition: int
+    watch: ClusterWatch
     clustering_version: int = 0
     steps_since_publish: int = 0
     trained_at_publish: int = 0
@@ -72,6 +86,10 @@ class _Owned:
     # Samples at or before this (partition, offset, index) are in the model already (restored
     # from a snapshot that says so): skipped when read again.
     skip: tuple[int, int, int] | None = None
+    # The last record watched (partition, offset); the scored events of records at or before
+    # `watch_skip` are in the watch restored from a snapshot already: not watched again.
+    watched: tuple[int, int] | None = None
+    watch_skip: tuple[int, int] | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -90,7 +108,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class LearnerService:
     """Trains the clusters of its training-samples partitions; publishes their snapshots."""
 
-    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        instance: str | None = None,
+        metrics: LearnerMetrics | None = None,
+    ) -> None:
         if settings.engine.pooling != "cluster":
             raise ValueError("the learner role needs engine.pooling='cluster'")
         self.settings = settings
@@ -117,14 +141,32 @@ class LearnerService:
         self.rejected = 0  # records that were not sample blocks
         self.trained = 0  # samples trained
         self.published = 0  # snapshots published
+        self.send_failures = 0  # metrics-topic records that could not be sent
         self.restored = 0  # clusters started from the models topic
         self.behind = 0  # assignments before which the models topic could not be read to its end
+        self.metrics = metrics or LearnerMetrics()
+        self.metrics.identify(self.instance, self.group_id)
+        self._producer: KafkaProducer | None = None  # the metrics topic's
+        self._outgoing: list[OutRecord] = []  # snapshots and alarms for the metrics topic
+        self._last_snapshot = 0.0
+        self._last_loop = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Finish the iteration, publish what is unpublished, commit and return (thread-safe)."""
         self._stop.set()
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness for /readyz: consuming, partitions assigned, the loop alive."""
+        if self._consumer is None:
+            return False, "not started"
+        stalled = time.monotonic() - self._last_loop
+        if stalled > self.settings.monitoring.stall_after_s:
+            return False, f"poll loop stalled for {stalled:.0f} s"
+        if not self._assigned:
+            return False, "no partitions assigned"
+        return True, f"learning {len(self._owned)} clusters of {len(self._assigned)} partitions"
 
     def run(self, *, max_idle_polls: int | None = None) -> None:
         """Consume until `stop()`, or `max_idle_polls` empty polls in a row (scripts, tests)."""
@@ -139,7 +181,9 @@ class LearnerService:
         idle = 0
         try:
             while not self._stop.is_set():
+                self._last_loop = time.monotonic()
                 got = self._iterate(self._consumer)
+                self._periodic()
                 idle = 0 if got else idle + (1 if self._assigned else 0)
                 if max_idle_polls is not None and idle >= max_idle_polls:
                     break
@@ -148,6 +192,7 @@ class LearnerService:
                     self._unsent.append(self._snapshot(cluster, owned))
             if self._send():
                 self._commit()
+            self._publish_snapshots()
         finally:
             self._close()
 
@@ -160,6 +205,11 @@ class LearnerService:
         self.models.close()
         if self.clusterings is not None:
             self.clusterings.close()
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=10)
+            except Exception as exc:
+                log.warning("closing the metrics producer failed: %s", exc)
         log.info(
             "learner stopped",
             extra={"trained": self.trained, "published": self.published},
@@ -202,6 +252,7 @@ class LearnerService:
         for cluster, owned in self._owned.items():
             while self.trainer.step_cluster(cluster):
                 self.trained += self.trainer.batch_size
+                self.metrics.trained(self.trainer.batch_size)
                 owned.steps_since_publish += 1
                 if owned.steps_since_publish >= every:
                     self._unsent.append(self._snapshot(cluster, owned))
@@ -248,12 +299,7 @@ class LearnerService:
         try:
             block = decode_samples(value)
         except ValueError as exc:
-            self.rejected += 1
-            kind = str(exc).split(":", 1)[0]
-            self._log_once(
-                f"samples:{kind}",
-                f"ignored a record on {self.topic} that is no sample block: {exc}",
-            )
+            self._reject(str(exc).split(":", 1)[0], str(exc))
             return
         owned = self._own(block, partition)
         if owned is None:
@@ -266,16 +312,57 @@ class LearnerService:
                 start = owned.skip[2]
             else:
                 owned.skip = None
+        if owned.watch_skip is not None and (
+            owned.watch_skip[0] != partition or offset > owned.watch_skip[1]
+        ):
+            owned.watch_skip = None
+        if owned.watch_skip is None:
+            self._watch(block, owned)
+            owned.watched = (partition, offset)
+        self.metrics.received(len(block))
+        owned.partition = partition
+        owned.clustering_version = max(owned.clustering_version, block.clustering_version)
         if start >= len(block):
             return
-        if block.alarm:
-            self.trainer.boost(block.cluster)
         self.trainer.submit(
             block.cluster, block.windows[start:], block.targets[start:], block.ts[start:]
         )
-        owned.partition = partition
-        owned.clustering_version = max(owned.clustering_version, block.clustering_version)
         owned.marks.append([partition, offset, len(block) - start, len(block)])
+
+    def _reject(self, kind: str, detail: str) -> None:
+        self.rejected += 1
+        self.metrics.rejected(kind)
+        self._log_once(
+            f"samples:{kind}", f"ignored a record on {self.topic} that is no sample block: {detail}"
+        )
+
+    def _watch(self, block: SampleBlock, owned: _Owned) -> None:
+        """The cluster's metrics and detectors on the block's scored events; an alarm boosts
+        the cluster's lr (with the boost response) and goes to the metrics topic."""
+        c = block.cluster
+        late = owned.watch.late
+        alarms = owned.watch.observe(
+            block.valuer, block.assets, block.scored, self.trainer.policy(c).monitor
+        )
+        if owned.watch.late > late:
+            self.metrics.late(owned.watch.late - late)
+        response = "boost" if self.settings.engine.drift_response == "boost" else "none"
+        for alarm in alarms:
+            self.trainer.boost(c)  # counts the alarm; raises the lr only with the boost response
+            done = replace(alarm, lr=self.trainer.policy(c).lr, response=response)
+            self.metrics.drift_alarm(done)
+            self._outgoing.append(
+                OutRecord(
+                    self.settings.topics.metrics,
+                    str(c).encode(),
+                    orjson.dumps(done.to_json()),
+                    "metrics",
+                )
+            )
+            log.warning(
+                "drift alarm",
+                extra={"cluster": c, "detector": done.detector, "lr": done.lr},
+            )
 
     def _own(self, block: SampleBlock, partition: int) -> _Owned | None:
         """The cluster's entry, its model started first if it is new here (module docstring)."""
@@ -286,23 +373,25 @@ class LearnerService:
         learner = SequenceLearner.from_settings(s, seed=cluster_seed(s, c))
         window_shape = (learner.seq_len, learner.n_inputs)
         if block.windows.shape[1:] != window_shape:
-            self.rejected += 1
-            self._log_once(
-                "samples:shape",
-                f"ignored samples of shape {block.windows.shape[1:]}: this learner's windows are "
+            self._reject(
+                "shape",
+                f"samples of shape {block.windows.shape[1:]}: this learner's windows are "
                 f"{window_shape} (engine settings differ from the valuers')",
             )
             return None
         policy = cluster_policy(s, c)
         record = self.models.get(c)
         source = "fresh"
+        parent_watch: ClusterWatch | dict[str, Any] | None = None
         if record is None:
             parent = self._parent(c, block.clustering_version)
             if parent is not None and parent in self._owned:
                 learner = self.trainer.spawn(parent, cluster_seed(s, c))
                 source = f"fork of {parent}"
+                parent_watch = self._owned[parent].watch
             elif parent is not None and (record := self.models.get(parent)) is not None:
                 source = f"fork of {parent} (models topic)"
+                parent_watch = record.watch
         else:
             source = "models topic"
         if record is not None:
@@ -318,9 +407,22 @@ class LearnerService:
                 learner = SequenceLearner.from_settings(s, seed=cluster_seed(s, c))
                 policy, source = cluster_policy(s, c), "fresh"
         self.trainer.add(c, learner, policy)
-        owned = self._owned[c] = _Owned(partition)
+        owned = self._owned[c] = _Owned(partition, ClusterWatch(s, c))
         if record is not None and record.cluster == c and record.covered is not None:
             owned.skip = record.covered
+        if record is not None and record.cluster == c and record.watch is not None:
+            try:
+                owned.watch.load_state_dict(record.watch)
+                owned.watch_skip = owned.watched = record.watched
+            except (KeyError, ValueError, TypeError) as exc:
+                owned.watch = ClusterWatch(s, c)
+                self._log_once(
+                    f"restore_watch:{c}",
+                    f"cluster {c}: its metrics and detector state are unusable, starting them "
+                    f"afresh: {exc}",
+                )
+        if parent_watch is not None:  # a split-off cluster: its parent's detector calibration
+            owned.watch.fork_detector(parent_watch)
         log.info(
             "learning a cluster",
             extra={"cluster": c, "from": source, "version": learner.updates},
@@ -366,6 +468,8 @@ class LearnerService:
             learner=slim_learner_state(learner.state_dict()),
             policy=self.trainer.policy(cluster).state_dict(),
             covered=last,
+            watch=owned.watch.state_dict(),
+            watched=owned.watched,
         )
 
     def _send(self) -> bool:
@@ -379,6 +483,7 @@ class LearnerService:
             self._log_once("publish", f"publishing model snapshots failed: {exc}")
             return False
         self.published += len(self._unsent)
+        self.metrics.published(len(self._unsent))
         self._unsent = []
         return True
 
@@ -420,6 +525,7 @@ class LearnerService:
             self._forget(c, "partition revoked")
         for partition in revoked:
             self._position.pop(partition, None)
+        self.metrics.partitions_revoked(revoked)
 
     def _drop_retired(self) -> None:
         """Forget the clusters a newer clustering no longer has."""
@@ -433,4 +539,88 @@ class LearnerService:
     def _forget(self, cluster: int, why: str) -> None:
         self.trainer.remove(cluster, None)
         del self._owned[cluster]
+        self.metrics.retire_clusters([cluster])
         log.info("stopped learning a cluster", extra={"cluster": cluster, "why": why})
+
+    # -- the owner's metrics -------------------------------------------------------------------
+
+    def _periodic(self) -> None:
+        """Every `consumer.metrics_interval_s`: the owned clusters' snapshots and the lag."""
+        now = time.monotonic()
+        if now - self._last_snapshot >= self.settings.consumer.metrics_interval_s:
+            self._last_snapshot = now
+            self._publish_snapshots()
+            self._update_lag()
+        elif self._outgoing:
+            self._flush_outgoing()
+
+    def snapshots(self) -> list[ClusterSnapshot]:
+        """The owned clusters' health, as the engine's `snapshot` reports it."""
+        out = []
+        for c, owned in self._owned.items():
+            watch, policy = owned.watch, self.trainer.policy(c)
+            queued, trained, skipped = self.trainer.counts(c)
+            out.append(
+                ClusterSnapshot(
+                    cluster=c,
+                    ts_ms=max(watch.watermark, 0),
+                    assets=watch.assets(),
+                    rolling=watch.errors.stats(rolling=True),
+                    total=watch.errors.stats(rolling=False),
+                    drift_alarms=policy.alarms,
+                    lr=policy.lr,
+                    updates=self.trainer.updates(c),
+                    model_version=self.trainer.learner(c).updates,
+                    queued_samples=queued,
+                    trained_samples=trained,
+                    skipped_samples=skipped,
+                )
+            )
+        return out
+
+    def _publish_snapshots(self) -> None:
+        snapshots = self.snapshots()
+        self.metrics.update_clusters(snapshots)
+        self._outgoing.extend(
+            snapshot_records(
+                snapshots, self.settings.topics.metrics, self.instance, by_cluster=True
+            )
+        )
+        self._flush_outgoing()
+
+    def _flush_outgoing(self) -> None:
+        """Send the metrics-topic records without waiting (a failure is logged and counted;
+        the next interval sends newer snapshots)."""
+        records, self._outgoing = self._outgoing, []
+        if not records:
+            return
+        try:
+            if self._producer is None:
+                self._producer = make_producer(
+                    self.settings, client_id=f"{self.settings.consumer.client_id}-learner-metrics"
+                )
+            for r in records:
+                self._producer.send(r.topic, key=r.key, value=r.value).add_errback(
+                    self._send_failed
+                )
+        except Exception as exc:
+            self._send_failed(exc)
+
+    def _send_failed(self, exc: BaseException) -> None:
+        self.send_failures += 1
+        self._log_once("metrics_send", f"sending to {self.settings.topics.metrics} failed: {exc}")
+
+    def _update_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None or not self._assigned:
+            return
+        tps = [TopicPartition(self.topic, p) for p in sorted(self._assigned)]
+        try:
+            ends = consumer.end_offsets(tps)
+        except KafkaError as exc:
+            self._log_once("lag", f"reading the end offsets of {self.topic} failed: {exc}")
+            return
+        for tp in tps:
+            position = self._position.get(tp.partition)
+            if position is not None:
+                self.metrics.lag(tp.partition, ends[tp] - position)

@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,17 +31,23 @@ from streamval.consumers.checkpoint import CheckpointMeta, decode, encode
 from streamval.consumers.records import OutRecord
 from streamval.consumers.topic_sync import POLL_TIMEOUT_MS, TopicSync
 from streamval.errors import CheckpointError
-from streamval.models.trainer import Float32Array, FloatArray, IntArray
+from streamval.models.trainer import Float32Array, FloatArray, IntArray, Scored
 from streamval.stream.kafka.clients import make_producer
 from streamval.stream.kafka.topics import MODEL_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-SAMPLES_MAGIC = b"SVSMPL\x00\x01"
+# A sample block starts with SAMPLES_SIGNATURE and its format version (one byte); a reader
+# refuses a version it does not know rather than misread it.
+SAMPLES_SIGNATURE = b"SVSMPL\x00"
+SAMPLES_VERSION = 2
+SAMPLES_MAGIC = SAMPLES_SIGNATURE + bytes([SAMPLES_VERSION])
 _HEADER_LENGTH = struct.Struct("<I")
 _MAX_HEADER = 4096
-# Samples per training-samples record: a record stays far below the 1 MiB message limit.
+# Samples and scored events per training-samples record: a record stays far below the 1 MiB
+# message limit.
 SAMPLES_PER_RECORD = 256
+SCORED_PER_RECORD = 1024
 CATCH_UP_S = 10.0
 SEND_TIMEOUT_S = 30.0
 
@@ -61,23 +67,28 @@ def partition_of(cluster: int, clusters: Sequence[int], partitions: int) -> int:
 
 @dataclass(frozen=True)
 class SampleBlock:
-    """Labelled samples of one cluster, in event order."""
+    """Labelled samples of one cluster, in event order, and the cluster's scored events (the
+    labelled ones, warming included) that its owner's error metrics and detectors consume."""
 
     cluster: int
     clustering_version: int
     windows: Float32Array  # (n, seq_len, n_inputs), scale-free
     targets: FloatArray  # (n,) scale-free changes
     ts: IntArray  # (n,) event times (ms)
-    alarm: bool = False  # a drift alarm of the cluster came since its previous samples
+    scored: Scored = field(default_factory=Scored.empty)
+    valuer: str = ""  # the instance id of the valuer that sent it
+    assets: int = 0  # that valuer's assets in the cluster
 
     def __len__(self) -> int:
         return len(self.targets)
 
 
 def encode_samples(block: SampleBlock) -> bytes:
-    """magic, header length (u32 LE), JSON header, windows float32, targets float64, times int64
-    (all little-endian, C order)."""
+    """Signature, version byte, header length (u32 LE), JSON header; then windows float32,
+    targets float64, times int64 (n samples); then the scored events' times int64, values,
+    valuations and standardised errors float64 (m events); all little-endian, C order."""
     n, seq_len, n_inputs = block.windows.shape
+    sc = block.scored
     header = json.dumps(
         {
             "cluster": block.cluster,
@@ -85,7 +96,9 @@ def encode_samples(block: SampleBlock) -> bytes:
             "n": n,
             "seq_len": seq_len,
             "n_inputs": n_inputs,
-            "alarm": block.alarm,
+            "m": len(sc),
+            "valuer": block.valuer,
+            "assets": block.assets,
         },
         separators=(",", ":"),
     ).encode()
@@ -97,6 +110,10 @@ def encode_samples(block: SampleBlock) -> bytes:
             np.ascontiguousarray(block.windows, dtype="<f4").tobytes(),
             np.ascontiguousarray(block.targets, dtype="<f8").tobytes(),
             np.ascontiguousarray(block.ts, dtype="<i8").tobytes(),
+            np.ascontiguousarray(sc.ts, dtype="<i8").tobytes(),
+            np.ascontiguousarray(sc.values, dtype="<f8").tobytes(),
+            np.ascontiguousarray(sc.valuations, dtype="<f8").tobytes(),
+            np.ascontiguousarray(sc.z, dtype="<f8").tobytes(),
         )
     )
 
@@ -108,9 +125,15 @@ def _int(value: Any, what: str, low: int = 0) -> int:
 
 
 def decode_samples(raw: bytes | None) -> SampleBlock:
-    """The block in `raw`; ValueError naming what is wrong."""
-    if raw is None or not raw.startswith(SAMPLES_MAGIC):
+    """The block in `raw`; ValueError naming what is wrong ("version: ..." for a block of a
+    format version this process does not read)."""
+    if raw is None or not raw.startswith(SAMPLES_SIGNATURE) or len(raw) <= len(SAMPLES_SIGNATURE):
         raise ValueError("signature: not a streamval sample block")
+    version = raw[len(SAMPLES_SIGNATURE)]
+    if version != SAMPLES_VERSION:
+        raise ValueError(
+            f"version: a sample block of format {version}, this process reads {SAMPLES_VERSION}"
+        )
     start = len(SAMPLES_MAGIC) + _HEADER_LENGTH.size
     if len(raw) < start:
         raise ValueError("truncated: no header")
@@ -120,32 +143,49 @@ def decode_samples(raw: bytes | None) -> SampleBlock:
     try:
         header = json.loads(raw[start : start + length])
         cluster = _int(header["cluster"], "cluster")
-        version = _int(header["clustering_version"], "clustering_version")
-        n = _int(header["n"], "n", 1)
+        clustering = _int(header["clustering_version"], "clustering_version")
+        n = _int(header["n"], "n")
         seq_len = _int(header["seq_len"], "seq_len", 1)
         n_inputs = _int(header["n_inputs"], "n_inputs", 1)
-        alarm = header["alarm"]
-        if not isinstance(alarm, bool):
-            raise ValueError(f"alarm: {alarm!r}")
+        m = _int(header["m"], "m")
+        assets = _int(header["assets"], "assets")
+        valuer = header["valuer"]
+        if not isinstance(valuer, str):
+            raise ValueError(f"valuer: {valuer!r}")
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"header: {exc!r}") from None
+    if n + m == 0:
+        raise ValueError("empty: a block without samples or scored events")
     body = memoryview(raw)[start + length :]
-    sizes = (n * seq_len * n_inputs * 4, n * 8, n * 8)
+    sizes = (n * seq_len * n_inputs * 4, n * 8, n * 8, m * 8, m * 8, m * 8, m * 8)
     if len(body) != sum(sizes):
         raise ValueError(f"length: {len(body)} bytes of samples where {sum(sizes)} belong")
-    x = np.frombuffer(body[: sizes[0]], dtype="<f4").reshape(n, seq_len, n_inputs)
-    y = np.frombuffer(body[sizes[0] : sizes[0] + sizes[1]], dtype="<f8")
-    ts = np.frombuffer(body[sizes[0] + sizes[1] :], dtype="<i8")
-    # Windows hold NaN where a feature is unknown (the learner's normaliser fills it), never inf.
+    parts, at = [], 0
+    for size, dtype in zip(sizes, ("<f4", "<f8", "<i8", "<i8", "<f8", "<f8", "<f8"), strict=True):
+        parts.append(np.frombuffer(body[at : at + size], dtype=dtype))
+        at += size
+    x = parts[0].reshape(n, seq_len, n_inputs)
+    y, values, valuations, z = parts[1], parts[4], parts[5], parts[6]
+    # Windows hold NaN where a feature is unknown (the learner's normaliser fills it), never inf;
+    # a scored event's z is NaN while its asset is warming.
     if np.isinf(x).any() or not np.all(np.isfinite(y)):
         raise ValueError("values: infinite window values or targets that are not finite")
+    if not (np.all(np.isfinite(values)) and np.all(np.isfinite(valuations))) or np.isinf(z).any():
+        raise ValueError("scored: values or valuations that are not finite, or an infinite error")
     return SampleBlock(
         cluster,
-        version,
+        clustering,
         x.astype(np.float32),
         y.astype(np.float64),
-        ts.astype(np.int64),
-        alarm,
+        parts[2].astype(np.int64),
+        Scored(
+            parts[3].astype(np.int64),
+            values.astype(np.float64),
+            valuations.astype(np.float64),
+            z.astype(np.float64),
+        ),
+        valuer,
+        assets,
     )
 
 
@@ -154,12 +194,22 @@ class SampleOutbox:
     sink); the service sends them with the batch's valuations, before it commits the offsets
     (in exactly-once mode inside the same transaction)."""
 
-    def __init__(self, topic: str, clustering_version: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        clustering_version: Callable[[], int],
+        *,
+        instance: str = "",
+        assets: Callable[[], dict[int, int]] | None = None,
+    ) -> None:
         self.topic = topic
         self.partitions = 1  # of the topic; set once known (`ValuationService._start`)
         self.clustering_version = clustering_version
+        self.instance = instance
+        self.assets = assets  # this valuer's assets per cluster (asked once per `take`)
         self.sent = 0
         self._records: list[OutRecord] = []
+        self._sizes: dict[int, int] | None = None
 
     def add(
         self,
@@ -169,14 +219,27 @@ class SampleOutbox:
         x: Float32Array,
         y: FloatArray,
         ts: IntArray,
-        alarm: bool,
+        scored: Scored,
     ) -> None:
         partition = partition_of(cluster, clusters, self.partitions)
         key = str(cluster).encode()
         version = self.clustering_version()
-        for at in range(0, len(y), SAMPLES_PER_RECORD):
-            part = slice(at, at + SAMPLES_PER_RECORD)
-            block = SampleBlock(cluster, version, x[part], y[part], ts[part], alarm and at == 0)
+        if self._sizes is None:
+            self._sizes = self.assets() if self.assets is not None else {}
+        assets = self._sizes.get(cluster, 0)
+        records = max(-(-len(y) // SAMPLES_PER_RECORD), -(-len(scored) // SCORED_PER_RECORD))
+        for i in range(records):
+            part = slice(i * SAMPLES_PER_RECORD, (i + 1) * SAMPLES_PER_RECORD)
+            block = SampleBlock(
+                cluster,
+                version,
+                x[part],
+                y[part],
+                ts[part],
+                scored[i * SCORED_PER_RECORD : (i + 1) * SCORED_PER_RECORD],
+                self.instance,
+                assets,
+            )
             self._records.append(
                 OutRecord(self.topic, key, encode_samples(block), "sample", partition=partition)
             )
@@ -185,6 +248,7 @@ class SampleOutbox:
     def take(self) -> list[OutRecord]:
         """The records made since the last call."""
         records, self._records = self._records, []
+        self._sizes = None
         return records
 
 
@@ -203,6 +267,11 @@ class ModelRecord:
     # The last training sample in the model: (partition, offset, samples of that record);
     # a learner restoring it skips those when it reads them again.
     covered: tuple[int, int, int] | None = None
+    # The owner's watch of the cluster (`watch.ClusterWatch.state_dict`) and the last training
+    # samples record it had watched, (partition, offset): a learner restoring it does not
+    # watch those again.
+    watch: dict[str, Any] | None = None
+    watched: tuple[int, int] | None = None
 
 
 def slim_learner_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +293,8 @@ def encode_model(record: ModelRecord, group_id: str, topic: str) -> bytes:
         "learner": record.learner,
         "policy": record.policy,
         "covered": None if record.covered is None else list(record.covered),
+        "watch": record.watch,
+        "watched": None if record.watched is None else list(record.watched),
     }
     return encode(state, CheckpointMeta(group_id=group_id, topic=topic, partitions=0))
 
@@ -245,6 +316,13 @@ def decode_model(raw: bytes | None) -> ModelRecord:
             if not isinstance(covered, list) or len(covered) != 3:
                 raise ValueError(f"covered: {covered!r}")
             covered = tuple(_int(v, "covered") for v in covered)
+        watch, watched = state.get("watch"), state.get("watched")
+        if watch is not None and not isinstance(watch, dict):
+            raise ValueError("state: watch must be a mapping")
+        if watched is not None:
+            if not isinstance(watched, list) or len(watched) != 2:
+                raise ValueError(f"watched: {watched!r}")
+            watched = tuple(_int(v, "watched") for v in watched)
         return ModelRecord(
             cluster=_int(state["cluster"], "cluster"),
             version=_int(state["version"], "version"),
@@ -252,6 +330,8 @@ def decode_model(raw: bytes | None) -> ModelRecord:
             learner=learner,
             policy=policy,
             covered=covered,
+            watch=watch,
+            watched=watched,
         )
     except KeyError as exc:
         raise ValueError(f"state: {exc!r} missing") from None

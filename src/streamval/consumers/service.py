@@ -13,6 +13,7 @@ One iteration:
    checkpoints when one is due (the state taken here, written by a background thread);
 5. every `consumer.metrics_interval_s`, per-cluster snapshots go to the metrics topic, keyed
    by this process's instance id and the cluster (several processes do not overwrite each other);
+   a valuer (`--role valuer`) sends none: each cluster's learner reports it (`learner`);
 6. between batches, the deployment's clustering is synchronised (`clusterings.ClusteringSync`):
    the member assigned input partition 0 fits and publishes it, the others adopt its latest
    version; every `consumer.profile_interval_s` this process's changed asset profiles are due
@@ -167,7 +168,10 @@ class ValuationService:
             raise ValueError("the learner role runs a LearnerService, not a ValuationService")
         if engine is None and settings.consumer.role == "valuer":
             self._outbox = SampleOutbox(
-                settings.training_samples_topic(), lambda: self.engine.clustering_version
+                settings.training_samples_topic(),
+                lambda: self.engine.clustering_version,
+                instance=self.instance,
+                assets=lambda: self.engine.cluster_sizes(),  # noqa: PLW0108 (engine: below)
             )
             self._models = ModelSync(settings, self.instance)
             engine = Engine(
@@ -176,7 +180,8 @@ class ValuationService:
                 trainer=self._remote_trainer,
             )
         self.engine = engine or Engine(settings.engine, accept_late=settings.consumer.accept_late)
-        self.metrics = metrics or EngineMetrics()
+        # A valuer leaves the cluster-labelled series and snapshots to the clusters' owners.
+        self.metrics = metrics or EngineMetrics(cluster_series=self._outbox is None)
         if self._outbox is not None:
             self.metrics.sends_samples()
         c = settings.consumer
@@ -442,7 +447,8 @@ class ValuationService:
         t0 = time.monotonic()
         delivery.clean = False
         outcome = processor.process(batch)
-        if self._outbox is not None:
+        if self._outbox is not None:  # drift alarms come from the clusters' owners
+            outcome.records = [r for r in outcome.records if r.kind != "metrics"]
             outcome.records.extend(self._outbox.take())
         delivery.deliver(outcome)
         m = self.metrics
@@ -660,7 +666,8 @@ class ValuationService:
         if expired > self._expired_seen:
             self.metrics.assets_expired(expired - self._expired_seen)
         self._expired_seen = expired
-        if self._delivery is not None and snapshots and not self.outage.active:
+        owner = self._outbox is None  # a valuer's clusters report from their learners
+        if owner and self._delivery is not None and snapshots and not self.outage.active:
             self._delivery.send_records(
                 snapshot_records(snapshots, self.settings.topics.metrics, self.instance)
             )

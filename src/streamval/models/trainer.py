@@ -60,6 +60,27 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A cluster's labelled events of one segment, in event order, as the valuing side scored
+    them: what the cluster's error metrics and drift detectors consume (`Engine._commit`)."""
+
+    ts: IntArray  # event times (ms)
+    values: FloatArray  # the observed values
+    valuations: FloatArray  # what was served for them
+    z: FloatArray  # standardised signed errors (value - valuation) / unit; NaN while warming
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def __getitem__(self, part: slice) -> Scored:
+        return Scored(self.ts[part], self.values[part], self.valuations[part], self.z[part])
+
+    @classmethod
+    def empty(cls) -> Scored:
+        return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
+
+
 class SampleQueue:
     """Fresh labelled samples of one cluster (window, target, event time), oldest first."""
 
@@ -249,6 +270,18 @@ class Trainer:
                 if slot.queue.n >= self.batch_size:
                     self._start()
                     self._cond.notify_all()
+
+    # Whether the engine should hand over its scored events (`submit_scored`): only where the
+    # cluster's metrics and detectors run elsewhere (a valuer's `RemoteTrainer`).
+    wants_scored = False
+
+    def submit_scored(
+        self, cluster: int, x: Float32Array, y: FloatArray, ts: IntArray, scored: Scored
+    ) -> None:
+        """`submit` the samples (if any); a trainer that learns here ignores `scored` (the
+        engine keeps the cluster's metrics and detectors itself)."""
+        if len(y):
+            self.submit(cluster, x, y, ts)
 
     def boost(self, cluster: int) -> None:
         """A drift alarm: the policy restarts its boost; Adam's momentum is reset before the next
@@ -580,8 +613,8 @@ def _lower_priority() -> None:
 
 class SampleSink(Protocol):
     """Where a valuer's labelled samples go: a cluster's windows, targets and event times, the
-    clusters there are now (for the cluster -> partition map), and whether a drift alarm of
-    the cluster came since its previous samples."""
+    clusters there are now (for the cluster -> partition map), and the cluster's scored events
+    (its owner keeps the cluster's error metrics and runs its drift detectors on them)."""
 
     def __call__(
         self,
@@ -591,7 +624,7 @@ class SampleSink(Protocol):
         x: Float32Array,
         y: FloatArray,
         ts: IntArray,
-        alarm: bool,
+        scored: Scored,
     ) -> None: ...
 
 
@@ -601,16 +634,18 @@ class RemoteTrainer(Trainer):
     cluster's training copy mirrors the latest model a learner published (`offer`, applied
     between batches by `apply_offered`). It never trains; a new cluster split from a parent
     starts as a fork of the parent's mirror, so it is served the parent's model until its own
-    learner publishes one. Drift detection stays on the valuing side: an alarm travels with the
-    cluster's next samples (the learner boosts its lr policy); the fast-learner response needs
-    a learner of its own and is not run (its start and end are ignored)."""
+    learner publishes one. The scored events travel with the samples: the cluster's learner,
+    which sees every valuer's, keeps its error metrics and runs its drift detection (and boosts
+    its lr policy). The valuing side's own alarms change nothing here; the fast-learner response
+    needs a learner of its own and is not run (its start and end are ignored)."""
+
+    wants_scored = True
 
     def __init__(self, *, sink: SampleSink, batch_size: int, max_backlog: int) -> None:
         super().__init__(batch_size=batch_size, max_backlog=max_backlog, background=True)
         self.sink = sink
         self._offered: dict[int, tuple[int, dict[str, Any]]] = {}  # cluster -> (version, state)
         self._served: dict[int, int] = {}  # cluster -> version of the learner's snapshot served
-        self._alarmed: set[int] = set()
         self.sent = 0  # samples handed to the sink
         self.applied = 0  # snapshots applied
         self.refused = 0  # snapshots that do not fit this engine's models (other settings)
@@ -622,14 +657,16 @@ class RemoteTrainer(Trainer):
 
     def submit(self, cluster: int, x: Float32Array, y: FloatArray, ts: IntArray) -> None:
         """Send the samples on (in order); nothing is queued here."""
-        alarm = cluster in self._alarmed
-        self._alarmed.discard(cluster)
-        self.sink(cluster, clusters=sorted(self._slots), x=x, y=y, ts=ts, alarm=alarm)
-        self.sent += len(y)
+        self.submit_scored(cluster, x, y, ts, Scored.empty())
 
-    def boost(self, cluster: int) -> None:
-        super().boost(cluster)
-        self._alarmed.add(cluster)
+    def submit_scored(
+        self, cluster: int, x: Float32Array, y: FloatArray, ts: IntArray, scored: Scored
+    ) -> None:
+        """Send the samples and the scored events on (in order); nothing is queued here."""
+        if not len(y) and not len(scored):
+            return
+        self.sink(cluster, clusters=sorted(self._slots), x=x, y=y, ts=ts, scored=scored)
+        self.sent += len(y)
 
     def start_fast(self, cluster: int, seed: int, lr: float) -> None:
         return None

@@ -82,6 +82,11 @@ do. The metrics carry no `instance` label of their own (a scrape would rename it
 `exported_instance`); `streamval_instance_info` maps the target to the group member's id, the one
 that keys this process's snapshots on the metrics topic.
 
+Split into valuers and learners (`consumer.role`), a cluster's series come from its owner only:
+a valuer's `EngineMetrics(cluster_series=False)` exports none labelled by cluster but
+`streamval_valuations_published_total` (its own count), and each learner's `LearnerMetrics`
+exports those of the clusters it owns, under the same names.
+
 Replay metrics (`ReplayMetrics`):
 
     streamval_build_info{version}                      gauge      always 1, carries the version
@@ -120,7 +125,7 @@ from streamval.stream.contract.outputs import (
     ErrorStats,
 )
 
-__all__ = ["EngineMetrics", "ReplayMetrics"]
+__all__ = ["EngineMetrics", "LearnerMetrics", "ReplayMetrics"]
 
 WINDOWS = ("rolling", "total")
 
@@ -207,9 +212,13 @@ class EngineMetrics:
         *,
         version: str = __version__,
         retired_ttl_s: float = RETIRED_TTL_S,
+        cluster_series: bool = True,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.version = version
+        # False in a valuer (`--role valuer`): the clusters' owners (learners) export the
+        # cluster-labelled series; a valuer keeps only valuations_published{cluster}.
+        self.cluster_series = cluster_series
         self.retired_ttl_s = retired_ttl_s
         self._lock = threading.Lock()
         r = self.registry
@@ -603,7 +612,9 @@ class EngineMetrics:
         self._published.labels(str(cluster)).inc(n)
 
     def drift_alarm(self, alarm: DriftAlarm) -> None:
-        """A drift detector fired on `alarm.cluster`."""
+        """A drift detector fired on `alarm.cluster` (ignored without `cluster_series`)."""
+        if not self.cluster_series:
+            return
         cluster, detector = str(alarm.cluster), alarm.detector
         with self._lock:
             if detector not in self._detectors:
@@ -624,11 +635,13 @@ class EngineMetrics:
             for snap in snapshots:
                 cluster = str(snap.cluster)
                 self._retired.pop(cluster, None)
+                self._published.labels(cluster)
+                if not self.cluster_series:
+                    continue
                 if cluster not in self._clusters:
                     self._clusters.add(cluster)
                 for detector in self._detectors:
                     self._drift.labels(cluster, detector)  # born at 0, see KNOWN_DETECTORS
-                self._published.labels(cluster)
                 for window, stats in zip(WINDOWS, (snap.rolling, snap.total), strict=True):
                     self._set_errors(cluster, window, stats)
                 self._lr.labels(cluster).set(snap.lr)
@@ -821,6 +834,255 @@ class EngineMetrics:
             previous = None
         counter.labels(cluster).inc(total - (previous or 0))
         totals[cluster] = total
+
+
+class LearnerMetrics:
+    """A learner's metrics (`--role learner`) on their own registry: the per-cluster series of
+    the clusters it owns, under the engine's names and definitions (a dashboard reads the same
+    whichever role computed them), and the learner process's own.
+
+    Per cluster (as `EngineMetrics`): streamval_cluster_{mae,rmse,r2,error_samples}{cluster,
+    window}, streamval_cluster_{learning_rate,assets,model_version,drift_alarms}{cluster},
+    streamval_cluster_{model_updates,skipped_samples}_total{cluster},
+    streamval_drift_alarms_total{cluster,detector}. Per process:
+
+        streamval_learner_samples_received_total          counter  samples read, in blocks
+        streamval_learner_samples_trained_total           counter  samples trained
+        streamval_learner_training_steps_total            counter  optimizer steps
+        streamval_learner_models_published_total          counter  model snapshots acked
+        streamval_learner_records_rejected_total{reason}  counter  records that are no block
+        streamval_learner_late_events_total               counter  scored events of a step
+                                                                   already judged (metrics
+                                                                   only, not detection)
+        streamval_learner_lag_messages{partition}         gauge    training-samples backlog
+        streamval_learner_clusters                        gauge    clusters owned now
+
+    A cluster that moves to another learner is retired here (`retire_clusters`, as the engine
+    does after a re-fit), so one cluster's gauges come from one process at a time.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        version: str = __version__,
+        retired_ttl_s: float = RETIRED_TTL_S,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.retired_ttl_s = retired_ttl_s
+        self._lock = threading.Lock()
+        r = self.registry
+        _register_info(r, version)
+        self._instance = Info(
+            "streamval_instance", "This process's id in its consumer group.", registry=r
+        )
+        self._mae = Gauge(
+            "streamval_cluster_mae",
+            "Mean absolute error of the cluster's valuations, in the assets' value unit; "
+            "window=rolling: the last engine.metrics_window labelled events, total: since start.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self._rmse = Gauge(
+            "streamval_cluster_rmse",
+            "Root mean squared error of the cluster's valuations, in the assets' value unit.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self._r2 = Gauge(
+            "streamval_cluster_r2",
+            "Coefficient of determination (R2) of the cluster's valuations.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self._samples = Gauge(
+            "streamval_cluster_error_samples",
+            "Labelled events behind the cluster's error metrics of the same window.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self._lr = Gauge(
+            "streamval_cluster_learning_rate",
+            "Current learning rate of the cluster's model (boosted on drift, then decaying).",
+            ["cluster"],
+            registry=r,
+        )
+        self._assets = Gauge(
+            "streamval_cluster_assets",
+            "Assets currently assigned to the cluster (the valuers' latest counts, summed).",
+            ["cluster"],
+            registry=r,
+        )
+        self._model_version = Gauge(
+            "streamval_cluster_model_version",
+            "Version of the cluster's model (increases as it learns).",
+            ["cluster"],
+            registry=r,
+        )
+        self._updates = Counter(
+            "streamval_cluster_model_updates",
+            "Optimizer steps of the cluster's model, mirrored from the model's own count "
+            "(restored from the models topic, so it continues across owners).",
+            ["cluster"],
+            registry=r,
+        )
+        self._skipped = Counter(
+            "streamval_cluster_skipped_samples",
+            "Labelled samples the cluster's trainer skipped because it fell behind (overload).",
+            ["cluster"],
+            registry=r,
+        )
+        self._cluster_alarms = Gauge(
+            "streamval_cluster_drift_alarms",
+            "Drift alarms of the cluster in its lr policy's state (restored from the models "
+            "topic); for rates use streamval_drift_alarms_total.",
+            ["cluster"],
+            registry=r,
+        )
+        self._drift = Counter(
+            "streamval_drift_alarms",
+            "Drift alarms raised while this process ran, by cluster and detector.",
+            ["cluster", "detector"],
+            registry=r,
+        )
+        self._received = Counter(
+            "streamval_learner_samples_received",
+            "Training samples read from the training-samples topic.",
+            registry=r,
+        )
+        self._trained = Counter(
+            "streamval_learner_samples_trained", "Training samples trained.", registry=r
+        )
+        self._steps = Counter(
+            "streamval_learner_training_steps",
+            "Optimizer steps taken by this learner, all clusters.",
+            registry=r,
+        )
+        self._published = Counter(
+            "streamval_learner_models_published",
+            "Model snapshots published on the models topic and acknowledged.",
+            registry=r,
+        )
+        self._rejected = Counter(
+            "streamval_learner_records_rejected",
+            "Training-samples records ignored, by reason (signature, version, shape, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self._late = Counter(
+            "streamval_learner_late_events",
+            "Scored events of an event-time step the cluster's detector had judged already.",
+            registry=r,
+        )
+        self._lag = Gauge(
+            "streamval_learner_lag_messages",
+            "Records behind the end of each training-samples partition this learner owns.",
+            ["partition"],
+            registry=r,
+        )
+        self._clusters_owned = Gauge(
+            "streamval_learner_clusters", "Clusters this learner owns now.", registry=r
+        )
+        self._detectors: set[str] = set(KNOWN_DETECTORS)
+        self._clusters: set[str] = set()
+        self._update_totals: dict[str, float] = {}
+        self._skipped_totals: dict[str, float] = {}
+        self._retired: dict[str, float] = {}
+
+    def identify(self, instance: str, group: str) -> None:
+        """This process's id in its consumer group (`streamval_instance_info`)."""
+        self._instance.info({"instance_id": instance, "group": group})
+
+    def received(self, n: int) -> None:
+        self._received.inc(n)
+
+    def trained(self, samples: int, steps: int = 1) -> None:
+        self._trained.inc(samples)
+        self._steps.inc(steps)
+
+    def published(self, n: int) -> None:
+        self._published.inc(n)
+
+    def rejected(self, reason: str) -> None:
+        self._rejected.labels(reason).inc()
+
+    def late(self, n: int) -> None:
+        self._late.inc(n)
+
+    def lag(self, partition: int, lag: int) -> None:
+        self._lag.labels(str(partition)).set(max(lag, 0))
+
+    def partitions_revoked(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            _remove(self._lag, str(partition))
+
+    def drift_alarm(self, alarm: DriftAlarm) -> None:
+        """A drift detector fired on `alarm.cluster`."""
+        cluster, detector = str(alarm.cluster), alarm.detector
+        with self._lock:
+            if detector not in self._detectors:
+                self._detectors.add(detector)
+                for known in self._clusters:
+                    self._drift.labels(known, detector)
+            self._clusters.add(cluster)
+        self._drift.labels(cluster, detector).inc()
+
+    def update_clusters(self, snapshots: Sequence[ClusterSnapshot]) -> None:
+        """Set the owned clusters' series from their snapshots (see `EngineMetrics`)."""
+        with self._lock:
+            self._sweep_retired()
+            for snap in snapshots:
+                cluster = str(snap.cluster)
+                self._retired.pop(cluster, None)
+                self._clusters.add(cluster)
+                for detector in self._detectors:
+                    self._drift.labels(cluster, detector)
+                for window, stats in zip(WINDOWS, (snap.rolling, snap.total), strict=True):
+                    self._samples.labels(cluster, window).set(stats.n)
+                    for metric, value in (
+                        (self._mae, stats.mae),
+                        (self._rmse, stats.rmse),
+                        (self._r2, stats.r2),
+                    ):
+                        _set_or_remove(metric, value, cluster, window)
+                self._lr.labels(cluster).set(snap.lr)
+                self._assets.labels(cluster).set(snap.assets)
+                self._model_version.labels(cluster).set(snap.model_version)
+                self._cluster_alarms.labels(cluster).set(snap.drift_alarms)
+                EngineMetrics._mirror(self._updates, self._update_totals, cluster, snap.updates)
+                EngineMetrics._mirror(
+                    self._skipped, self._skipped_totals, cluster, snap.skipped_samples
+                )
+            self._clusters_owned.set(len(self._clusters))
+
+    def retire_clusters(self, clusters: Iterable[int]) -> None:
+        """Clusters no longer owned here (moved, or retired by a re-fit): gauges now, counters
+        after `retired_ttl_s` (as `EngineMetrics.retire_clusters`)."""
+        now = time.monotonic()
+        with self._lock:
+            for cluster in (str(c) for c in clusters):
+                self._clusters.discard(cluster)
+                self._retired.setdefault(cluster, now)
+                for metric in (self._mae, self._rmse, self._r2, self._samples):
+                    for window in WINDOWS:
+                        _remove(metric, cluster, window)
+                for single in (self._lr, self._assets, self._model_version, self._cluster_alarms):
+                    _remove(single, cluster)
+            self._clusters_owned.set(len(self._clusters))
+            self._sweep_retired(now)
+
+    def _sweep_retired(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for cluster, since in list(self._retired.items()):
+            if now - since < self.retired_ttl_s:
+                continue
+            del self._retired[cluster]
+            self._update_totals.pop(cluster, None)
+            self._skipped_totals.pop(cluster, None)
+            _remove(self._updates, cluster)
+            _remove(self._skipped, cluster)
+            for detector in self._detectors:
+                _remove(self._drift, cluster, detector)
 
 
 class ReplayMetrics:
