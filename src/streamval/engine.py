@@ -1106,28 +1106,10 @@ class Engine:
     def _commit(self, plan: _Plan, result: BatchResult, learn: bool, fit_due: int | None) -> None:
         """Make the segment happen: plain assignments, in order."""
         s = self.settings
-        table = self._assets
         trainer = self.trainer
         result.late.extend(plan.late)
         result.duplicates.extend(plan.duplicates)
-        for cluster, had in plan.restarts:
-            self._forget(cluster, had)
-        # Assets.
-        for name in plan.features:
-            self._features[name] = len(self._features)
-        table.widen(len(self._features))
-        table.add_vocabulary(plan.vocabulary)
-        new = np.flatnonzero(plan.slots < 0)
-        slots = plan.slots.copy()
-        if len(new):
-            slots[new] = table.allocate([plan.names[i] for i in new.tolist()])
-        old = plan.slots >= 0
-        was_placed = table["placed"][plan.slots[old]]
-        moved = table["cluster"][plan.slots[old]] != plan.rows["cluster"][np.flatnonzero(old)]
-        self._fit_stats.switches += int((was_placed & moved).sum())
-        table.scatter(slots, plan.rows)
-        table["last_ts"][slots] = plan.last_ts
-        self._watermark = plan.watermark
+        self._commit_assets(plan)
         self._events_since_fit += plan.k
         self._events_since_prior += plan.k
         self.spikes_held += plan.rows.held
@@ -1138,7 +1120,6 @@ class Engine:
             self._clusters[c].conformal = state
         if plan.dropped:
             self._count_dropped(plan)
-        self._ready += int(plan.ready.sum())
         if learn:
             self._fit_due = fit_due
         # Error metrics, drift monitors, valuations.
@@ -1231,6 +1212,60 @@ class Engine:
                         z[scored],
                     ),
                 )
+
+    def _commit_assets(self, plan: _Plan) -> None:
+        """The assets' part of a commit: rows (windows, last values, scales, error scales,
+        statistics, cluster placement), last event times, the watermark, features."""
+        table = self._assets
+        for cluster, had in plan.restarts:
+            self._forget(cluster, had)
+        for name in plan.features:
+            self._features[name] = len(self._features)
+        table.widen(len(self._features))
+        table.add_vocabulary(plan.vocabulary)
+        new = np.flatnonzero(plan.slots < 0)
+        slots = plan.slots.copy()
+        if len(new):
+            slots[new] = table.allocate([plan.names[i] for i in new.tolist()])
+        old = plan.slots >= 0
+        was_placed = table["placed"][plan.slots[old]]
+        moved = table["cluster"][plan.slots[old]] != plan.rows["cluster"][np.flatnonzero(old)]
+        self._fit_stats.switches += int((was_placed & moved).sum())
+        table.scatter(slots, plan.rows)
+        table["last_ts"][slots] = plan.last_ts
+        self._watermark = plan.watermark
+        self._ready += int(plan.ready.sum())
+
+    def absorb(self, events: Sequence[AssetEvent]) -> int:
+        """State only: rebuild the assets' state from events another process already valued
+        (a partition taken over), so they are valued by the model from their next event.
+
+        Windows, last values, scales, error scales, statistics and cluster placement move as
+        in `process`; nothing else does: no valuation comes out, no sample is learned or sent,
+        no cluster's error metrics, intervals, expert mix or drift detectors see the events,
+        no fit becomes due. Late and duplicate events (already known here) are skipped; an
+        event that cannot be planned is skipped too. Returns the events absorbed.
+        """
+        self.apply_finished_fit()
+        absorbed, pos, n = 0, 0, len(events)
+        one_by_one = False
+        while pos < n:
+            stop = pos + 1 if one_by_one else n
+            try:
+                plan = self._plan(events, pos, stop)
+                self._value(plan)  # the error scales of the assets' intervals need valuations
+            except Exception:
+                if not one_by_one:
+                    one_by_one = True
+                else:
+                    log.warning("event could not be absorbed", extra={"index": pos})
+                    pos += 1
+                continue
+            self._commit_assets(plan)
+            absorbed += plan.k
+            pos = stop
+        self._expire()
+        return absorbed
 
     def _count_dropped(self, plan: _Plan) -> None:
         """Feature values beyond `max_features`: counted per cluster and per name (the first

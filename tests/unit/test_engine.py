@@ -850,3 +850,54 @@ def test_a_program_that_never_closes_its_engine_exits_cleanly() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:2] == ["in flight", "trainer stopped"]
+
+
+# -- takeover: state only -----------------------------------------------------------------------
+
+
+def _asset_rows(engine: Engine, ids: list[str]) -> dict[str, np.ndarray]:
+    """Per field, the assets' rows in `ids` order, without the error scales (they depend on
+    the cluster's expert mix)."""
+    state = engine._assets.state_dict()
+    at = [state["ids"].index(a) for a in ids]
+    return {
+        name: np.asarray(column[at], dtype=np.float64)
+        for name, column in state["arrays"].items()
+        if name not in ("err_scale", "err_n")
+    }
+
+
+def test_absorb_rebuilds_the_assets_as_processing_does_and_nothing_else() -> None:
+    events, truth = three_groups(steps=40)
+    owner = Engine(EngineSettings(**SMALL, refit_every=0))
+    run(owner, events[: 30 * 30])  # bootstrapped, trained
+    shared = owner.export_clustering(version=1, owner="a")
+    assert shared is not None
+    cut = 30 * 36
+    taken = Engine(EngineSettings(**SMALL, refit_every=0))
+    taken.fits_clustering = False
+    taken.adopt_clustering(shared)
+    before = taken.snapshot()
+    assert taken.absorb(events[:cut]) == cut
+    owner.process(events[30 * 30 : cut], learn=False)
+    # Windows, last values, scales, statistics and clusters as the owner's.
+    mine, theirs = _asset_rows(taken, sorted(truth)), _asset_rows(owner, sorted(truth))
+    for name, column in theirs.items():
+        np.testing.assert_allclose(mine[name], column, rtol=1e-9, equal_nan=True, err_msg=name)
+
+    # Nothing learned, sent, scored or counted: the clusters look as before, no fit is due.
+    def untouched(snapshots: list[Any]) -> list[Any]:
+        return [
+            (s.cluster, s.updates, s.queued_samples, s.rolling, s.total, s.drift_alarms)
+            for s in snapshots
+        ]
+
+    assert untouched(taken.snapshot()) == untouched(before)
+    assert all(taken.trainer.queued(c) == 0 for c in taken.clusters)
+    assert not taken._will_fit() and taken.clustering_fits == 0
+    # The next events are valued by the model at once, in the owner's clusters.
+    after = taken.process(events[cut : cut + 30], learn=False).valuations
+    assert after and not any(v.warming for v in after)
+    assert [v.cluster for v in after] == [owner.cluster_of(v.asset_id) for v in after]
+    # Known events again (a partition this process had) are skipped as duplicates.
+    assert taken.absorb(events[cut - 30 : cut]) == 0
