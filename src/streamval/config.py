@@ -217,6 +217,14 @@ class ConsumerSettings(_Section):
     model_every_steps: int = Field(
         1, ge=1, description="a learner publishes a cluster's snapshot every N training steps"
     )
+    takeover_lookback: int = Field(
+        10_000,
+        ge=0,
+        description="records per input partition re-read before the committed offset when this "
+        "process takes over a partition its checkpoint does not cover, to rebuild the assets' "
+        "windows without valuing or learning them again (an asset needs engine.seq_len of them); "
+        "0 disables",
+    )
 
     @field_validator("min_event_time")
     @classmethod

@@ -250,15 +250,13 @@ def test_two_processes_share_one_clustering_and_a_takeover_keeps_it(
     assert {(v["asset_id"], v["ts"]) for v in later} == keys
     wrong = [v for v in later if v["cluster"] != group_id[panel.truth[v["asset_id"]]]]
     assert not wrong, f"{len(wrong)} valuations in another cluster after the takeover: {wrong[:3]}"
-    # The taken-over assets warm up their windows in the new process (seq_len events), never
-    # longer: their cluster and its model are there from the first event.
-    seen: dict[str, int] = {}
-    for v in sorted(later, key=lambda v: v["ts"]):
-        if v["asset_id"] in taken:
-            seen[v["asset_id"]] = seen.get(v["asset_id"], 0) + 1
-            if seen[v["asset_id"]] > SEQ_LEN:
-                assert not v["warming"], v
-    assert len(seen) == len(taken)
+    # No warming relapse: the follower rebuilt the taken-over assets' windows from their
+    # partitions' records before the committed offset (consumer.takeover_lookback), so the
+    # model values them from their first event in the new process.
+    relapsed = [v for v in later if v["asset_id"] in taken and v["warming"]]
+    assert not relapsed, f"{len(relapsed)} warming valuations after the takeover: {relapsed[:3]}"
+    assert {v["asset_id"] for v in later} >= taken
+    assert 0 < follower.service.takeover_records <= len(first)
 
     shared = [
         SharedClustering.from_json(r.value)

@@ -56,7 +56,7 @@ from streamval.consumers.learning import ModelSync, SampleOutbox
 from streamval.consumers.order import UNORDERED, EventTimeMerger
 from streamval.consumers.outage import Outage
 from streamval.consumers.profiles import ProfileSync
-from streamval.consumers.recovery import Recovery
+from streamval.consumers.recovery import Recovery, read_back
 from streamval.consumers.warmup import warm_up
 from streamval.engine import Engine
 from streamval.logs import LogOnce
@@ -89,6 +89,8 @@ MAX_POLL_ERRORS = 20
 # a state it may never reach again: the partition is then never fetched again. Draining whole
 # fetches means nothing is ever parked that way.
 FETCH_RECORDS = 100_000
+# Events per `Engine.absorb` call in a takeover read (bounds the plan's window arrays).
+TAKEOVER_CHUNK = 5_000
 # Shutdown on a failure path must not hang on a dead broker.
 CLOSE_TIMEOUT_S = 10.0
 
@@ -186,7 +188,9 @@ class ValuationService:
             self.metrics.sends_samples()
         c = settings.consumer
         self.store = CheckpointStore(c.checkpoint_dir) if c.checkpoint_dir else None
-        self.recovery = Recovery(self.store)
+        self.recovery = Recovery(self.store, lookback=c.takeover_lookback)
+        self.takeover_records = 0  # records read back for partitions taken over
+        self.takeover_seconds = 0.0
         self.limits = limits(settings)
         self.outage = Outage(
             c.outage_timeout_s,
@@ -408,7 +412,9 @@ class ValuationService:
         c = self.settings.consumer
         try:
             if self.recovery.restoring:
-                self.recovery.resume(consumer, self._assigned)
+                takeover = self.recovery.resume(consumer, self._assigned)
+                if takeover:
+                    self._take_over(takeover)
             # With a full batch buffered there is work now: a blocking poll would only wait
             # (kafka-python sleeps up to retry_backoff_ms when every partition is held back).
             ready = self.merger.buffered() >= c.max_poll_records
@@ -451,6 +457,7 @@ class ValuationService:
             outcome.records = [r for r in outcome.records if r.kind != "metrics"]
             outcome.records.extend(self._outbox.take())
         delivery.deliver(outcome)
+        self.recovery.reflect(outcome.offsets)
         m = self.metrics
         for partition, n in outcome.consumed.items():
             m.consumed(partition, n)
@@ -485,6 +492,51 @@ class ValuationService:
         m.delivery(delivery.stats)
         self.batches += 1
         delivery.checkpoint()
+
+    def _take_over(self, ranges: dict[TopicPartition, tuple[int, int]]) -> None:
+        """Rebuild the assets of partitions taken over from their recent history before the
+        committed offset (`recovery`): read back, parsed, in event-time order, absorbed by the
+        engine (state only). A failed read only costs the warm-up it would have saved."""
+        absorb = getattr(self.engine, "absorb", None)
+        if absorb is None:
+            return
+        c = self.settings.consumer
+        t0 = time.monotonic()
+        try:
+            records = read_back(self.settings, ranges)
+        except Exception as exc:
+            log.warning("takeover read failed; its assets warm up from their next events: %s", exc)
+            return
+        t_read = time.monotonic() - t0
+        now_ms = int(time.time() * 1000)
+        events = [
+            p.event
+            for p in (
+                parse_record(r, max_bytes=c.max_message_bytes, limits=self.limits, now_ms=now_ms)
+                for r in records
+            )
+            if p.event is not None
+        ]
+        events.sort(key=lambda e: e.ts_ms)  # stable: an asset's events keep their order
+        absorbed = 0
+        for i in range(0, len(events), TAKEOVER_CHUNK):
+            absorbed += absorb(events[i : i + TAKEOVER_CHUNK])
+        self.recovery.reflect({(tp.topic, tp.partition): end for tp, (_, end) in ranges.items()})
+        seconds = time.monotonic() - t0
+        self.takeover_records += len(records)
+        self.takeover_seconds += seconds
+        self._last_loop = time.monotonic()
+        log.info(
+            "took over partitions: their assets rebuilt from the records before the committed "
+            "offset",
+            extra={
+                "partitions": {tp.partition: list(r) for tp, r in sorted(ranges.items())},
+                "records": len(records),
+                "absorbed": absorbed,
+                "read_s": round(t_read, 3),
+                "seconds": round(seconds, 3),
+            },
+        )
 
     def _sync_clustering(self) -> None:
         """Adopt a newer clustering of the deployment; as its owner, publish a new fit."""
