@@ -49,6 +49,7 @@ def start(settings: Settings, role: str, log: Path) -> subprocess.Popen[bytes]:
         "consumer.max_poll_records": 10,
         "consumer.metrics_interval_s": 2.0,
         "consumer.profile_interval_s": 0.5,
+        "consumer.rejoin_after_s": 20.0,  # kafka-python may stay outside its group
         "engine.hidden": [8],
         "engine.seq_len": 6,
         "engine.min_history": 8,
