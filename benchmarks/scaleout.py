@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,21 @@ def clustering_versions(services: list[Service]) -> list[int]:
             text = response.read().decode()
         match = re.search(r"^streamval_clustering_version (\S+)$", text, re.MULTILINE)
         out.append(int(float(match.group(1))) if match else 0)
+    return out
+
+
+def published_counts(services: list[Service]) -> list[int]:
+    """Valuations each process has published (its /metrics counter, summed over clusters)."""
+    from urllib.request import urlopen
+
+    out = []
+    for service in services:
+        with urlopen(service.url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        found = re.findall(
+            r"^streamval_valuations_published_total(?:\{[^}]*\})? (\S+)$", text, re.M
+        )
+        out.append(int(sum(float(x) for x in found)))
     return out
 
 
@@ -206,6 +221,8 @@ def run(
         produce(settings, probe)
         probe_ts = probe[0].ts_ms
         probed = [v for v in valuations(settings, len(events) + len(probe)) if v["ts"] == probe_ts]
+        time.sleep(2)  # a counter moves once its batch's delivery has returned
+        per_process = published_counts(services)
     finally:
         for service in services:
             stop_service(service)
@@ -215,9 +232,6 @@ def run(
     by_ts = sorted(values, key=lambda v: v["ts"])
     times = sorted(v["_t"] for v in by_ts[steady:])
     rate = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
-    per_instance: Counter[str] = Counter()
-    for (instance, _), snap in snaps.items():
-        per_instance[instance] += int((snap.get("total") or {}).get("n", 0))
     last_ts = by_ts[-1]["ts"]
     trained = sum(int(s.get("trained_samples", 0)) for s in snaps.values())
     return {
@@ -227,7 +241,7 @@ def run(
         "wall_s": wall,
         "learned_s": learned_s,
         "models": models,
-        "split": sorted(per_instance.values(), reverse=True),
+        "split": sorted(per_process, reverse=True),
         "trained": int(summary["trained"]) if summary else trained,
         "skipped": sum(int(s.get("skipped_samples", 0)) for s in snaps.values()),
         "ids_last": ids_per_group([v for v in by_ts if v["ts"] == last_ts], truth),
@@ -288,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- rate: valuations per second over the events after the first {settings0.seq_len + 1} "
         "steps, from the broker's append times",
         "",
-        "| roles | valuing processes | events/s | vs 1 process, all | events scored per process "
+        "| roles | valuing processes | events/s | vs 1 process, all | valuations per process "
         "| samples trained | skipped (overload) | all learned after (s) | cluster ids per true "
         "group: last backlog step | one step after the backlog | clustering version per "
         "process |",
