@@ -104,6 +104,68 @@ def test_detector_state_round_trips_through_json() -> None:
     assert det.state_dict()["level"] == copy.state_dict()["level"]
 
 
+def _feed(det: CrossSectionalDetector, steps: range, z: Any) -> int:
+    """Feed `z(t)` (the step's standardised errors) for each step; the number of alarms."""
+    alarms = 0
+    for t in steps:
+        for x in z(t).tolist():
+            alarms += det.observe(t, x) is not None
+    return alarms
+
+
+def test_a_fork_calibrates_on_its_own_steps_not_on_the_parents_partial_ones() -> None:
+    # The parent's steps are 25 calm, independent assets; the fork's 10 assets share a common
+    # factor (one sector): its step means are wider. Carrying the parent's 100 calibration steps
+    # into the fork's calibration would set thresholds too low for the fork's own calm data.
+    rng = np.random.default_rng(5)
+    parent = CrossSectionalDetector(rate=0.01, calibration=200, refractory=0)
+    _feed(parent, range(100), lambda t: rng.normal(size=25))
+    assert not parent.calibrated
+    child = parent.fork()
+    assert not child.calibrated and child.state_dict()["calib"].shape == (0, 2)
+    sector = lambda t: rng.normal(size=10) * 0.6 + rng.normal() * 0.8  # noqa: E731
+    assert _feed(child, range(100, 299), sector) == 0
+    assert not child.calibrated  # 199 of its own steps: not yet
+    _feed(child, range(299, 301), sector)
+    assert child.calibrated
+    steps = 3000
+    observed = _feed(child, range(301, 301 + steps), sector) / child.steps
+    print(f"fork's false-alarm rate {observed:.4f} (calibrated 0.01)")
+    assert observed <= 2.5 * 0.01
+
+
+def test_a_fork_of_a_calibrated_detector_watches_with_the_parents_thresholds_meanwhile() -> None:
+    rng = np.random.default_rng(6)
+    parent = CrossSectionalDetector(rate=0.01, calibration=50, refractory=0)
+    _feed(parent, range(60), lambda t: rng.normal(size=20))
+    assert parent.calibrated
+    child = parent.fork()
+    assert child.calibrated and child.thresholds == parent.thresholds
+    crash = lambda t: rng.normal(size=20) - (5.0 if t == 70 else 0.0)  # noqa: E731
+    assert _feed(child, range(60, 72), crash) == 1  # the parent's thresholds in force
+    wide = lambda t: rng.normal(size=20) * 3.0  # noqa: E731
+    _feed(child, range(72, 72 + 50), wide)  # its own calibration, on wider errors
+    assert child.thresholds != parent.thresholds
+    state = child.state_dict()
+    assert state["recalibrating"] is False and state["calib"].shape == (0, 2)
+
+
+def test_a_forks_recalibration_survives_a_state_round_trip() -> None:
+    rng = np.random.default_rng(7)
+    parent = CrossSectionalDetector(rate=0.01, calibration=30, refractory=0)
+    _feed(parent, range(40), lambda t: rng.normal(size=10))
+    child = parent.fork()
+    _feed(child, range(40, 50), lambda t: rng.normal(size=10) * 2.0)
+    copy = CrossSectionalDetector(rate=0.01, calibration=30, refractory=0)
+    state = child.state_dict()
+    state["calib"] = state["calib"].tolist()
+    copy.load_state_dict(json.loads(json.dumps(state)))
+    for t in range(50, 90):
+        for x in (rng.normal(size=10) * 2.0).tolist():
+            assert child.observe(t, x) == copy.observe(t, x)
+    assert child.thresholds == copy.thresholds != parent.thresholds
+
+
 # -- through the engine ---------------------------------------------------------------------
 
 
