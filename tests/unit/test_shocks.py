@@ -287,7 +287,7 @@ def _steps(mix: ExpertMix, n: int, fast_err: float, stable_err: float, start: in
         for _ in range(10):
             y = 1.0 + 0.05 * rng.normal()
             f, m = 1.0 + fast_err, 1.0 + stable_err
-            mix.add(y, (0.0, m, f), mix.serve(m, f))
+            mix.add(y, (0.0, m, f), mix.combine(m, f))
     return events
 
 
@@ -346,6 +346,59 @@ def test_mix_state_round_trips_through_json() -> None:
 
 
 # -- the fast learner's training copy --------------------------------------------------------
+
+
+def _signal_steps(mix: ExpertMix, steps: range, signal: float, seed: int) -> list[bool]:
+    """Steps of 20 events: the target is `signal` x the model's change plus unit noise (0: the
+    model has nothing to say); whether the gate was open in each step."""
+    rng = np.random.default_rng(seed)
+    opened = []
+    for t in steps:
+        mix.advance(t)
+        opened.append(mix.gate_open)
+        for _ in range(20):
+            m = float(rng.normal()) * 0.5
+            y = signal * m + float(rng.normal())
+            served = mix.serve(m, m)
+            assert served == (mix.combine(m, m) if mix.gate_open else 0.0)
+            mix.add(y, (0.0, m, m), mix.combine(m, m))
+    return opened
+
+
+def test_the_gate_serves_persistence_where_the_model_has_no_signal() -> None:
+    mix = ExpertMix(gate_tstat=3.0, gate_alpha=0.01)
+    assert not mix.gate_open and mix.serve(1.0, 1.0) == 0.0  # no evidence yet
+    opened = _signal_steps(mix, range(2000), signal=0.0, seed=11)
+    print(f"open on {np.mean(opened):.3f} of the steps without signal")
+    assert np.mean(opened) < 0.02
+
+
+def test_the_gate_opens_where_the_model_beats_persistence_and_closes_when_it_stops() -> None:
+    mix = ExpertMix(gate_tstat=3.0, gate_alpha=0.01)
+    opened = _signal_steps(mix, range(300), signal=1.0, seed=12)
+    first = opened.index(True)
+    assert first <= 20 and all(opened[first + 10 :])
+    assert mix.gate_tvalue > 3.0
+    # The signal goes (the model's change is now noise): the gate closes within the horizon.
+    later = _signal_steps(mix, range(300, 800), signal=-0.3, seed=13)
+    assert not all(later) and not any(later[-100:])
+
+
+def test_a_gate_threshold_of_zero_always_serves_the_combination() -> None:
+    mix = ExpertMix(gate_tstat=0.0)
+    assert mix.gate_open and mix.serve(1.0, 1.0) == mix.combine(1.0, 1.0) > 0.0
+    assert all(_signal_steps(mix, range(200), signal=0.0, seed=14))
+
+
+def test_the_gates_evidence_round_trips_and_forks() -> None:
+    mix = ExpertMix()
+    _signal_steps(mix, range(50), signal=1.0, seed=15)
+    copy = ExpertMix()
+    state = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in mix.state_dict().items()}
+    copy.load_state_dict(json.loads(json.dumps(state)))
+    assert copy.gate_tvalue == mix.gate_tvalue and copy.gate_open == mix.gate_open
+    assert mix.fork().gate_tvalue == mix.gate_tvalue  # a new cluster starts from the parent's
+    assert _signal_steps(copy, range(50, 80), 1.0, 16) == _signal_steps(mix, range(50, 80), 1.0, 16)
 
 
 def test_the_fast_learner_shares_no_optimizer_state_with_the_stable_model() -> None:

@@ -167,6 +167,8 @@ class CrossSectionalDetector(Estimator):
                 self._calibrate()
             if not scored:
                 return None
+        if self._ref is None:
+            return None
         self.steps += 1
         med_m, mad_m, med_a, mad_a = self._ref
         um = abs(m - med_m) / mad_m
