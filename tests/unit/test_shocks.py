@@ -366,7 +366,7 @@ def _signal_steps(mix: ExpertMix, steps: range, signal: float, seed: int) -> lis
 
 
 def test_the_gate_serves_persistence_where_the_model_has_no_signal() -> None:
-    mix = ExpertMix(gate_tstat=3.0, gate_alpha=0.01)
+    mix = ExpertMix()
     assert not mix.gate_open and mix.serve(1.0, 1.0) == 0.0  # no evidence yet
     opened = _signal_steps(mix, range(2000), signal=0.0, seed=11)
     print(f"open on {np.mean(opened):.3f} of the steps without signal")
@@ -374,14 +374,15 @@ def test_the_gate_serves_persistence_where_the_model_has_no_signal() -> None:
 
 
 def test_the_gate_opens_where_the_model_beats_persistence_and_closes_when_it_stops() -> None:
-    mix = ExpertMix(gate_tstat=3.0, gate_alpha=0.01)
+    mix = ExpertMix()
     opened = _signal_steps(mix, range(300), signal=1.0, seed=12)
     first = opened.index(True)
     assert first <= 20 and all(opened[first + 10 :])
     assert mix.gate_tvalue > 3.0
-    # The signal goes (the model's change is now noise): the gate closes within the horizon.
-    later = _signal_steps(mix, range(300, 800), signal=-0.3, seed=13)
-    assert not all(later) and not any(later[-100:])
+    # The model's change turns wrong: once the EW evidence (horizon ~2 / gate_alpha = 400 steps)
+    # has forgotten the good steps, the gate closes and stays closed.
+    later = _signal_steps(mix, range(300, 1300), signal=-0.3, seed=13)
+    assert all(later[:100]) and not any(later[-300:])
 
 
 def test_a_gate_threshold_of_zero_always_serves_the_combination() -> None:

@@ -17,6 +17,13 @@ exactly. Measured (docs/results/drift.md): persistence in the mix lowers the wor
 window's MASE and FX's overall MASE, and costs the credit book, whose mix starts learning only
 when its model starts valuing (month 12); the default prior 0.5 is the compromise.
 
+The gate: the combination is served only while the t-statistic of its mean squared-error gain
+over persistence per step (EW mean and variance, weight `gate_alpha`; y clipped at `loss_clip`)
+is above `gate_tstat`; otherwise persistence (change 0) is served, while every expert is still
+scored, so the gate reopens when the evidence returns. Where a model has no signal (daily
+equities) no weighting keeps every short window at or below persistence's error; the gate does.
+`gate_tstat` = 0 serves the combination always.
+
 A fast learner must win to be served. It starts in shadow (predicted, scored, weighted, not
 served). After `shadow_steps` steps it is served once its per-step loss minus the served loss
 has a t-statistic below `min_tstat` (it then enters at `init_weight`); in shadow it is retired as
@@ -92,7 +99,7 @@ class ExpertMix(Estimator):
         loss_horizon: int = 5,
         can_fold: bool = True,
         gate_tstat: float = 3.0,
-        gate_alpha: float = 0.01,
+        gate_alpha: float = 0.005,
     ) -> None:
         self.persistence = persistence
         self.eta = eta
@@ -122,7 +129,7 @@ class ExpertMix(Estimator):
         self._diffs: list[float] = []
         self._ratio = 1.0
         self._cum = [0.0, 0.0]  # whole-life losses of fast and stable
-        self._gain = 0.0  # the open step's sum of |y| - |y - combination|
+        self._gain = 0.0  # the open step's sum of y^2 - (y - combination)^2
         self._evidence = [0.0, 0.0, 0.0]  # EW mean and variance of the step gains, steps seen
         self.started = 0
         self.served = 0
@@ -172,7 +179,7 @@ class ExpertMix(Estimator):
 
     @property
     def gate_tvalue(self) -> float:
-        """The t-statistic of the combination's mean absolute-error gain over persistence per
+        """The t-statistic of the combination's mean squared-error gain over persistence per
         step (EW, `gate_alpha`); 0 before two steps."""
         mean, var, n = self._evidence
         if n < 2:
@@ -217,7 +224,7 @@ class ExpertMix(Estimator):
         for k in range(_EXPERTS):
             self._loss[k] += huber(yc - changes[k], d)
         self._loss[_EXPERTS] += huber(yc - served, d)
-        self._gain += abs(yc) - min(abs(yc - served), self.loss_clip)
+        self._gain += yc * yc - min((yc - served) ** 2, self.loss_clip**2)
         self._n += 1
 
     def _close(self) -> str | None:
