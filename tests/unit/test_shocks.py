@@ -385,6 +385,22 @@ def test_the_gate_opens_where_the_model_beats_persistence_and_closes_when_it_sto
     assert all(later[:100]) and not any(later[-300:])
 
 
+def test_steps_served_at_persistence_by_the_combination_itself_are_no_evidence() -> None:
+    # A model that does not move yet (change 0) is persistence: its zero gain must not dilute
+    # the evidence once it starts predicting.
+    mix = ExpertMix()
+    for t in range(10):
+        mix.advance(t)
+        for y in (1.0, -1.0, 0.5):
+            mix.add(y, (0.0, 0.0, 0.0), 0.0)
+    mix.advance(10)
+    assert mix.state_dict()["evidence"] == [0.0, 0.0, 0.0]
+    fresh = ExpertMix()
+    assert _signal_steps(mix, range(10, 40), 1.0, 17) == _signal_steps(
+        fresh, range(10, 40), 1.0, 17
+    )
+
+
 def test_a_gate_threshold_of_zero_always_serves_the_combination() -> None:
     mix = ExpertMix(gate_tstat=0.0)
     assert mix.gate_open and mix.serve(1.0, 1.0) == mix.combine(1.0, 1.0) > 0.0

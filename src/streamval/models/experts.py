@@ -130,6 +130,7 @@ class ExpertMix(Estimator):
         self._ratio = 1.0
         self._cum = [0.0, 0.0]  # whole-life losses of fast and stable
         self._gain = 0.0  # the open step's sum of y^2 - (y - combination)^2
+        self._moved = False  # whether the open step's combination was ever off persistence
         self._evidence = [0.0, 0.0, 0.0]  # EW mean and variance of the step gains, steps seen
         self.started = 0
         self.served = 0
@@ -213,6 +214,7 @@ class ExpertMix(Estimator):
             self._key = step
             self._loss[:] = 0.0
             self._gain = 0.0
+            self._moved = False
             self._n = 0
         return event
 
@@ -225,11 +227,13 @@ class ExpertMix(Estimator):
             self._loss[k] += huber(yc - changes[k], d)
         self._loss[_EXPERTS] += huber(yc - served, d)
         self._gain += yc * yc - min((yc - served) ** 2, self.loss_clip**2)
+        self._moved = self._moved or served != 0.0
         self._n += 1
 
     def _close(self) -> str | None:
         loss = self._loss / self._n
-        self._weigh_evidence(self._gain / self._n)
+        if self._moved:  # a step whose combination was persistence's says nothing of the model
+            self._weigh_evidence(self._gain / self._n)
         live = self._live
         logw = np.log(np.maximum(self._w, 1e-300)) - self.eta * loss[:_EXPERTS]
         logw = np.where(live, logw, -np.inf)
@@ -330,6 +334,7 @@ class ExpertMix(Estimator):
         out._key, out._n = None, 0
         out._loss[:] = 0.0
         out._gain = 0.0
+        out._moved = False
         if out._live[2]:
             out._w[2] = 0.0
             out._live[2] = False
@@ -351,6 +356,7 @@ class ExpertMix(Estimator):
             "ratio": self._ratio,
             "cum": list(self._cum),
             "gain": self._gain,
+            "moved": self._moved,
             "evidence": list(self._evidence),
             "counts": [self.started, self.served, self.folded, self.retired],
         }
@@ -372,5 +378,6 @@ class ExpertMix(Estimator):
         self._ratio = float(state["ratio"])
         self._cum = [float(x) for x in state["cum"]]
         self._gain = float(state.get("gain", 0.0))
+        self._moved = bool(state.get("moved", False))
         self._evidence = [float(x) for x in state.get("evidence", [0.0, 0.0, 0.0])]
         self.started, self.served, self.folded, self.retired = (int(x) for x in state["counts"])
