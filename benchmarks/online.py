@@ -200,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         'which it only is once it has beaten what is served in shadow; with `"boost"`, the '
         "lr is above the base lr).",
         "",
+        "Served change: the experts' combination only while the t-statistic of its squared-error "
+        "gain over persistence per step is above `combiner_gate_tstat` (3; EW over about 400 "
+        "steps), else persistence (`models/experts.py`). Where the model has no significant "
+        "signal (the daily equities) the engine therefore values at persistence nearly always: "
+        "MASE about 1.000 by design, not below it. A re-fit's new cluster calibrates its shock "
+        "detector on its own steps (`models/shocks.py`).",
+        "",
         "",
     ]
     text = "\n".join(header + notes) + summary(results, engine.interval_coverage, link="online/")

@@ -363,6 +363,15 @@ class EngineSettings(_Section):
         description="initial and fixed-share weight of the learned experts (rest: persistence)",
     )
     combiner_delta: float = Field(0.25, gt=0, description="units: Huber delta of expert losses")
+    combiner_gate_tstat: float = Field(
+        3.0,
+        ge=0,
+        description="serve the learned change only while the t-statistic of its squared-error "
+        "gain over persistence per step is above this (else persistence); 0 = always serve it",
+    )
+    combiner_gate_alpha: float = Field(
+        0.005, gt=0, lt=1, description="EW weight of a step in that gain's mean and variance"
+    )
     fast_lr_mult: float = Field(10.0, gt=0, description="fast learner's lr / lr")
     fast_shadow_steps: int = Field(5, ge=2, description="steps a fast learner is only scored")
     fast_min_tstat: float = Field(

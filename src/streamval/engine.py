@@ -955,8 +955,8 @@ class Engine:
             if what is not None:
                 plan.fast_events.append((p, c, what))
             f = fs[j] if mix.fast != "none" and not math.isnan(fs[j]) else ms[j]
-            out = mix.serve(ms[j], f)
-            served[p] = out
+            out = mix.combine(ms[j], f)
+            served[p] = out if mix.gate_open else 0.0
             plan.fast_served[p] = mix.fast == "served"
             if not math.isnan(ys[j]):
                 mix.add(ys[j], (0.0, ms[j], f), out)

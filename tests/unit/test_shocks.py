@@ -104,6 +104,68 @@ def test_detector_state_round_trips_through_json() -> None:
     assert det.state_dict()["level"] == copy.state_dict()["level"]
 
 
+def _feed(det: CrossSectionalDetector, steps: range, z: Any) -> int:
+    """Feed `z(t)` (the step's standardised errors) for each step; the number of alarms."""
+    alarms = 0
+    for t in steps:
+        for x in z(t).tolist():
+            alarms += det.observe(t, x) is not None
+    return alarms
+
+
+def test_a_fork_calibrates_on_its_own_steps_not_on_the_parents_partial_ones() -> None:
+    # The parent's steps are 25 calm, independent assets; the fork's 10 assets share a common
+    # factor (one sector): its step means are wider. Carrying the parent's 100 calibration steps
+    # into the fork's calibration would set thresholds too low for the fork's own calm data.
+    rng = np.random.default_rng(5)
+    parent = CrossSectionalDetector(rate=0.01, calibration=200, refractory=0)
+    _feed(parent, range(100), lambda t: rng.normal(size=25))
+    assert not parent.calibrated
+    child = parent.fork()
+    assert not child.calibrated and child.state_dict()["calib"].shape == (0, 2)
+    sector = lambda t: rng.normal(size=10) * 0.6 + rng.normal() * 0.8  # noqa: E731
+    assert _feed(child, range(100, 299), sector) == 0
+    assert not child.calibrated  # 199 of its own steps: not yet
+    _feed(child, range(299, 301), sector)
+    assert child.calibrated
+    steps = 3000
+    observed = _feed(child, range(301, 301 + steps), sector) / child.steps
+    print(f"fork's false-alarm rate {observed:.4f} (calibrated 0.01)")
+    assert observed <= 2.5 * 0.01
+
+
+def test_a_fork_of_a_calibrated_detector_watches_with_the_parents_thresholds_meanwhile() -> None:
+    rng = np.random.default_rng(6)
+    parent = CrossSectionalDetector(rate=0.01, calibration=50, refractory=0)
+    _feed(parent, range(60), lambda t: rng.normal(size=20))
+    assert parent.calibrated
+    child = parent.fork()
+    assert child.calibrated and child.thresholds == parent.thresholds
+    crash = lambda t: rng.normal(size=20) - (5.0 if t == 70 else 0.0)  # noqa: E731
+    assert _feed(child, range(60, 72), crash) == 1  # the parent's thresholds in force
+    wide = lambda t: rng.normal(size=20) * 3.0  # noqa: E731
+    _feed(child, range(72, 72 + 50), wide)  # its own calibration, on wider errors
+    assert child.thresholds != parent.thresholds
+    state = child.state_dict()
+    assert state["recalibrating"] is False and state["calib"].shape == (0, 2)
+
+
+def test_a_forks_recalibration_survives_a_state_round_trip() -> None:
+    rng = np.random.default_rng(7)
+    parent = CrossSectionalDetector(rate=0.01, calibration=30, refractory=0)
+    _feed(parent, range(40), lambda t: rng.normal(size=10))
+    child = parent.fork()
+    _feed(child, range(40, 50), lambda t: rng.normal(size=10) * 2.0)
+    copy = CrossSectionalDetector(rate=0.01, calibration=30, refractory=0)
+    state = child.state_dict()
+    state["calib"] = state["calib"].tolist()
+    copy.load_state_dict(json.loads(json.dumps(state)))
+    for t in range(50, 90):
+        for x in (rng.normal(size=10) * 2.0).tolist():
+            assert child.observe(t, x) == copy.observe(t, x)
+    assert child.thresholds == copy.thresholds != parent.thresholds
+
+
 # -- through the engine ---------------------------------------------------------------------
 
 
@@ -225,7 +287,7 @@ def _steps(mix: ExpertMix, n: int, fast_err: float, stable_err: float, start: in
         for _ in range(10):
             y = 1.0 + 0.05 * rng.normal()
             f, m = 1.0 + fast_err, 1.0 + stable_err
-            mix.add(y, (0.0, m, f), mix.serve(m, f))
+            mix.add(y, (0.0, m, f), mix.combine(m, f))
     return events
 
 
@@ -284,6 +346,76 @@ def test_mix_state_round_trips_through_json() -> None:
 
 
 # -- the fast learner's training copy --------------------------------------------------------
+
+
+def _signal_steps(mix: ExpertMix, steps: range, signal: float, seed: int) -> list[bool]:
+    """Steps of 20 events: the target is `signal` x the model's change plus unit noise (0: the
+    model has nothing to say); whether the gate was open in each step."""
+    rng = np.random.default_rng(seed)
+    opened = []
+    for t in steps:
+        mix.advance(t)
+        opened.append(mix.gate_open)
+        for _ in range(20):
+            m = float(rng.normal()) * 0.5
+            y = signal * m + float(rng.normal())
+            served = mix.serve(m, m)
+            assert served == (mix.combine(m, m) if mix.gate_open else 0.0)
+            mix.add(y, (0.0, m, m), mix.combine(m, m))
+    return opened
+
+
+def test_the_gate_serves_persistence_where_the_model_has_no_signal() -> None:
+    mix = ExpertMix()
+    assert not mix.gate_open and mix.serve(1.0, 1.0) == 0.0  # no evidence yet
+    opened = _signal_steps(mix, range(2000), signal=0.0, seed=11)
+    print(f"open on {np.mean(opened):.3f} of the steps without signal")
+    assert np.mean(opened) < 0.02
+
+
+def test_the_gate_opens_where_the_model_beats_persistence_and_closes_when_it_stops() -> None:
+    mix = ExpertMix()
+    opened = _signal_steps(mix, range(300), signal=1.0, seed=12)
+    first = opened.index(True)
+    assert first <= 20 and all(opened[first + 10 :])
+    assert mix.gate_tvalue > 3.0
+    # The model's change turns wrong: once the EW evidence (horizon ~2 / gate_alpha = 400 steps)
+    # has forgotten the good steps, the gate closes and stays closed.
+    later = _signal_steps(mix, range(300, 1300), signal=-0.3, seed=13)
+    assert all(later[:100]) and not any(later[-300:])
+
+
+def test_steps_served_at_persistence_by_the_combination_itself_are_no_evidence() -> None:
+    # A model that does not move yet (change 0) is persistence: its zero gain must not dilute
+    # the evidence once it starts predicting.
+    mix = ExpertMix()
+    for t in range(10):
+        mix.advance(t)
+        for y in (1.0, -1.0, 0.5):
+            mix.add(y, (0.0, 0.0, 0.0), 0.0)
+    mix.advance(10)
+    assert mix.state_dict()["evidence"] == [0.0, 0.0, 0.0]
+    fresh = ExpertMix()
+    assert _signal_steps(mix, range(10, 40), 1.0, 17) == _signal_steps(
+        fresh, range(10, 40), 1.0, 17
+    )
+
+
+def test_a_gate_threshold_of_zero_always_serves_the_combination() -> None:
+    mix = ExpertMix(gate_tstat=0.0)
+    assert mix.gate_open and mix.serve(1.0, 1.0) == mix.combine(1.0, 1.0) > 0.0
+    assert all(_signal_steps(mix, range(200), signal=0.0, seed=14))
+
+
+def test_the_gates_evidence_round_trips_and_forks() -> None:
+    mix = ExpertMix()
+    _signal_steps(mix, range(50), signal=1.0, seed=15)
+    copy = ExpertMix()
+    state = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in mix.state_dict().items()}
+    copy.load_state_dict(json.loads(json.dumps(state)))
+    assert copy.gate_tvalue == mix.gate_tvalue and copy.gate_open == mix.gate_open
+    assert mix.fork().gate_tvalue == mix.gate_tvalue  # a new cluster starts from the parent's
+    assert _signal_steps(copy, range(50, 80), 1.0, 16) == _signal_steps(mix, range(50, 80), 1.0, 16)
 
 
 def test_the_fast_learner_shares_no_optimizer_state_with_the_stable_model() -> None:

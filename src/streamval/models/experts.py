@@ -17,6 +17,13 @@ exactly. Measured (docs/results/drift.md): persistence in the mix lowers the wor
 window's MASE and FX's overall MASE, and costs the credit book, whose mix starts learning only
 when its model starts valuing (month 12); the default prior 0.5 is the compromise.
 
+The gate: the combination is served only while the t-statistic of its mean squared-error gain
+over persistence per step (EW mean and variance, weight `gate_alpha`; y clipped at `loss_clip`)
+is above `gate_tstat`; otherwise persistence (change 0) is served, while every expert is still
+scored, so the gate reopens when the evidence returns. Where a model has no signal (daily
+equities) no weighting keeps every short window at or below persistence's error; the gate does.
+`gate_tstat` = 0 serves the combination always.
+
 A fast learner must win to be served. It starts in shadow (predicted, scored, weighted, not
 served). After `shadow_steps` steps it is served once its per-step loss minus the served loss
 has a t-statistic below `min_tstat` (it then enters at `init_weight`); in shadow it is retired as
@@ -71,6 +78,8 @@ class ExpertMix(Estimator):
         "init_weight": "fast_init_weight",
         "max_steps": "fast_max_steps",
         "fold_ratio": "fast_fold_ratio",
+        "gate_tstat": "combiner_gate_tstat",
+        "gate_alpha": "combiner_gate_alpha",
     }
 
     def __init__(
@@ -89,6 +98,8 @@ class ExpertMix(Estimator):
         fold_ratio: float = 0.9,
         loss_horizon: int = 5,
         can_fold: bool = True,
+        gate_tstat: float = 3.0,
+        gate_alpha: float = 0.005,
     ) -> None:
         self.persistence = persistence
         self.eta = eta
@@ -103,6 +114,8 @@ class ExpertMix(Estimator):
         self.fold_ratio = fold_ratio
         self.loss_horizon = loss_horizon
         self.can_fold = can_fold
+        self.gate_tstat = gate_tstat
+        self.gate_alpha = gate_alpha
         self._reset()
 
     def _reset(self) -> None:
@@ -116,6 +129,9 @@ class ExpertMix(Estimator):
         self._diffs: list[float] = []
         self._ratio = 1.0
         self._cum = [0.0, 0.0]  # whole-life losses of fast and stable
+        self._gain = 0.0  # the open step's sum of y^2 - (y - combination)^2
+        self._moved = False  # whether the open step's combination was ever off persistence
+        self._evidence = [0.0, 0.0, 0.0]  # EW mean and variance of the step gains, steps seen
         self.started = 0
         self.served = 0
         self.folded = 0
@@ -153,10 +169,30 @@ class ExpertMix(Estimator):
         """The raw weights, a shadow fast learner's included."""
         return self._w.copy()
 
-    def serve(self, stable: float, fast: float) -> float:
-        """The served change from the stable model's and the fast learner's changes."""
+    def combine(self, stable: float, fast: float) -> float:
+        """The experts' combination (the change served while the gate is open)."""
         w = self.served_weights()
         return float(w[1] * stable + (w[2] * fast if w[2] > 0.0 else 0.0))
+
+    def serve(self, stable: float, fast: float) -> float:
+        """The served change: the combination while the gate is open, else 0 (persistence)."""
+        return self.combine(stable, fast) if self.gate_open else 0.0
+
+    @property
+    def gate_tvalue(self) -> float:
+        """The t-statistic of the combination's mean squared-error gain over persistence per
+        step (EW, `gate_alpha`); 0 before two steps."""
+        mean, var, n = self._evidence
+        if n < 2:
+            return 0.0
+        n_eff = min(n, (2.0 - self.gate_alpha) / self.gate_alpha)
+        return mean / math.sqrt(max(var, 1e-18) / n_eff)
+
+    @property
+    def gate_open(self) -> bool:
+        """Whether the learned change is served: its gain over persistence is significant
+        (always, with `gate_tstat` = 0)."""
+        return self.gate_tstat <= 0.0 or self.gate_tvalue > self.gate_tstat
 
     # -- learning -----------------------------------------------------------------------------
 
@@ -177,6 +213,8 @@ class ExpertMix(Estimator):
                 event = self._close()
             self._key = step
             self._loss[:] = 0.0
+            self._gain = 0.0
+            self._moved = False
             self._n = 0
         return event
 
@@ -188,10 +226,14 @@ class ExpertMix(Estimator):
         for k in range(_EXPERTS):
             self._loss[k] += huber(yc - changes[k], d)
         self._loss[_EXPERTS] += huber(yc - served, d)
+        self._gain += yc * yc - min((yc - served) ** 2, self.loss_clip**2)
+        self._moved = self._moved or served != 0.0
         self._n += 1
 
     def _close(self) -> str | None:
         loss = self._loss / self._n
+        if self._moved:  # a step whose combination was persistence's says nothing of the model
+            self._weigh_evidence(self._gain / self._n)
         live = self._live
         logw = np.log(np.maximum(self._w, 1e-300)) - self.eta * loss[:_EXPERTS]
         logw = np.where(live, logw, -np.inf)
@@ -202,6 +244,18 @@ class ExpertMix(Estimator):
         if not live[2]:
             return None
         return self._judge(float(loss[2]), float(loss[1]), float(loss[_EXPERTS]))
+
+    def _weigh_evidence(self, gain: float) -> None:
+        """EW mean and variance (West's incremental form) of the per-step gains."""
+        mean, var, n = self._evidence
+        if n == 0:
+            self._evidence = [gain, 0.0, 1.0]
+            return
+        a = max(self.gate_alpha, 1.0 / (n + 1.0))  # an equal-weight mean until 1/n < alpha
+        diff = gain - mean
+        mean += a * diff
+        var = (1.0 - a) * (var + a * diff * diff)
+        self._evidence = [mean, var, n + 1.0]
 
     def _judge(self, lf: float, ls: float, lv: float) -> str | None:
         """The fast learner's step: served once it wins its shadow test, retired when losing."""
@@ -271,6 +325,7 @@ class ExpertMix(Estimator):
         out._loss = self._loss.copy()
         out._diffs = list(self._diffs)
         out._cum = list(self._cum)
+        out._evidence = list(self._evidence)
         return out
 
     def fork(self) -> ExpertMix:
@@ -278,6 +333,8 @@ class ExpertMix(Estimator):
         out = self.copy()
         out._key, out._n = None, 0
         out._loss[:] = 0.0
+        out._gain = 0.0
+        out._moved = False
         if out._live[2]:
             out._w[2] = 0.0
             out._live[2] = False
@@ -298,6 +355,9 @@ class ExpertMix(Estimator):
             "diffs": np.asarray(self._diffs, dtype=np.float64),
             "ratio": self._ratio,
             "cum": list(self._cum),
+            "gain": self._gain,
+            "moved": self._moved,
+            "evidence": list(self._evidence),
             "counts": [self.started, self.served, self.folded, self.retired],
         }
 
@@ -317,4 +377,7 @@ class ExpertMix(Estimator):
         self._diffs = as_array(state["diffs"], np.float64).reshape(-1).tolist()
         self._ratio = float(state["ratio"])
         self._cum = [float(x) for x in state["cum"]]
+        self._gain = float(state.get("gain", 0.0))
+        self._moved = bool(state.get("moved", False))
+        self._evidence = [float(x) for x in state.get("evidence", [0.0, 0.0, 0.0])]
         self.started, self.served, self.folded, self.retired = (int(x) for x in state["counts"])

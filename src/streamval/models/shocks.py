@@ -19,6 +19,12 @@ After an alarm the cluster stays quiet for `refractory` steps, unless a step esc
 twice its threshold and beyond the score of the alarm that started the quiet period): a weak
 false alarm must not mask the shock that follows it.
 
+A new cluster (a re-fit's fork) calibrates afresh on its own steps: a calibration is a property of
+the assets it was measured on, and a fork's are another population (fewer assets, often another
+sector's tail). Until its own calibration is complete the parent's frozen thresholds are in force
+if the parent had any (else the engine's per-event fallback watches, as for any uncalibrated
+cluster); the parent's partial calibration steps are not carried over.
+
 A step is closed (scored) when the cluster's next event belongs to another step, so events
 sharing an event time are judged together whatever the batching; the alarm comes with that next
 event and reports the closed step's event time.
@@ -109,6 +115,7 @@ class CrossSectionalDetector(Estimator):
         self._big = 0
         self._calib: list[tuple[float, float]] = []
         self._ref: tuple[float, float, float, float] | None = None  # med/MAD of m, of a
+        self._recalibrating = False  # a fork: the parent's thresholds until its own are set
         self._k = (math.inf, math.inf)
         self._quiet = 0
         self._quiet_score = 0.0
@@ -153,10 +160,14 @@ class CrossSectionalDetector(Estimator):
         a = root * (level - 1.0)
         before = self._level
         self._level += _LEVEL_ALPHA * (min(level, self.z_clip) - self._level)
-        if self._ref is None:
+        if self._ref is None or self._recalibrating:
+            scored = self._ref is not None  # a fork's step under the parent's thresholds
             self._calib.append((m, a))
             if len(self._calib) >= self.calibration:
                 self._calibrate()
+            if not scored:
+                return None
+        if self._ref is None:
             return None
         self.steps += 1
         med_m, mad_m, med_a, mad_a = self._ref
@@ -191,6 +202,7 @@ class CrossSectionalDetector(Estimator):
             max(floor_a, float(np.quantile(ua, 1 - half))),
         )
         self._calib = []
+        self._recalibrating = False
 
     def copy(self) -> CrossSectionalDetector:
         """An independent copy (the engine feeds a copy while it computes a segment)."""
@@ -200,10 +212,15 @@ class CrossSectionalDetector(Estimator):
         return out
 
     def fork(self) -> CrossSectionalDetector:
-        """A new cluster's detector: this one's calibration, no open step, no counts."""
+        """A new cluster's detector: it calibrates afresh on its own steps (its assets are
+        another population: fewer of them, another sector's tail); meanwhile this one's frozen
+        thresholds, if any, are in force. No open step, no counts, none of this one's partial
+        calibration."""
         out = self.copy()
         out._key, out._n, out._sum, out._abs, out._big = None, 0, 0.0, 0.0, 0
         out._quiet, out._quiet_score = 0, 0.0
+        out._calib = []
+        out._recalibrating = out._ref is not None
         out.steps = out.alarms = 0
         return out
 
@@ -215,6 +232,7 @@ class CrossSectionalDetector(Estimator):
             "counts": [self._n, self._big],
             "calib": np.asarray(self._calib, dtype=np.float64).reshape(-1, 2),
             "ref": None if self._ref is None else list(self._ref),
+            "recalibrating": self._recalibrating,
             "k": [_finite(v) for v in self._k],
             "quiet": [self._quiet, self._quiet_score],
             "level": self._level,
@@ -234,6 +252,7 @@ class CrossSectionalDetector(Estimator):
         if ref is not None:
             rm, sm, ra, sa = (float(x) for x in ref)
             self._ref = (rm, sm, ra, sa)
+        self._recalibrating = bool(state.get("recalibrating", False))
         km, ka = (math.inf if x is None else float(x) for x in state["k"])
         self._k = (km, ka)
         self._quiet = int(state["quiet"][0])
