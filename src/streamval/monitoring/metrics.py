@@ -122,7 +122,6 @@ from streamval.stream.contract.outputs import (
     ClusteringStats,
     ClusterSnapshot,
     DriftAlarm,
-    ErrorStats,
 )
 
 __all__ = ["EngineMetrics", "LearnerMetrics", "ReplayMetrics"]
@@ -195,6 +194,152 @@ def _register_info(registry: CollectorRegistry, version: str) -> None:
     info.info({"version": version})
 
 
+class _ClusterSeries:
+    """The per-cluster series an engine (`--role all`) and a learner both export, under the
+    same names and definitions, so a dashboard reads the same whichever computed them. The
+    caller holds its lock around every method."""
+
+    def __init__(self, r: CollectorRegistry, retired_ttl_s: float) -> None:
+        self.retired_ttl_s = retired_ttl_s
+        self.mae = Gauge(
+            "streamval_cluster_mae",
+            "Mean absolute error of the cluster's valuations, in the assets' value unit; "
+            "window=rolling: the last engine.metrics_window labelled events, total: since start.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self.rmse = Gauge(
+            "streamval_cluster_rmse",
+            "Root mean squared error of the cluster's valuations, in the assets' value unit.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self.r2 = Gauge(
+            "streamval_cluster_r2",
+            "Coefficient of determination (R2) of the cluster's valuations.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self.samples = Gauge(
+            "streamval_cluster_error_samples",
+            "Labelled events behind the cluster's error metrics of the same window.",
+            ["cluster", "window"],
+            registry=r,
+        )
+        self.lr = Gauge(
+            "streamval_cluster_learning_rate",
+            "Current learning rate of the cluster's model (boosted on drift, then decaying).",
+            ["cluster"],
+            registry=r,
+        )
+        self.assets = Gauge(
+            "streamval_cluster_assets",
+            "Assets currently assigned to the cluster (at a learner: the valuers' latest counts, "
+            "summed).",
+            ["cluster"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "streamval_cluster_model_version",
+            "Version of the cluster's model (increases as it learns).",
+            ["cluster"],
+            registry=r,
+        )
+        self.updates = Counter(
+            "streamval_cluster_model_updates",
+            "Optimizer steps of the cluster's model, mirrored from the model's own count "
+            "(restored from checkpoints or the models topic, so it continues across restarts "
+            "and owners).",
+            ["cluster"],
+            registry=r,
+        )
+        self.skipped = Counter(
+            "streamval_cluster_skipped_samples",
+            "Labelled samples the cluster's trainer skipped because it fell behind (overload), "
+            "mirrored from the trainer's own count; 0 while every sample is learned from.",
+            ["cluster"],
+            registry=r,
+        )
+        self.alarms = Gauge(
+            "streamval_cluster_drift_alarms",
+            "Drift alarms of the cluster in the engine's or learner's state (restored with "
+            "it); for rates use streamval_drift_alarms_total.",
+            ["cluster"],
+            registry=r,
+        )
+        self.drift = Counter(
+            "streamval_drift_alarms",
+            "Drift alarms raised while this process ran, by cluster and detector.",
+            ["cluster", "detector"],
+            registry=r,
+        )
+        self.detectors: set[str] = set(KNOWN_DETECTORS)
+        self.clusters: set[str] = set()
+        self.retired: dict[str, float] = {}  # cluster -> time.monotonic() of its retirement
+        self._update_totals: dict[str, float] = {}
+        self._skipped_totals: dict[str, float] = {}
+
+    def drift_alarm(self, alarm: DriftAlarm) -> None:
+        cluster, detector = str(alarm.cluster), alarm.detector
+        if detector not in self.detectors:
+            self.detectors.add(detector)
+            for known in self.clusters:
+                self.drift.labels(known, detector)
+        self.clusters.add(cluster)
+        self.drift.labels(cluster, detector).inc()
+
+    def set(self, snap: ClusterSnapshot) -> None:
+        """The cluster's series from its latest snapshot. Error metrics a window does not have
+        yet (no labelled event) are removed rather than exported as NaN, so panels show a gap
+        and alerts see no value."""
+        cluster = str(snap.cluster)
+        self.retired.pop(cluster, None)
+        self.clusters.add(cluster)
+        for detector in self.detectors:
+            self.drift.labels(cluster, detector)  # born at 0, see KNOWN_DETECTORS
+        for window, stats in zip(WINDOWS, (snap.rolling, snap.total), strict=True):
+            self.samples.labels(cluster, window).set(stats.n)
+            for metric, value in (
+                (self.mae, stats.mae),
+                (self.rmse, stats.rmse),
+                (self.r2, stats.r2),
+            ):
+                _set_or_remove(metric, value, cluster, window)
+        self.lr.labels(cluster).set(snap.lr)
+        self.assets.labels(cluster).set(snap.assets)
+        self.model_version.labels(cluster).set(snap.model_version)
+        self.alarms.labels(cluster).set(snap.drift_alarms)
+        _mirror(self.updates, self._update_totals, cluster, snap.updates)
+        _mirror(self.skipped, self._skipped_totals, cluster, snap.skipped_samples)
+
+    def retire(self, cluster: str, now: float) -> None:
+        """The cluster's gauges go now; its counters after `retired_ttl_s` (`sweep`)."""
+        self.clusters.discard(cluster)
+        self.retired.setdefault(cluster, now)
+        for metric in (self.mae, self.rmse, self.r2, self.samples):
+            for window in WINDOWS:
+                _remove(metric, cluster, window)
+        for single in (self.lr, self.assets, self.model_version, self.alarms):
+            _remove(single, cluster)
+
+    def sweep(self, now: float) -> list[str]:
+        """Remove the counters of clusters retired more than `retired_ttl_s` ago; those
+        clusters (for the caller's own per-cluster counters)."""
+        gone = []
+        for cluster, since in list(self.retired.items()):
+            if now - since < self.retired_ttl_s:
+                continue
+            del self.retired[cluster]
+            self._update_totals.pop(cluster, None)
+            self._skipped_totals.pop(cluster, None)
+            _remove(self.updates, cluster)
+            _remove(self.skipped, cluster)
+            for detector in self.detectors:
+                _remove(self.drift, cluster, detector)
+            gone.append(cluster)
+        return gone
+
+
 class EngineMetrics:
     """The engine service's metrics on their own registry.
 
@@ -246,76 +391,7 @@ class EngineMetrics:
             ["cluster"],
             registry=r,
         )
-        self._mae = Gauge(
-            "streamval_cluster_mae",
-            "Mean absolute error of the cluster's valuations, in the assets' value unit; "
-            "window=rolling: the last engine.metrics_window labelled events, total: since start.",
-            ["cluster", "window"],
-            registry=r,
-        )
-        self._rmse = Gauge(
-            "streamval_cluster_rmse",
-            "Root mean squared error of the cluster's valuations, in the assets' value unit.",
-            ["cluster", "window"],
-            registry=r,
-        )
-        self._r2 = Gauge(
-            "streamval_cluster_r2",
-            "Coefficient of determination (R2) of the cluster's valuations.",
-            ["cluster", "window"],
-            registry=r,
-        )
-        self._samples = Gauge(
-            "streamval_cluster_error_samples",
-            "Labelled events behind the cluster's error metrics of the same window.",
-            ["cluster", "window"],
-            registry=r,
-        )
-        self._lr = Gauge(
-            "streamval_cluster_learning_rate",
-            "Current learning rate of the cluster's model (boosted on drift, then decaying).",
-            ["cluster"],
-            registry=r,
-        )
-        self._assets = Gauge(
-            "streamval_cluster_assets",
-            "Assets currently assigned to the cluster.",
-            ["cluster"],
-            registry=r,
-        )
-        self._model_version = Gauge(
-            "streamval_cluster_model_version",
-            "Version of the cluster's model (increases as it learns).",
-            ["cluster"],
-            registry=r,
-        )
-        self._updates = Counter(
-            "streamval_cluster_model_updates",
-            "Optimizer steps of the cluster's model, mirrored from the engine's own count "
-            "(restored from checkpoints, so it continues across restarts).",
-            ["cluster"],
-            registry=r,
-        )
-        self._skipped = Counter(
-            "streamval_cluster_skipped_samples",
-            "Labelled samples the cluster's trainer skipped because it fell behind (overload), "
-            "mirrored from the engine's own count; 0 while every sample is learned from.",
-            ["cluster"],
-            registry=r,
-        )
-        self._cluster_alarms = Gauge(
-            "streamval_cluster_drift_alarms",
-            "Drift alarms of the cluster in the engine's state (restored from checkpoints); "
-            "for rates use streamval_drift_alarms_total.",
-            ["cluster"],
-            registry=r,
-        )
-        self._drift = Counter(
-            "streamval_drift_alarms",
-            "Drift alarms raised while this process ran, by cluster and detector.",
-            ["cluster", "detector"],
-            registry=r,
-        )
+        self._series = _ClusterSeries(r, retired_ttl_s)
         self._latency = Histogram(
             "streamval_processing_latency_seconds",
             "Time from receiving an event to its valuation being acknowledged by Kafka.",
@@ -542,11 +618,6 @@ class EngineMetrics:
             registry=r,
         )
         self._dropped_totals: dict[str, float] = {}
-        self._update_totals: dict[str, float] = {}
-        self._skipped_totals: dict[str, float] = {}
-        self._detectors: set[str] = set(KNOWN_DETECTORS)
-        self._clusters: set[str] = set()
-        self._retired: dict[str, float] = {}  # cluster -> time.monotonic() of its retirement
 
     # -- the input side ---------------------------------------------------------------------
 
@@ -615,14 +686,8 @@ class EngineMetrics:
         """A drift detector fired on `alarm.cluster` (ignored without `cluster_series`)."""
         if not self.cluster_series:
             return
-        cluster, detector = str(alarm.cluster), alarm.detector
         with self._lock:
-            if detector not in self._detectors:
-                self._detectors.add(detector)
-                for known in self._clusters:
-                    self._drift.labels(known, detector)
-            self._clusters.add(cluster)
-        self._drift.labels(cluster, detector).inc()
+            self._series.drift_alarm(alarm)
 
     def update_clusters(self, snapshots: Sequence[ClusterSnapshot]) -> None:
         """Set the per-cluster gauges from the engine's latest snapshots.
@@ -634,26 +699,15 @@ class EngineMetrics:
             self._sweep_retired()
             for snap in snapshots:
                 cluster = str(snap.cluster)
-                self._retired.pop(cluster, None)
                 self._published.labels(cluster)
                 if not self.cluster_series:
+                    self._series.retired.pop(cluster, None)
                     continue
-                if cluster not in self._clusters:
-                    self._clusters.add(cluster)
-                for detector in self._detectors:
-                    self._drift.labels(cluster, detector)  # born at 0, see KNOWN_DETECTORS
-                for window, stats in zip(WINDOWS, (snap.rolling, snap.total), strict=True):
-                    self._set_errors(cluster, window, stats)
-                self._lr.labels(cluster).set(snap.lr)
-                self._assets.labels(cluster).set(snap.assets)
-                self._model_version.labels(cluster).set(snap.model_version)
-                self._cluster_alarms.labels(cluster).set(snap.drift_alarms)
-                self._mirror(self._updates, self._update_totals, cluster, snap.updates)
-                self._mirror(self._skipped, self._skipped_totals, cluster, snap.skipped_samples)
+                self._series.set(snap)
                 _set_or_remove(self._silhouette, snap.silhouette, cluster)
                 self._set_intervals(cluster, snap)
                 self._fast.labels(cluster).set(_FAST_STATES.get(snap.fast_learner, 0))
-                self._mirror(self._fast_started, self._fast_totals, cluster, snap.fast_learners)
+                _mirror(self._fast_started, self._fast_totals, cluster, snap.fast_learners)
                 for expert, weight in snap.expert_weights.items():
                     self._expert_weight.labels(cluster, expert).set(weight)
             if snapshots:
@@ -685,16 +739,8 @@ class EngineMetrics:
         now = time.monotonic()
         with self._lock:
             for cluster in (str(c) for c in clusters):
-                self._clusters.discard(cluster)
-                self._retired.setdefault(cluster, now)
-                for metric in (self._mae, self._rmse, self._r2, self._samples):
-                    for window in WINDOWS:
-                        _remove(metric, cluster, window)
+                self._series.retire(cluster, now)
                 for single in (
-                    self._lr,
-                    self._assets,
-                    self._model_version,
-                    self._cluster_alarms,
                     self._silhouette,
                     self._interval_coverage,
                     self._interval_width,
@@ -707,22 +753,12 @@ class EngineMetrics:
 
     def _sweep_retired(self, now: float | None = None) -> None:
         """Remove the counters of clusters retired more than `retired_ttl_s` ago (lock held)."""
-        now = time.monotonic() if now is None else now
-        for cluster, since in list(self._retired.items()):
-            if now - since < self.retired_ttl_s:
-                continue
-            del self._retired[cluster]
-            self._update_totals.pop(cluster, None)
-            self._skipped_totals.pop(cluster, None)
+        for cluster in self._series.sweep(time.monotonic() if now is None else now):
             self._dropped_totals.pop(cluster, None)
             self._fast_totals.pop(cluster, None)
             _remove(self._dropped_features, cluster)
             _remove(self._fast_started, cluster)
-            _remove(self._updates, cluster)
-            _remove(self._skipped, cluster)
             _remove(self._published, cluster)
-            for detector in self._detectors:
-                _remove(self._drift, cluster, detector)
 
     def processing_latency(self, seconds: float) -> None:
         """One event took `seconds` from receipt to its valuation being acknowledged."""
@@ -797,18 +833,6 @@ class EngineMetrics:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _set_errors(self, cluster: str, window: str, stats: ErrorStats) -> None:
-        self._samples.labels(cluster, window).set(stats.n)
-        for metric, value in (
-            (self._mae, stats.mae),
-            (self._rmse, stats.rmse),
-            (self._r2, stats.r2),
-        ):
-            if value is None:
-                _remove(metric, cluster, window)
-            else:
-                metric.labels(cluster, window).set(value)
-
     def _set_intervals(self, cluster: str, snap: ClusterSnapshot) -> None:
         """Interval gauges (removed while the cluster has none) and the dropped-features count."""
         for metric, value in (
@@ -819,21 +843,7 @@ class EngineMetrics:
                 _remove(metric, cluster)
             else:
                 metric.labels(cluster).set(value)
-        self._mirror(
-            self._dropped_features, self._dropped_totals, cluster, snap.dropped_feature_values
-        )
-
-    @staticmethod
-    def _mirror(counter: Counter, totals: dict[str, float], cluster: str, total: int) -> None:
-        """Make a per-cluster counter equal the engine's total (a counter cannot be set)."""
-        previous = totals.get(cluster)
-        if previous is not None and total < previous:
-            # The engine's count went back (restored from an older checkpoint): restart the
-            # series, which Prometheus reads as an ordinary counter reset.
-            _remove(counter, cluster)
-            previous = None
-        counter.labels(cluster).inc(total - (previous or 0))
-        totals[cluster] = total
+        _mirror(self._dropped_features, self._dropped_totals, cluster, snap.dropped_feature_values)
 
 
 class LearnerMetrics:
@@ -876,75 +886,7 @@ class LearnerMetrics:
         self._instance = Info(
             "streamval_instance", "This process's id in its consumer group.", registry=r
         )
-        self._mae = Gauge(
-            "streamval_cluster_mae",
-            "Mean absolute error of the cluster's valuations, in the assets' value unit; "
-            "window=rolling: the last engine.metrics_window labelled events, total: since start.",
-            ["cluster", "window"],
-            registry=r,
-        )
-        self._rmse = Gauge(
-            "streamval_cluster_rmse",
-            "Root mean squared error of the cluster's valuations, in the assets' value unit.",
-            ["cluster", "window"],
-            registry=r,
-        )
-        self._r2 = Gauge(
-            "streamval_cluster_r2",
-            "Coefficient of determination (R2) of the cluster's valuations.",
-            ["cluster", "window"],
-            registry=r,
-        )
-        self._samples = Gauge(
-            "streamval_cluster_error_samples",
-            "Labelled events behind the cluster's error metrics of the same window.",
-            ["cluster", "window"],
-            registry=r,
-        )
-        self._lr = Gauge(
-            "streamval_cluster_learning_rate",
-            "Current learning rate of the cluster's model (boosted on drift, then decaying).",
-            ["cluster"],
-            registry=r,
-        )
-        self._assets = Gauge(
-            "streamval_cluster_assets",
-            "Assets currently assigned to the cluster (the valuers' latest counts, summed).",
-            ["cluster"],
-            registry=r,
-        )
-        self._model_version = Gauge(
-            "streamval_cluster_model_version",
-            "Version of the cluster's model (increases as it learns).",
-            ["cluster"],
-            registry=r,
-        )
-        self._updates = Counter(
-            "streamval_cluster_model_updates",
-            "Optimizer steps of the cluster's model, mirrored from the model's own count "
-            "(restored from the models topic, so it continues across owners).",
-            ["cluster"],
-            registry=r,
-        )
-        self._skipped = Counter(
-            "streamval_cluster_skipped_samples",
-            "Labelled samples the cluster's trainer skipped because it fell behind (overload).",
-            ["cluster"],
-            registry=r,
-        )
-        self._cluster_alarms = Gauge(
-            "streamval_cluster_drift_alarms",
-            "Drift alarms of the cluster in its lr policy's state (restored from the models "
-            "topic); for rates use streamval_drift_alarms_total.",
-            ["cluster"],
-            registry=r,
-        )
-        self._drift = Counter(
-            "streamval_drift_alarms",
-            "Drift alarms raised while this process ran, by cluster and detector.",
-            ["cluster", "detector"],
-            registry=r,
-        )
+        self._series = _ClusterSeries(r, retired_ttl_s)
         self._received = Counter(
             "streamval_learner_samples_received",
             "Training samples read from the training-samples topic.",
@@ -983,11 +925,6 @@ class LearnerMetrics:
         self._clusters_owned = Gauge(
             "streamval_learner_clusters", "Clusters this learner owns now.", registry=r
         )
-        self._detectors: set[str] = set(KNOWN_DETECTORS)
-        self._clusters: set[str] = set()
-        self._update_totals: dict[str, float] = {}
-        self._skipped_totals: dict[str, float] = {}
-        self._retired: dict[str, float] = {}
 
     def identify(self, instance: str, group: str) -> None:
         """This process's id in its consumer group (`streamval_instance_info`)."""
@@ -1018,71 +955,26 @@ class LearnerMetrics:
 
     def drift_alarm(self, alarm: DriftAlarm) -> None:
         """A drift detector fired on `alarm.cluster`."""
-        cluster, detector = str(alarm.cluster), alarm.detector
         with self._lock:
-            if detector not in self._detectors:
-                self._detectors.add(detector)
-                for known in self._clusters:
-                    self._drift.labels(known, detector)
-            self._clusters.add(cluster)
-        self._drift.labels(cluster, detector).inc()
+            self._series.drift_alarm(alarm)
 
     def update_clusters(self, snapshots: Sequence[ClusterSnapshot]) -> None:
         """Set the owned clusters' series from their snapshots (see `EngineMetrics`)."""
         with self._lock:
-            self._sweep_retired()
+            self._series.sweep(time.monotonic())
             for snap in snapshots:
-                cluster = str(snap.cluster)
-                self._retired.pop(cluster, None)
-                self._clusters.add(cluster)
-                for detector in self._detectors:
-                    self._drift.labels(cluster, detector)
-                for window, stats in zip(WINDOWS, (snap.rolling, snap.total), strict=True):
-                    self._samples.labels(cluster, window).set(stats.n)
-                    for metric, value in (
-                        (self._mae, stats.mae),
-                        (self._rmse, stats.rmse),
-                        (self._r2, stats.r2),
-                    ):
-                        _set_or_remove(metric, value, cluster, window)
-                self._lr.labels(cluster).set(snap.lr)
-                self._assets.labels(cluster).set(snap.assets)
-                self._model_version.labels(cluster).set(snap.model_version)
-                self._cluster_alarms.labels(cluster).set(snap.drift_alarms)
-                EngineMetrics._mirror(self._updates, self._update_totals, cluster, snap.updates)
-                EngineMetrics._mirror(
-                    self._skipped, self._skipped_totals, cluster, snap.skipped_samples
-                )
-            self._clusters_owned.set(len(self._clusters))
+                self._series.set(snap)
+            self._clusters_owned.set(len(self._series.clusters))
 
     def retire_clusters(self, clusters: Iterable[int]) -> None:
         """Clusters no longer owned here (moved, or retired by a re-fit): gauges now, counters
         after `retired_ttl_s` (as `EngineMetrics.retire_clusters`)."""
         now = time.monotonic()
         with self._lock:
-            for cluster in (str(c) for c in clusters):
-                self._clusters.discard(cluster)
-                self._retired.setdefault(cluster, now)
-                for metric in (self._mae, self._rmse, self._r2, self._samples):
-                    for window in WINDOWS:
-                        _remove(metric, cluster, window)
-                for single in (self._lr, self._assets, self._model_version, self._cluster_alarms):
-                    _remove(single, cluster)
-            self._clusters_owned.set(len(self._clusters))
-            self._sweep_retired(now)
-
-    def _sweep_retired(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        for cluster, since in list(self._retired.items()):
-            if now - since < self.retired_ttl_s:
-                continue
-            del self._retired[cluster]
-            self._update_totals.pop(cluster, None)
-            self._skipped_totals.pop(cluster, None)
-            _remove(self._updates, cluster)
-            _remove(self._skipped, cluster)
-            for detector in self._detectors:
-                _remove(self._drift, cluster, detector)
+            for cluster in clusters:
+                self._series.retire(str(cluster), now)
+            self._clusters_owned.set(len(self._series.clusters))
+            self._series.sweep(now)
 
 
 class ReplayMetrics:
@@ -1151,6 +1043,18 @@ class ReplayMetrics:
 EXPERTS = ("persistence", "stable", "fast")
 # streamval_cluster_fast_learner's values.
 _FAST_STATES = {"none": 0, "shadow": 1, "served": 2}
+
+
+def _mirror(counter: Counter, totals: dict[str, float], cluster: str, total: int) -> None:
+    """Make a per-cluster counter equal the owner's total (a counter cannot be set)."""
+    previous = totals.get(cluster)
+    if previous is not None and total < previous:
+        # The count went back (restored from an older checkpoint): restart the series, which
+        # Prometheus reads as an ordinary counter reset.
+        _remove(counter, cluster)
+        previous = None
+    counter.labels(cluster).inc(total - (previous or 0))
+    totals[cluster] = total
 
 
 def _set_or_remove(gauge: Gauge, value: float | None, *labels: str) -> None:
