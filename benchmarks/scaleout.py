@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from benchmarks.throughput import (
     produce,
     service_env,
     start_service,
+    stop_process,
     stop_service,
     stream,
 )
@@ -139,12 +139,7 @@ def start_learner(settings: Settings, log: Path) -> subprocess.Popen[str]:
 
 def stop_learner(proc: subprocess.Popen[str], log: Path) -> dict[str, Any]:
     """SIGTERM, then the learner's summary ({"trained", "published"})."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
     for line in reversed(log.read_text().splitlines()):
         if line.startswith("{") and '"role": "learner"' in line:
             return dict(json.loads(line))

@@ -254,7 +254,11 @@ class Service:
 
 
 def stop_service(service: Service) -> None:
-    proc = service.proc
+    stop_process(service.proc)
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, and SIGKILL if it has not exited in 2 minutes."""
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=120)
