@@ -15,8 +15,10 @@ attributes; the paper's LSTM 100/50 over 12 steps), each system on fresh topics:
     (d) engine        `Engine.process` in batches of a poll, in process, background training
                       (the service's mode) and synchronous training (the backtest's)
 
-Then receipt-to-valuation latency of `streamval run` at paced offered loads, the engine's state
-per asset at 10k and 100k assets (array bytes and RSS growth, each in a fresh subprocess; RSS at
+Then receipt-to-valuation latency of `streamval run` at paced offered loads, the CPU each
+`streamval run` measurement used (machine, service, this process, the rest, from /proc), the
+network's own CPU per sample (forward and training step, no Kafka: the floor under any engine on
+this machine), the engine's state per asset at 10k and 100k assets (array bytes and RSS growth, each in a fresh subprocess; RSS at
 1M assets too unless --quick), and where the time goes (the engine's phases, and a profile of the
 service's loop). Writes docs/results/throughput.md. Numbers are ratios measured in the same run on
 a shared machine; nothing here is asserted by a test.
@@ -185,6 +187,78 @@ class ServiceRun:
     skipped: int  # samples the service's trainer had to skip (from its last snapshots)
     trained: int
     queued: int
+    cpu: CpuShare | None = None  # where the machine's CPU went while it ran (Linux)
+
+
+# -- CPU accounting (Linux /proc; None elsewhere) -------------------------------------------------
+
+
+@dataclass
+class CpuShare:
+    """CPU used during a run, in cores (CPU-seconds per second of wall time)."""
+
+    wall_s: float
+    machine: float  # every process on the machine
+    service: float  # the `streamval run` process and its subprocesses (fitting)
+    producer: float  # this benchmark process (the load generator)
+
+    @property
+    def rest(self) -> float:
+        """The broker and everything else on the machine."""
+        return max(0.0, self.machine - self.service - self.producer)
+
+
+def _ticks() -> float:
+    return float(os.sysconf("SC_CLK_TCK"))
+
+
+def machine_cpu_s() -> float | None:
+    """CPU-seconds every process has used since boot (busy time of all cores)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _ticks()
+
+
+def tree_cpu_s(pid: int) -> float | None:
+    """CPU-seconds of a process and its live descendants (threads included)."""
+    try:
+        stats = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    text = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                rest = text[text.rindex(")") + 2 :].split()
+                stats[int(entry.name)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
+    except OSError:
+        return None
+    if pid not in stats:
+        return None
+    total, frontier = 0, [pid]
+    while frontier:
+        p = frontier.pop()
+        total += stats[p][1]
+        frontier += [c for c, (ppid, _) in stats.items() if ppid == p]
+    return total / _ticks()
+
+
+@contextmanager
+def cpu_account(service_pid: int, into: list[CpuShare]) -> Iterator[None]:
+    """Append the run's `CpuShare` to `into` when the block ends (nothing off Linux)."""
+    t0, m0 = time.monotonic(), machine_cpu_s()
+    s0, p0 = tree_cpu_s(service_pid), time.process_time()
+    yield
+    m1, s1 = machine_cpu_s(), tree_cpu_s(service_pid)
+    wall = time.monotonic() - t0
+    if None not in (m0, m1, s0, s1) and wall > 0:
+        assert m0 is not None and m1 is not None and s0 is not None and s1 is not None
+        into.append(
+            CpuShare(wall, (m1 - m0) / wall, (s1 - s0) / wall, (time.process_time() - p0) / wall)
+        )
 
 
 def service_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -287,15 +361,18 @@ def service_run(
     extra: dict[str, str] | None = None,
 ) -> ServiceRun:
     """`streamval run` over `events`: a backlog (rate None) or replayed at `rate` while it runs."""
+    cpu: list[CpuShare] = []
     if rate is None:
         produce(settings, events)
         service = start_service(settings, extra)
     else:
         service = start_service(settings, extra)
         service.wait_ready()
-        produce(settings, events, rate)
     try:
-        valued = record_times(settings, settings.topics.valuations, len(events))
+        with cpu_account(service.proc.pid, cpu):
+            if rate is not None:
+                produce(settings, events, rate)
+            valued = record_times(settings, settings.topics.valuations, len(events))
     finally:
         stop_service(service)
     sent = record_times(settings, settings.topics.input, len(events))
@@ -310,7 +387,47 @@ def service_run(
         skipped=sum(int(s.get("skipped_samples", 0)) for s in snaps.values()),
         trained=sum(int(s.get("trained_samples", 0)) for s in snaps.values()),
         queued=sum(int(s.get("queued_samples", 0)) for s in snaps.values()),
+        cpu=cpu[0] if cpu else None,
     )
+
+
+# -- the model's own cost ------------------------------------------------------------------------
+
+
+@dataclass
+class ModelFloor:
+    """CPU microseconds per sample of the network alone (one thread, this machine)."""
+
+    forward: dict[int, float]  # batch size -> us per sample
+    train_step: float  # a default step: batch_size fresh samples plus the replay share
+    train_256: float  # a step of 256 fresh samples, no replay
+
+
+def model_floor(settings: EngineSettings, repeats: int = 30) -> ModelFloor:
+    """The forward pass at poll-sized batches and a training step, timed on this thread."""
+    from streamval.models.learner import Predictor, SequenceLearner
+
+    rng = np.random.default_rng(0)
+    learner = SequenceLearner.from_settings(settings, seed=0)
+    windows = rng.normal(size=(256, settings.seq_len, learner.n_inputs)).astype(np.float32)
+    targets = rng.normal(size=256)
+    for _ in range(8):  # a reservoir to replay from
+        learner.step(windows[: settings.batch_size], targets[: settings.batch_size])
+    predictor = Predictor.for_learner(learner)
+
+    def cpu_us(fn: Any, n: int) -> float:
+        fn()
+        t0 = time.thread_time()
+        for _ in range(repeats):
+            fn()
+        return 1e6 * (time.thread_time() - t0) / repeats / n
+
+    forward = {b: cpu_us(lambda b=b: predictor.predict(windows[:b]), b) for b in (20, 64, 256)}
+    bs = settings.batch_size
+    train_step = cpu_us(lambda: learner.step(windows[:bs], targets[:bs]), bs)
+    big = learner.clone(batch_size=256, replay_fraction=0.0)
+    train_256 = cpu_us(lambda: big.step(windows, targets), 256)
+    return ModelFloor(forward, train_step, train_256)
 
 
 # -- (c) the naive learner ------------------------------------------------------------------------
@@ -616,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     print("engine in process ...", file=sys.stderr)
     engine_bg = engine_run(events, steady, "background")
     engine_sync = engine_run(events, steady, "sync")
+    print("model floor ...", file=sys.stderr)
+    floor = model_floor(settings0)
     print("naive learner ...", file=sys.stderr)
     naive = naive_rate(events, settings0, args.naive_events)
     print("memory ...", file=sys.stderr)
@@ -702,6 +821,53 @@ def main(argv: list[str] | None = None) -> int:
             f"| {rate:,.0f} ev/s | {p50:,.0f} | {p99:,.0f} | {mx:,.0f} | {s50:,.0f} | {s99:,.0f} "
             f"| {run.skipped:,} |"
         )
+    cores = os.cpu_count() or 1
+    runs = [("backlog", backlog), *((f"paced {r:,.0f} ev/s", run) for r, run in paced.items())]
+    lines += [
+        "",
+        "## Where the CPU went",
+        "",
+        f"CPU used during each `streamval run` measurement, in cores (of {cores}), from",
+        "/proc: the service's process tree, this benchmark's process (it produces the events and",
+        "reads the valuations back), and the rest (the broker and anything else running).",
+        "",
+        "| run | wall s | machine busy | service | benchmark process | broker and the rest |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, run in runs:
+        c = run.cpu
+        lines.append(
+            f"| {name} | n/a | n/a | n/a | n/a | n/a |"
+            if c is None
+            else f"| {name} | {c.wall_s:,.0f} | {c.machine:.2f} ({c.machine / cores:.0%}) | "
+            f"{c.service:.2f} | {c.producer:.2f} | {c.rest:.2f} |"
+        )
+    best = floor.forward[64] + floor.train_256
+    default = floor.forward[64] + floor.train_step
+    lines += [
+        "",
+        "## The network's own cost",
+        "",
+        "CPU time of the paper's LSTM alone on this machine (one torch thread, timed on one",
+        "thread, no Kafka, no engine): a forward pass per sample at the batch sizes a poll gives",
+        "each cluster, and a training step per fresh sample, at the default step and at the",
+        "256-sample step a background trainer that is behind merges queued steps into.",
+        "",
+        "| work | us per sample |",
+        "|---|---|",
+        *[f"| forward pass, batch {b} | {us:,.0f} |" for b, us in floor.forward.items()],
+        f"| training step: {settings0.batch_size} fresh + {settings0.replay_fraction:.0%} "
+        f"replay share, per fresh sample | {floor.train_step:,.0f} |",
+        f"| training step: 256 fresh, no replay | {floor.train_256:,.0f} |",
+        "",
+        f"Valuing an event (batch 64) and learning it once costs the network alone at least "
+        f"{best:,.0f} us of CPU with 256-sample steps ({default:,.0f} with the default steps): "
+        f"{1e6 / best:,.0f} events/s per core, {cores * 1e6 / best:,.0f} on all {cores} cores "
+        "if they did nothing else (no broker, no Kafka client, no engine bookkeeping). At "
+        f"5,000 ev/s the network alone needs {5000 * best / 1e6:.1f} cores "
+        f"({5000 * default / 1e6:.1f} with the default steps); at 1,000 ev/s "
+        f"{1000 * best / 1e6:.2f} ({1000 * default / 1e6:.2f}).",
+    ]
     lines += [
         "",
         "## State per asset",
