@@ -18,10 +18,11 @@ attributes; the paper's LSTM 100/50 over 12 steps), each system on fresh topics:
 Then receipt-to-valuation latency of `streamval run` at paced offered loads, the CPU each
 `streamval run` measurement used (machine, service, this process, the rest, from /proc), the
 network's own CPU per sample (forward and training step, no Kafka: the floor under any engine on
-this machine), the engine's state per asset at 10k and 100k assets (array bytes and RSS growth, each in a fresh subprocess; RSS at
-1M assets too unless --quick), and where the time goes (the engine's phases, and a profile of the
-service's loop). Writes docs/results/throughput.md. Numbers are ratios measured in the same run on
-a shared machine; nothing here is asserted by a test.
+this machine), the engine's state per asset at 10k and 100k assets (array bytes and RSS growth,
+each in a fresh subprocess; RSS at 1M assets too unless --quick), and where the time goes (the
+engine's phases, and a profile of the service's loop). Writes docs/results/throughput.md.
+Numbers are ratios measured in the same run on a shared machine; nothing here is asserted by a
+test.
 """
 
 from __future__ import annotations

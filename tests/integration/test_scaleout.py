@@ -257,6 +257,10 @@ def test_two_processes_share_one_clustering_and_a_takeover_keeps_it(
     assert not relapsed, f"{len(relapsed)} warming valuations after the takeover: {relapsed[:3]}"
     assert {v["asset_id"] for v in later} >= taken
     assert 0 < follower.service.takeover_records <= len(first)
+    got = follower.metrics.registry.get_sample_value
+    assert got("streamval_takeover_records_total") == follower.service.takeover_records
+    assert got("streamval_takeovers_total") >= 1
+    assert got("streamval_takeover_seconds_total") > 0
 
     shared = [
         SharedClustering.from_json(r.value)

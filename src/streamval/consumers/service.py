@@ -525,6 +525,7 @@ class ValuationService:
         seconds = time.monotonic() - t0
         self.takeover_records += len(records)
         self.takeover_seconds += seconds
+        self.metrics.took_over(len(records), seconds)
         self._last_loop = time.monotonic()
         log.info(
             "took over partitions: their assets rebuilt from the records before the committed "

@@ -55,6 +55,10 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
     streamval_broker_reachable                         gauge      0 during a broker outage
     streamval_broker_outages_total                     counter    outages (broker unreachable)
     streamval_consumer_rejoins_total                   counter    consumer re-created, join stuck
+    streamval_takeovers_total                          counter    partitions taken over below the
+                                                                  committed offset (rebuilt)
+    streamval_takeover_records_total                   counter    records re-read to rebuild them
+    streamval_takeover_seconds_total                   counter    time spent reading and absorbing
     streamval_broker_outage_seconds_total              counter    time spent in outages
     streamval_send_failures_total{kind}                counter    records that could not be
                                                                   produced (replaced or dropped)
@@ -445,6 +449,24 @@ class EngineMetrics:
             "consumer.rejoin_after_s (a group join that never completed).",
             registry=r,
         )
+        self._takeovers = Counter(
+            "streamval_takeovers",
+            "Takeover reads: partitions assigned below the group's committed offset without "
+            "a checkpoint covering them, whose assets were rebuilt from the records before it "
+            "(consumer.takeover_lookback).",
+            registry=r,
+        )
+        self._takeover_records = Counter(
+            "streamval_takeover_records",
+            "Input records re-read by takeover reads (absorbed into the assets' state, not "
+            "valued again).",
+            registry=r,
+        )
+        self._takeover_seconds = Counter(
+            "streamval_takeover_seconds",
+            "Seconds the poll loop spent in takeover reads (read, parse, absorb).",
+            registry=r,
+        )
         self._outage_seconds = Counter(
             "streamval_broker_outage_seconds",
             "Seconds spent in broker outages that ended.",
@@ -664,6 +686,12 @@ class EngineMetrics:
     def consumer_rejoined(self) -> None:
         """The service re-created its consumer after a group join that never completed."""
         self._rejoins.inc()
+
+    def took_over(self, records: int, seconds: float) -> None:
+        """A takeover read rebuilt taken-over partitions' assets from `records` records."""
+        self._takeovers.inc()
+        self._takeover_records.inc(records)
+        self._takeover_seconds.inc(seconds)
 
     def partitions_revoked(self, partitions: Iterable[int]) -> None:
         """Drop the series of partitions this process no longer owns (after a rebalance).
