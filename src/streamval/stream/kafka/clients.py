@@ -14,6 +14,8 @@ import socket
 from typing import Any, SupportsIndex
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from streamval.config import Settings, kafka_client_config
 from streamval.errors import BrokerError, ConfigError
@@ -47,6 +49,10 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaCo
         "max_poll_records": c.max_poll_records,
         "max_poll_interval_ms": c.max_poll_interval_ms,
         "isolation_level": "read_committed",
+        # Sticky first: when a member leaves, the survivors keep their partitions and only the
+        # leaver's move (range would reshuffle, and every moved partition costs its new owner
+        # a takeover read). Range stays listed, so a group with older members still agrees.
+        "partition_assignment_strategy": (StickyPartitionAssignor, RangePartitionAssignor),
     }
     config.update(kafka_client_config(settings, "consumer"))
     config.update(overrides)
