@@ -255,11 +255,11 @@ def cpu_account(service_pid: int, into: list[CpuShare]) -> Iterator[None]:
     yield
     m1, s1 = machine_cpu_s(), tree_cpu_s(service_pid)
     wall = time.monotonic() - t0
-    if None not in (m0, m1, s0, s1) and wall > 0:
-        assert m0 is not None and m1 is not None and s0 is not None and s1 is not None
-        into.append(
-            CpuShare(wall, (m1 - m0) / wall, (s1 - s0) / wall, (time.process_time() - p0) / wall)
-        )
+    if m0 is None or m1 is None or s0 is None or s1 is None or wall <= 0:
+        return
+    into.append(
+        CpuShare(wall, (m1 - m0) / wall, (s1 - s0) / wall, (time.process_time() - p0) / wall)
+    )
 
 
 def service_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
