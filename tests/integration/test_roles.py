@@ -119,8 +119,7 @@ def test_a_valuer_serves_the_models_a_learner_trains_on_its_samples(
             r.stop()
     finally:
         for r in running:
-            r.service.stop()
-            r.thread.join(timeout=60)
+            r.halt()
 
     out = valued(settings)
     keys = {(e.asset_id, e.ts_ms) for e in panel.events}
@@ -229,8 +228,7 @@ def test_a_restarted_learner_goes_on_from_the_latest_snapshots(kafka_settings: S
     finally:
         for r in (valuer, first_learner, again):
             if r is not None:
-                r.service.stop()
-                r.thread.join(timeout=60)
+                r.halt()
     assert restarted.restored == 1  # from the models topic, not a cold start
     # The cluster's metrics and detector went on from the snapshot too: its count continued
     # (no restart from 0, no event counted twice) and the detector did not calibrate again.
@@ -287,8 +285,7 @@ def test_the_learner_detects_a_shock_over_the_valuers_events_and_boosts_its_lr(
             r.stop()
     finally:
         for r in running:
-            r.service.stop()
-            r.thread.join(timeout=60)
+            r.halt()
     drift = [
         json.loads(r.value)
         for r in read_topic(settings, settings.topics.metrics, timeout_s=30)

@@ -121,7 +121,7 @@ def start_pair(settings: Settings) -> tuple[Member, Member]:
         wait_until_split(members)
     except BaseException:
         for m in members:
-            m.service.stop()
+            m.halt()
         raise
     owner, follower = sorted(members, key=lambda m: 0 not in m.partitions())
     return owner, follower
@@ -176,8 +176,7 @@ def test_the_owner_fits_on_the_other_processes_assets_through_the_profiles_topic
         follower.stop()
     finally:
         for m in (owner, follower):
-            m.service.stop()
-            m.thread.join(timeout=60)
+            m.halt()
     assert follower.engine.clustering_fits == 0
     by_group: dict[int, set[int]] = {}
     for m in (owner, follower):
@@ -242,8 +241,7 @@ def test_two_processes_share_one_clustering_and_a_takeover_keeps_it(
         follower.stop()
     finally:
         for m in members:
-            m.service.stop()
-            m.thread.join(timeout=60)
+            m.halt()
 
     valued = [json.loads(r.value) for r in read_topic(settings, t.valuations, timeout_s=30)]
     later = [v for v in valued if (v["asset_id"], v["ts"]) in keys]

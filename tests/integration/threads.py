@@ -29,7 +29,12 @@ class Running:
         return True
 
     def stop(self) -> None:
-        self.service.stop()
-        self.thread.join(timeout=60)
+        """Stop and check it ended cleanly."""
+        self.halt()
         assert not self.thread.is_alive()
         assert not self.failure, self.failure
+
+    def halt(self) -> None:
+        """Stop without checking (teardown after a failure elsewhere); idempotent."""
+        self.service.stop()
+        self.thread.join(timeout=60)
