@@ -354,6 +354,11 @@ class EngineSettings(_Section):
     persistence_expert: bool = Field(
         True, description="serve a combination of persistence and the model (models/experts.py)"
     )
+    pooled_expert: bool = Field(
+        True,
+        description="pooling = cluster: once there are two clusters, one more network learns "
+        "every cluster's samples and joins each cluster's expert mix (twice the learning work)",
+    )
     combiner_eta: float = Field(10.0, gt=0, description="hedge learning rate per step")
     combiner_share: float = Field(0.001, ge=0, lt=1, description="fixed share per step")
     combiner_prior: float = Field(

@@ -290,6 +290,10 @@ class _Plan:
         return ~np.isnan(self.targets)
 
 
+# The seed key of the pooled model's RNG (`engine.pooled_expert`), beside the clusters' ids.
+_POOL_SEED = 2**31 - 1
+
+
 def cluster_seed(settings: EngineSettings, cluster: int) -> int:
     """The seed of a cluster's learner and policy (the same in every process)."""
     return int(np.random.SeedSequence([settings.seed, cluster]).generate_state(1)[0])
@@ -346,6 +350,7 @@ class Engine:
             )
         )
         self._shared: SequenceLearner | None = None  # the learner every cluster shares (pooled)
+        self._pool_predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden)
         self._rng = np.random.default_rng(s.seed)
         rule = ScaleRule(
             mode=s.scale,
@@ -401,6 +406,11 @@ class Engine:
             self._shared = SequenceLearner.from_settings(self.settings, seed=self._cluster_seed(0))
         return self._shared
 
+    def _pool_policy(self) -> AdaptiveLearningRate:
+        """The pooled model's lr policy: the base lr, never boosted (shocks are each cluster's
+        own response)."""
+        return cluster_policy(self.settings.model_copy(update={"lr_boost": 1.0}), _POOL_SEED)
+
     def _add_cluster(
         self, cluster: int, learner: SequenceLearner, parent: int | None = None
     ) -> None:
@@ -409,6 +419,8 @@ class Engine:
         self.trainer.add(cluster, learner, cluster_policy(s, cluster))
         predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden, cluster=cluster)
         fast_predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden, cluster=cluster)
+        if parent is not None and s.pooled_expert and s.pooling == "cluster":
+            self.trainer.start_pool(parent, cluster_seed(s, _POOL_SEED), self._pool_policy())
         if parent is not None and parent in self._clusters:
             conformal = self._clusters[parent].conformal.fork()
             shock = self._clusters[parent].shock.fork()
@@ -900,8 +912,15 @@ class Engine:
         k = plan.k
         stable = np.zeros(k)
         fast = np.full(k, np.nan)
+        pooled = np.full(k, np.nan)
         valuations = np.where(np.isnan(plan.v_last), 0.0, plan.v_last)
         model = ~plan.warming
+        pool = self.trainer.pool_snapshot()
+        if pool is not None and model.any():
+            self._pool_predictor.load(pool)
+            idx = np.flatnonzero(model)
+            change = self._pool_predictor.predict(plan.windows[idx])
+            pooled[idx] = np.clip(change, -clip, clip) if clip else change
         plan.versions = {}
         for c in np.unique(plan.cluster).tolist():
             cluster = self._clusters[c]
@@ -917,7 +936,7 @@ class Engine:
                 cluster.fast_predictor.load(snapshot)
                 change = cluster.fast_predictor.predict(plan.windows[idx])
                 fast[idx] = np.clip(change, -clip, clip) if clip else change
-        served = self._mix(plan, stable, fast)
+        served = self._mix(plan, stable, fast, pooled)
         idx = np.flatnonzero(model)
         if len(idx):
             with np.errstate(over="ignore", invalid="ignore"):
@@ -928,7 +947,9 @@ class Engine:
         plan.valuations = valuations
         self._intervals(plan)
 
-    def _mix(self, plan: _Plan, stable: FloatArray, fast: FloatArray) -> FloatArray:
+    def _mix(
+        self, plan: _Plan, stable: FloatArray, fast: FloatArray, pooled: FloatArray
+    ) -> FloatArray:
         """The served change of each model-valued event, in order, on copies of the clusters'
         expert mixes: a cluster's step closes (its weights move, its fast learner is judged)
         when its next event has another step; labelled events score every expert."""
@@ -946,6 +967,7 @@ class Engine:
         ys = targets[model].tolist()
         ms = stable[model].tolist()
         fs = fast[model].tolist()
+        gs = pooled[model].tolist()
         for j, p in enumerate(model.tolist()):
             c = clusters[j]
             mix = plan.mixes.get(c)
@@ -955,11 +977,16 @@ class Engine:
             if what is not None:
                 plan.fast_events.append((p, c, what))
             f = fs[j] if mix.fast != "none" and not math.isnan(fs[j]) else ms[j]
-            out = mix.combine(ms[j], f)
+            if math.isnan(gs[j]):
+                g = ms[j]
+            else:
+                g = gs[j]
+                mix.join_pooled()
+            out = mix.combine(ms[j], f, g)
             served[p] = out if mix.gate_open else 0.0
             plan.fast_served[p] = mix.fast == "served"
             if not math.isnan(ys[j]):
-                mix.add(ys[j], (0.0, ms[j], f), out)
+                mix.add(ys[j], (0.0, ms[j], f, g), out)
         return served
 
     def _intervals(self, plan: _Plan) -> None:
@@ -1190,6 +1217,8 @@ class Engine:
             for c in np.unique(plan.cluster[samples]).tolist():
                 idx = np.flatnonzero(samples & (plan.cluster == c))
                 trainer.submit(c, plan.windows[idx], plan.targets[idx], plan.ts[idx])
+            idx = np.flatnonzero(samples)
+            trainer.submit_pool(plan.windows[idx], plan.targets[idx], plan.ts[idx])
         elif learn:
             samples = plan.samples
             with np.errstate(over="ignore", invalid="ignore"):
@@ -1723,6 +1752,7 @@ class Engine:
                 },
                 "trainer": self.trainer.state_dict(),
                 "shared_learner": self.trainer.shared_state_dict(),
+                "pool": self.trainer.pool_state_dict(),
                 "counters": {
                     "ready": self._ready,
                     "events_since_fit": self._events_since_fit,
@@ -1798,6 +1828,7 @@ class Engine:
                     self._clusters[cid].shock.load_state_dict(cs["shock"])
                     self._clusters[cid].mix.load_state_dict(cs["mix"])
                     self.trainer.load_slot(cid, state["trainer"][str(cid)])
+                self.trainer.load_pool(state.get("pool"), self._pool_policy())
             counters = state["counters"]
             self._ready = int(counters["ready"])
             self._events_since_fit = int(counters["events_since_fit"])

@@ -85,6 +85,7 @@ def test_state_round_trips_to_identical_valuations(pooling: str) -> None:
     state = round_trip(original.state_dict())
     pooled = pooling != "cluster"
     assert (state["shared_learner"] is not None) == pooled
+    assert (state["pool"] is not None) == (not pooled)  # the pooled expert: per-cluster models
     assert all((slot["learner"] is None) == pooled for slot in state["trainer"].values())
     if pooled:
         heads = state["shared_learner"]["heads"]
@@ -269,17 +270,84 @@ def test_a_pooled_engines_expert_mix_retires_a_fast_learner_that_would_be_folded
 
 def test_shared_pooling_learns_shared_dynamics_faster_than_per_cluster_models() -> None:
     """Three clusters with the same dynamics and 80 steps: each per-cluster model sees a third
-    of the samples and has barely left persistence; the shared network has learnt them. (With
+    of the samples and has barely left persistence; the shared network has learnt them, and so
+    has the pooled expert beside the per-cluster models (`pooled_expert`, the default). (With
     `pooling="shared"` replaced by per-cluster models this fails: both ratios are ~0.99.)"""
     steps = 80
     events = momentum_stream(steps, seed=0)
     ratios: dict[str, float] = {}
-    for pooling in ("cluster", "shared"):
+    for name, pooling, pooled_expert in (
+        ("cluster", "cluster", False),
+        ("cluster+pooled", "cluster", True),
+        ("shared", "shared", True),
+    ):
         engine = Engine(
-            EngineSettings(hidden=[16, 8], batch_size=16, training="sync", pooling=pooling)
+            EngineSettings(
+                hidden=[16, 8],
+                batch_size=16,
+                training="sync",
+                pooling=pooling,
+                pooled_expert=pooled_expert,
+            )
         )
         valuations = run(engine, events, chunk=30)
         assert engine.clusters == [0, 1, 2]
-        ratios[pooling] = mse_over_persistence(valuations, after_ms=steps // 2 * DAY)
+        assert (engine.trainer.pool_snapshot() is not None) == (name == "cluster+pooled")
+        ratios[name] = mse_over_persistence(valuations, after_ms=steps // 2 * DAY)
     assert ratios["shared"] < 0.93, ratios
     assert ratios["shared"] < ratios["cluster"] - 0.05, ratios
+    assert ratios["cluster+pooled"] < ratios["cluster"] - 0.03, ratios
+
+
+# -- the pooled expert beside per-cluster models (`pooled_expert`) ---------------------------------
+
+
+def test_the_pooled_expert_starts_at_the_first_split_and_learns_every_clusters_samples() -> None:
+    events, _ = three_groups(steps=50)
+    engine = Engine(EngineSettings(**SMALL))
+    first = run(engine, events[:300])
+    assert engine.clusters == [0] and engine.trainer.pool_snapshot() is None
+    assert all(len(c.mix.weights()) == 4 and not c.mix.pooled for c in engine._clusters.values())
+    assert first  # one cluster: nothing to pool
+    run(engine, events[300:])
+    assert engine.clusters == [0, 1, 2]
+    counts = engine.trainer.pool_counts()
+    assert counts is not None
+    queued, trained, _ = counts
+    per_cluster = [engine.trainer.counts(c) for c in engine.clusters]
+    # every sample of every cluster since the split, in steps of its own
+    assert trained + queued > max(t + q for q, t, _ in per_cluster)
+    assert all(c.mix.pooled for c in engine._clusters.values())
+    weights = {c: cl.mix.served_weights() for c, cl in engine._clusters.items()}
+    assert all(w[3] > 0.0 for w in weights.values()), weights
+    without = Engine(EngineSettings(**SMALL, pooled_expert=False))
+    run(without, events)
+    assert without.clusters == [0, 1, 2] and without.trainer.pool_counts() is None
+
+
+def test_the_pooled_expert_is_deterministic_whatever_the_batch_cut() -> None:
+    """Its samples queue in event order, not cluster by cluster within a batch."""
+    events, _ = three_groups(steps=40, seed=3)
+    outs = []
+    for chunk in (1, 97, len(events)):
+        engine = Engine(EngineSettings(**SMALL))
+        outs.append([v.valuation for v in run(engine, events, chunk=chunk)])
+        assert engine.trainer.pool_counts() is not None
+    assert outs[0] == pytest.approx(outs[1], rel=1e-9) and outs[0] == pytest.approx(outs[2])
+
+
+def test_a_mix_saved_before_the_pooled_expert_loads_without_it() -> None:
+    mix = ExpertMix(prior=0.4)
+    old = mix.state_dict()
+    old["w"], old["live"] = old["w"][:3], old["live"][:3]
+    old["loss"] = np.delete(old["loss"], 3)
+    loaded = ExpertMix(prior=0.4)
+    loaded.load_state_dict(old)
+    assert not loaded.pooled and loaded.served_weights().tolist() == [0.6, 0.4, 0.0, 0.0]
+    assert loaded.join_pooled() and loaded.served_weights().round(4).tolist() == [
+        0.4286,
+        0.2857,
+        0.0,
+        0.2857,
+    ]
+    assert not loaded.join_pooled()

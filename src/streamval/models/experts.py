@@ -2,7 +2,10 @@
 
 Experts: 0 persistence (change 0), 1 the cluster's stable model, 2 a fast learner while one lives
 (a copy of the stable model started on a shock alarm, trained on fresh samples only at a higher
-lr; `models/trainer.py`). Served change = sum_k w_k f_k over the served experts. The weights are
+lr; `models/trainer.py`), 3 the pooled model once there is one (one network trained on every
+cluster's samples, `engine.pooled_expert`: a cluster's own model knows its assets, the pooled one
+has seen three times the data; which serves a cluster better is learned here, per cluster).
+Served change = sum_k w_k f_k over the served experts. The weights are
 exponential weights on each expert's own loss (hedge): after each event-time step of the cluster
 
     w_k <- w_k * exp(-eta * mean Huber_delta(y - f_k))      over the step's labelled events
@@ -35,11 +38,11 @@ always retired. The mix reports these as `events`; the engine applies them to th
 
 >>> mix = ExpertMix(prior=0.1)
 >>> mix.served_weights().round(2).tolist()  # untrained: 0.9 persistence, 0.1 model
-[0.9, 0.1, 0.0]
+[0.9, 0.1, 0.0, 0.0]
 >>> for t in range(20):  # the model is right, persistence is not
-...     _ = mix.observe(t, 1.0, (0.0, 1.0, 0.0), 0.1)
+...     _ = mix.observe(t, 1.0, (0.0, 1.0, 0.0, 0.0), 0.1)
 >>> mix.served_weights().round(2).tolist()
-[0.0, 1.0, 0.0]
+[0.0, 1.0, 0.0, 0.0]
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from streamval.models.state import as_array
 
 FloatArray = NDArray[np.float64]
 FastState = Literal["none", "shadow", "served"]
-EXPERTS = ("persistence", "stable", "fast")
+EXPERTS = ("persistence", "stable", "fast", "pooled")
 _EXPERTS = len(EXPERTS)
 
 
@@ -119,7 +122,7 @@ class ExpertMix(Estimator):
         self._reset()
 
     def _reset(self) -> None:
-        self._live = np.array([self.persistence, True, False])
+        self._live = np.array([self.persistence, True, False, False])
         self._w = self._target()
         self._shadow = False
         self._key: int | None = None
@@ -169,14 +172,20 @@ class ExpertMix(Estimator):
         """The raw weights, a shadow fast learner's included."""
         return self._w.copy()
 
-    def combine(self, stable: float, fast: float) -> float:
+    @property
+    def pooled(self) -> bool:
+        """Whether the pooled model is one of the experts."""
+        return bool(self._live[3])
+
+    def combine(self, stable: float, fast: float, pooled: float = 0.0) -> float:
         """The experts' combination (the change served while the gate is open)."""
         w = self.served_weights()
-        return float(w[1] * stable + (w[2] * fast if w[2] > 0.0 else 0.0))
+        out = w[1] * stable + (w[2] * fast if w[2] > 0.0 else 0.0)
+        return float(out + (w[3] * pooled if w[3] > 0.0 else 0.0))
 
-    def serve(self, stable: float, fast: float) -> float:
+    def serve(self, stable: float, fast: float, pooled: float = 0.0) -> float:
         """The served change: the combination while the gate is open, else 0 (persistence)."""
-        return self.combine(stable, fast) if self.gate_open else 0.0
+        return self.combine(stable, fast, pooled) if self.gate_open else 0.0
 
     @property
     def gate_tvalue(self) -> float:
@@ -196,9 +205,7 @@ class ExpertMix(Estimator):
 
     # -- learning -----------------------------------------------------------------------------
 
-    def observe(
-        self, step: int, y: float, changes: tuple[float, float, float], served: float
-    ) -> str | None:
+    def observe(self, step: int, y: float, changes: tuple[float, ...], served: float) -> str | None:
         """`advance(step)`, then `add` a labelled event (one-thread use and tests)."""
         event = self.advance(step)
         self.add(y, changes, served)
@@ -218,13 +225,15 @@ class ExpertMix(Estimator):
             self._n = 0
         return event
 
-    def add(self, y: float, changes: tuple[float, float, float], served: float) -> None:
+    def add(self, y: float, changes: tuple[float, ...], served: float) -> None:
         """A labelled event of the open step: its scale-free target, the experts' changes
-        (persistence, stable, fast) and the served change."""
+        (persistence, stable, fast, pooled; a change of an expert not live is ignored) and the
+        served change."""
         yc = min(max(y, -self.loss_clip), self.loss_clip) if math.isfinite(y) else 0.0
         d = self.delta
         for k in range(_EXPERTS):
-            self._loss[k] += huber(yc - changes[k], d)
+            # three changes: no pooled model (it scores as the stable one, not live anyway)
+            self._loss[k] += huber(yc - changes[k if k < len(changes) else 1], d)
         self._loss[_EXPERTS] += huber(yc - served, d)
         self._gain += yc * yc - min((yc - served) ** 2, self.loss_clip**2)
         self._moved = self._moved or served != 0.0
@@ -301,6 +310,16 @@ class ExpertMix(Estimator):
         self.started += 1
         return True
 
+    def join_pooled(self) -> bool:
+        """The pooled model joins (False if it is in already) at the stable model's weight: at
+        its start both are copies of the same model."""
+        if self._live[3]:
+            return False
+        self._live[3] = True
+        self._w[3] = self._w[1]
+        self._w /= self._w.sum()
+        return True
+
     def end_fast(self, fold: bool) -> None:
         """The fast learner leaves: its weight goes to the stable model if folded into it."""
         if not self._live[2]:
@@ -365,10 +384,15 @@ class ExpertMix(Estimator):
         self._reset()
         w = as_array(state["w"], np.float64).reshape(-1)
         loss = as_array(state["loss"], np.float64).reshape(-1)
-        if len(w) != _EXPERTS or len(loss) != _EXPERTS + 1 or len(state["live"]) != _EXPERTS:
+        live = [bool(x) for x in state["live"]]
+        if len(w) == _EXPERTS - 1 and len(loss) == _EXPERTS and len(live) == _EXPERTS - 1:
+            # a mix saved before the pooled expert existed: it has not joined
+            w, live = np.append(w, 0.0), [*live, False]
+            loss = np.insert(loss, _EXPERTS - 1, 0.0)
+        if len(w) != _EXPERTS or len(loss) != _EXPERTS + 1 or len(live) != _EXPERTS:
             raise ValueError(f"expert mix: {len(w)} weights for {_EXPERTS} experts")
         self._w = w.copy()
-        self._live = np.array([bool(x) for x in state["live"]])
+        self._live = np.array(live)
         self._shadow = bool(state["shadow"])
         self._key = None if state["key"] is None else int(state["key"])
         self._loss = loss.copy()

@@ -180,6 +180,10 @@ class _Slot:
     fast_snapshot: ModelSnapshot | None = None
 
 
+# The pooled model's id where a cluster's id would be (`Trainer.start_pool`).
+POOL = -1
+
+
 class Trainer:
     """Owns the training copy of every cluster's model and publishes snapshots."""
 
@@ -206,6 +210,8 @@ class Trainer:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        # The pooled model (`start_pool`): its own queue of every cluster's samples.
+        self._pool: _Slot | None = None
 
     # -- clusters ------------------------------------------------------------------------------
 
@@ -218,6 +224,36 @@ class Trainer:
         self._slots[cluster] = _Slot(
             cluster, learner, policy, SampleQueue(shape), learner.snapshot()
         )
+
+    def start_pool(self, cluster: int, seed: int, policy: AdaptiveLearningRate) -> None:
+        """The pooled model: a copy of `cluster`'s model that from now on learns every
+        cluster's fresh samples, in the order they come, in steps of its own (the single
+        model's training, beside the clusters' own). Once; never when the clusters share one
+        network already."""
+        if self.pooled or self._pool is not None or cluster not in self._slots:
+            return
+        source = self._slots[cluster].learner
+
+        def start() -> None:
+            if self._pool is None:
+                learner = source.fork(seed)
+                shape = (learner.seq_len, learner.n_inputs)
+                self._pool = _Slot(POOL, learner, policy, SampleQueue(shape), learner.snapshot())
+
+        self._between_steps(start)
+
+    def pool_snapshot(self) -> ModelSnapshot | None:
+        """The latest published pooled model (None: there is none)."""
+        return None if self._pool is None else self._pool.snapshot
+
+    def pool_counts(self) -> tuple[int, int, int] | None:
+        """(queued, trained, skipped) samples of the pooled model (None: there is none)."""
+        pool = self._pool
+        return None if pool is None else (pool.queue.n, pool.trained, pool.skipped)
+
+    def _work(self) -> list[_Slot]:
+        """Every slot that trains: the clusters' and the pooled model's."""
+        return [*self._slots.values(), *([self._pool] if self._pool is not None else [])]
 
     def spawn(self, parent: int, seed: int) -> SequenceLearner:
         """The training copy of a new cluster split from `parent`: a fork of the parent's
@@ -262,14 +298,25 @@ class Trainer:
         """Queue fresh samples (in order); in background mode wake the trainer."""
         self._raise_error()
         with self._cond:
-            slot = self._slots[cluster]
-            slot.queue.append(x, y, ts)
-            if self.background:
-                while slot.queue.n > self.max_backlog:
-                    slot.skipped += slot.queue.thin()
-                if slot.queue.n >= self.batch_size:
-                    self._start()
-                    self._cond.notify_all()
+            self._queue(self._slots[cluster], x, y, ts)
+
+    def submit_pool(self, x: Float32Array, y: FloatArray, ts: IntArray) -> None:
+        """Queue fresh samples of any cluster for the pooled model, in the order of their events
+        (so that its steps do not depend on how the events were cut into batches); nothing
+        without a pooled model."""
+        self._raise_error()
+        with self._cond:
+            if self._pool is not None and len(y):
+                self._queue(self._pool, x, y, ts)
+
+    def _queue(self, slot: _Slot, x: Float32Array, y: FloatArray, ts: IntArray) -> None:
+        slot.queue.append(x, y, ts)
+        if self.background:
+            while slot.queue.n > self.max_backlog:
+                slot.skipped += slot.queue.thin()
+            if slot.queue.n >= self.batch_size:
+                self._start()
+                self._cond.notify_all()
 
     # Whether the engine should hand over its scored events (`submit_scored`): only where the
     # cluster's metrics and detectors run elsewhere (a valuer's `RemoteTrainer`).
@@ -351,16 +398,19 @@ class Trainer:
         """Background mode: start on queued work (after a restore)."""
         if self.background:
             with self._cond:
-                if any(s.queue.n >= self.batch_size for s in self._slots.values()):
+                if any(s.queue.n >= self.batch_size for s in self._work()):
                     self._start()
                     self._cond.notify_all()
 
     def run_due(self, ts: float | None = None) -> dict[int, int]:
         """Sync mode: before an event at time `ts`, run the full steps due by then: in queue
-        order, up to the last one whose latest sample time is not `ts` (None: every one)."""
+        order, up to the last one whose latest sample time is not `ts` (None: every one); the
+        pooled model's (`POOL`) after the clusters'."""
         steps: dict[int, int] = {}
-        for cluster in sorted(self._slots):
-            slot = self._slots[cluster]
+        for slot in sorted(self._slots.values(), key=lambda s: s.cluster) + (
+            [self._pool] if self._pool is not None else []
+        ):
+            cluster = slot.cluster
             dues = slot.queue.due_times(self.batch_size)
             run = [i for i, due in enumerate(dues) if ts is None or due != ts]
             for _ in range(run[-1] + 1 if run else 0):
@@ -384,8 +434,7 @@ class Trainer:
             return
         with self._cond:
             while self._in_flight is not None or (
-                self._error is None
-                and any(s.queue.n >= self.batch_size for s in self._slots.values())
+                self._error is None and any(s.queue.n >= self.batch_size for s in self._work())
             ):
                 self._cond.wait(timeout=0.5)
         self._raise_error()
@@ -425,7 +474,7 @@ class Trainer:
             atexit.register(self.close)
 
     def _next(self) -> int | None:
-        ready = [(s.queue.n, c) for c, s in self._slots.items() if s.queue.n >= self.batch_size]
+        ready = [(s.queue.n, s.cluster) for s in self._work() if s.queue.n >= self.batch_size]
         return max(ready)[1] if ready else None
 
     def _run(self) -> None:
@@ -438,7 +487,8 @@ class Trainer:
                     return
                 cluster = self._next()
                 assert cluster is not None
-                slot = self._slots[cluster]
+                slot = self._slots[cluster] if cluster != POOL else self._pool
+                assert slot is not None
                 # Behind by several steps: train them as one (the replay share stays that of
                 # one step), which costs less per sample than the subsampling it avoids.
                 steps = min(slot.queue.n // self.batch_size, self.catch_up_steps)
@@ -534,23 +584,42 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Every cluster's training copy (None when pooled: see `shared_state_dict`), policy,
         queue and counters (call under `paused()`)."""
-        out: dict[str, Any] = {}
-        for cluster, slot in self._slots.items():
-            x, y, ts = slot.queue.arrays()
-            out[str(cluster)] = {
-                "learner": None if self.pooled else slot.learner.state_dict(),
-                "policy": slot.policy.state_dict(),
-                "queue_x": x.copy(),
-                "queue_y": y.copy(),
-                "queue_ts": ts.copy(),
-                "reset_pending": slot.reset_pending,
-                "trained": slot.trained,
-                "skipped": slot.skipped,
-                "steps": slot.steps,
-                "fast": None if slot.fast is None else slot.fast.state_dict(),
-                "fast_lr": slot.fast_lr,
-            }
-        return out
+        return {str(c): self._slot_state(slot) for c, slot in self._slots.items()}
+
+    def _slot_state(self, slot: _Slot) -> dict[str, Any]:
+        x, y, ts = slot.queue.arrays()
+        return {
+            "learner": None if self.pooled else slot.learner.state_dict(),
+            "policy": slot.policy.state_dict(),
+            "queue_x": x.copy(),
+            "queue_y": y.copy(),
+            "queue_ts": ts.copy(),
+            "reset_pending": slot.reset_pending,
+            "trained": slot.trained,
+            "skipped": slot.skipped,
+            "steps": slot.steps,
+            "fast": None if slot.fast is None else slot.fast.state_dict(),
+            "fast_lr": slot.fast_lr,
+        }
+
+    def pool_state_dict(self) -> dict[str, Any] | None:
+        """The pooled model's state (None: there is none; call under `paused()`)."""
+        return None if self._pool is None else self._slot_state(self._pool)
+
+    def load_pool(self, state: dict[str, Any] | None, policy: AdaptiveLearningRate) -> None:
+        """Restore the pooled model (None: there is none), shaped like the clusters' models,
+        after `load_slot` (call under `paused()`)."""
+        self._pool = None
+        if state is None:
+            return
+        if self.pooled or not self._slots:
+            raise ValueError("pooled model: in the state, but the engine has no place for it")
+        like = next(iter(self._slots.values())).learner
+        learner = like.fork(like.seed)
+        shape = (learner.seq_len, learner.n_inputs)
+        pool = _Slot(POOL, learner, policy, SampleQueue(shape), learner.snapshot())
+        self._restore(pool, state)
+        self._pool = pool
 
     def shared_state_dict(self) -> dict[str, Any] | None:
         """The shared learner's state (None unless pooled; call under `paused()`)."""
@@ -568,7 +637,10 @@ class Trainer:
     def load_slot(self, cluster: int, state: dict[str, Any]) -> None:
         """Restore one cluster added with `add` (call under `paused()`; pooled: after
         `load_shared`)."""
-        slot = self._slots[cluster]
+        self._restore(self._slots[cluster], state)
+
+    def _restore(self, slot: _Slot, state: dict[str, Any]) -> None:
+        cluster = slot.cluster
         if (state["learner"] is None) != self.pooled:
             raise ValueError(f"cluster {cluster}: a training copy where pooling says otherwise")
         if state["learner"] is not None:
@@ -637,7 +709,8 @@ class RemoteTrainer(Trainer):
     learner publishes one. The scored events travel with the samples: the cluster's learner,
     which sees every valuer's, keeps its error metrics and runs its drift detection (and boosts
     its lr policy). The valuing side's own alarms change nothing here; the fast-learner response
-    needs a learner of its own and is not run (its start and end are ignored)."""
+    needs a learner of its own and is not run (its start and end are ignored), nor is the pooled
+    model, which no learner owns (each learns only its own clusters)."""
 
     wants_scored = True
 
@@ -669,6 +742,9 @@ class RemoteTrainer(Trainer):
         self.sent += len(y)
 
     def start_fast(self, cluster: int, seed: int, lr: float) -> None:
+        return None
+
+    def start_pool(self, cluster: int, seed: int, policy: AdaptiveLearningRate) -> None:
         return None
 
     def end_fast(self, cluster: int, fold: bool) -> None:

@@ -1068,7 +1068,7 @@ class ReplayMetrics:
 
 
 # The experts of a cluster's combination (models/experts.py), the `expert` label's values.
-EXPERTS = ("persistence", "stable", "fast")
+EXPERTS = ("persistence", "stable", "fast", "pooled")
 # streamval_cluster_fast_learner's values.
 _FAST_STATES = {"none": 0, "shadow": 1, "served": 2}
 
