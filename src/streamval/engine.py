@@ -489,6 +489,10 @@ class Engine:
         """Per cluster, its fast learner: "none", "shadow" (scored, not served) or "served"."""
         return {c: cluster.mix.fast for c, cluster in self._clusters.items()}
 
+    def pooled_samples(self) -> tuple[int, int, int] | None:
+        """The pooled expert's (queued, trained, skipped) samples; None while there is none."""
+        return self.trainer.pool_counts()
+
     def lr(self, cluster: int) -> float:
         """Current learning rate of a cluster."""
         return self.trainer.policy(cluster).lr

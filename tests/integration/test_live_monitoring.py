@@ -269,6 +269,12 @@ def check_everything(
     for q in alert_queries():
         prom.query(q.promql)  # evaluates without error
 
+    # The stream splits into clusters (near its end), so the pooled expert starts, and says so.
+    pooled = 'streamval_pooled_model_samples{kind="trained"}'
+    assert prom.queries_without_data([Query("pooled expert", pooled)], timeout_s=30) == [], (
+        f"{prom.query('streamval_pooled_model_samples')}\n{diagnose()}"
+    )
+
     # The drift alert fires for the cluster that holds the shocked group A.
     shocked = shocked_clusters(settings)
     firing = prom.wait_for_alert("StreamvalClusterDrift", timeout_s=30)

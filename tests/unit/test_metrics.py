@@ -81,6 +81,7 @@ def exercised_engine_metrics() -> EngineMetrics:
     m.event_time_lag(3 * 365 * 86_400.0)
     m.checkpoint_written(1_700_000_000.0)
     m.batch(0.05, 250)
+    m.pooled_model(queued=0, trained=320, skipped=0)
     return m
 
 
@@ -308,6 +309,16 @@ def test_skipped_samples_mirror_engine_totals_and_start_at_zero() -> None:
     m.update_clusters([snapshot(0, skipped=128)])
     m.update_clusters([snapshot(0, skipped=384)])
     assert value(r, "streamval_cluster_skipped_samples_total", cluster="0") == 384
+
+
+def test_the_pooled_models_samples_are_absent_until_reported() -> None:
+    m = EngineMetrics()
+    r = m.registry
+    assert value(r, "streamval_pooled_model_samples", kind="trained") is None
+    m.pooled_model(queued=12, trained=640, skipped=64)
+    kinds = ("queued", "trained", "skipped")
+    got = [value(r, "streamval_pooled_model_samples", kind=k) for k in kinds]
+    assert got == [12, 640, 64]
 
 
 def test_drift_counters_exist_at_zero_before_the_first_alarm() -> None:

@@ -287,7 +287,7 @@ def _steps(mix: ExpertMix, n: int, fast_err: float, stable_err: float, start: in
         for _ in range(10):
             y = 1.0 + 0.05 * rng.normal()
             f, m = 1.0 + fast_err, 1.0 + stable_err
-            mix.add(y, (0.0, m, f), mix.combine(m, f))
+            mix.add(y, (0.0, m, f, m), mix.combine(m, f))
     return events
 
 
@@ -361,7 +361,7 @@ def _signal_steps(mix: ExpertMix, steps: range, signal: float, seed: int) -> lis
             y = signal * m + float(rng.normal())
             served = mix.serve(m, m)
             assert served == (mix.combine(m, m) if mix.gate_open else 0.0)
-            mix.add(y, (0.0, m, m), mix.combine(m, m))
+            mix.add(y, (0.0, m, m, m), mix.combine(m, m))
     return opened
 
 
@@ -392,7 +392,7 @@ def test_steps_served_at_persistence_by_the_combination_itself_are_no_evidence()
     for t in range(10):
         mix.advance(t)
         for y in (1.0, -1.0, 0.5):
-            mix.add(y, (0.0, 0.0, 0.0), 0.0)
+            mix.add(y, (0.0, 0.0, 0.0, 0.0), 0.0)
     mix.advance(10)
     assert mix.state_dict()["evidence"] == [0.0, 0.0, 0.0]
     fresh = ExpertMix()

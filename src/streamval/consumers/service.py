@@ -719,6 +719,10 @@ class ValuationService:
         if expired > self._expired_seen:
             self.metrics.assets_expired(expired - self._expired_seen)
         self._expired_seen = expired
+        pooled = getattr(self.engine, "pooled_samples", None)
+        counts = pooled() if callable(pooled) else None
+        if counts is not None:
+            self.metrics.pooled_model(*counts)
         owner = self._outbox is None  # a valuer's clusters report from their learners
         if owner and self._delivery is not None and snapshots and not self.outage.active:
             self._delivery.send_records(

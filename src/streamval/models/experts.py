@@ -205,7 +205,9 @@ class ExpertMix(Estimator):
 
     # -- learning -----------------------------------------------------------------------------
 
-    def observe(self, step: int, y: float, changes: tuple[float, ...], served: float) -> str | None:
+    def observe(
+        self, step: int, y: float, changes: tuple[float, float, float, float], served: float
+    ) -> str | None:
         """`advance(step)`, then `add` a labelled event (one-thread use and tests)."""
         event = self.advance(step)
         self.add(y, changes, served)
@@ -225,15 +227,14 @@ class ExpertMix(Estimator):
             self._n = 0
         return event
 
-    def add(self, y: float, changes: tuple[float, ...], served: float) -> None:
+    def add(self, y: float, changes: tuple[float, float, float, float], served: float) -> None:
         """A labelled event of the open step: its scale-free target, the experts' changes
         (persistence, stable, fast, pooled; a change of an expert not live is ignored) and the
         served change."""
         yc = min(max(y, -self.loss_clip), self.loss_clip) if math.isfinite(y) else 0.0
         d = self.delta
         for k in range(_EXPERTS):
-            # three changes: no pooled model (it scores as the stable one, not live anyway)
-            self._loss[k] += huber(yc - changes[k if k < len(changes) else 1], d)
+            self._loss[k] += huber(yc - changes[k], d)
         self._loss[_EXPERTS] += huber(yc - served, d)
         self._gain += yc * yc - min((yc - served) ** 2, self.loss_clip**2)
         self._moved = self._moved or served != 0.0

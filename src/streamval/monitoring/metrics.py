@@ -70,6 +70,8 @@ Engine metrics (`EngineMetrics`), name{labels} type: meaning:
     streamval_checkpoint_bytes                         gauge      size of the last checkpoint
     streamval_checkpoint_failures_total{reason}        counter    checkpoints not written
     streamval_expired_assets_total                     counter    idle assets expired by the engine
+    streamval_pooled_model_samples{kind}               gauge      the pooled expert's samples:
+                                                                  queued, trained, skipped
     streamval_held_back_partitions                     gauge      partitions paused (ahead in time)
     streamval_buffered_events                          gauge      fetched, waiting for event order
     streamval_instance_info{instance_id,group}         gauge      always 1: this process's id in
@@ -521,6 +523,14 @@ class EngineMetrics:
             "Idle assets expired by the engine (engine.asset_ttl), their state freed.",
             registry=r,
         )
+        self._pooled = Gauge(
+            "streamval_pooled_model_samples",
+            "Samples of the pooled expert (engine.pooled_expert) since it started, restored "
+            "with checkpoints: queued, trained, and skipped by a lagging trainer (overload); "
+            "absent while there is no pooled model.",
+            ["kind"],
+            registry=r,
+        )
         self._held_back = Gauge(
             "streamval_held_back_partitions",
             "Input partitions paused because they are ahead in event time of the others.",
@@ -827,6 +837,11 @@ class EngineMetrics:
     def assets_expired(self, n: int) -> None:
         """The engine expired `n` idle assets."""
         self._expired.inc(n)
+
+    def pooled_model(self, queued: int, trained: int, skipped: int) -> None:
+        """The pooled expert's sample counts (`Engine.pooled_samples`)."""
+        for kind, n in (("queued", queued), ("trained", trained), ("skipped", skipped)):
+            self._pooled.labels(kind).set(n)
 
     def held_back(self, partitions: int, buffered: int) -> None:
         """`partitions` are paused for event-time order; `buffered` events wait."""
