@@ -16,7 +16,7 @@ from streamval.errors import CheckpointError, ConfigError
 from streamval.models.drift import AdaptiveLearningRate
 from streamval.models.experts import ExpertMix
 from streamval.models.learner import Predictor, SequenceLearner
-from streamval.models.trainer import Trainer
+from streamval.models.trainer import RemoteTrainer, Trainer
 from streamval.stream.contract.outputs import Valuation
 from streamval.stream.contract.schema import AssetEvent
 
@@ -334,6 +334,26 @@ def test_the_pooled_expert_is_deterministic_whatever_the_batch_cut() -> None:
         outs.append([v.valuation for v in run(engine, events, chunk=chunk)])
         assert engine.trainer.pool_counts() is not None
     assert outs[0] == pytest.approx(outs[1], rel=1e-9) and outs[0] == pytest.approx(outs[2])
+
+
+def test_a_valuer_restoring_a_state_with_a_pooled_model_drops_it() -> None:
+    """A valuer (split mode) never trains a pooled model, so it never serves a frozen one."""
+    events, _ = three_groups(steps=50)
+    engine = Engine(EngineSettings(**SMALL))
+    run(engine, events)
+    state = engine.state_dict()
+    assert state["pool"] is not None
+
+    def remote(s: EngineSettings) -> Trainer:
+        return RemoteTrainer(
+            sink=lambda *a, **k: None, batch_size=s.batch_size, max_backlog=s.max_backlog
+        )
+
+    valuer = Engine(EngineSettings(**SMALL), trainer=remote)
+    valuer.load_state_dict(state)
+    assert valuer.clusters == engine.clusters
+    assert valuer.trainer.pool_snapshot() is None and valuer.pooled_samples() is None
+    valuer.close()
 
 
 def test_a_mix_saved_before_the_pooled_expert_loads_without_it() -> None:

@@ -747,6 +747,10 @@ class RemoteTrainer(Trainer):
     def start_pool(self, cluster: int, seed: int, policy: AdaptiveLearningRate) -> None:
         return None
 
+    def load_pool(self, state: dict[str, Any] | None, policy: AdaptiveLearningRate) -> None:
+        """A restored state's pooled model is dropped: nothing here would train it."""
+        self._pool = None
+
     def end_fast(self, cluster: int, fold: bool) -> None:
         return None
 
