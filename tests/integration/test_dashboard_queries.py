@@ -126,6 +126,7 @@ class Feeder:
                 )
             )
         m.update_clusters(snapshots)
+        m.pooled_model(queued=tick % 32, trained=320 * tick, skipped=0)
         self.replay.produced(batch)
         self._learn(tick, now)
         if tick % 15 == 0:
