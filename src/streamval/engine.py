@@ -461,6 +461,11 @@ class Engine:
         return self._clustering.fitted
 
     @property
+    def fit_pending(self) -> bool:
+        """Whether a clustering fit runs in the fitting subprocess or waits to be applied."""
+        return self._pending_fit is not None
+
+    @property
     def n_assets(self) -> int:
         """Assets currently remembered."""
         return self._assets.n_live

@@ -206,11 +206,12 @@ def test_background_refits_run_off_the_valuing_thread_and_land_between_batches()
     for events_of_step in _steps(panel.events):
         fits = engine.clustering_stats().fits
         engine.process(events_of_step)
-        if engine._pending_fit is not None:
+        if engine.fit_pending:
             ran_in_background += 1
             assert engine.clustering_stats().fits == fits  # not applied yet
             engine.flush()  # waits for the re-fit and applies it
             assert engine.clustering_stats().fits == fits + 1
+            assert not engine.fit_pending
     engine.close()
     assert ran_in_background >= 3
     assert _ari(engine, panel.truth) >= 0.9

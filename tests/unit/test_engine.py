@@ -715,7 +715,7 @@ def test_a_fit_is_applied_without_waiting_for_the_training_step_in_flight(
     while not entered.is_set():  # until a training step is in flight (and blocked)
         engine.process(next(steps))
     engine._fit()  # a fit on the fitting thread, as a due one
-    assert engine._pending_fit is not None
+    assert engine.fit_pending and engine._pending_fit is not None
     engine._pending_fit.result(timeout=60)  # the fit is done; the step is still in flight
     engine.process(next(steps))  # returns at once, without the fit
     assert not engine.fitted and engine.trainer._held
@@ -726,7 +726,7 @@ def test_a_fit_is_applied_without_waiting_for_the_training_step_in_flight(
     time.sleep(0.2)
     assert learner.own_updates == updates  # held: no new step started meanwhile
     engine.process(next(steps))
-    assert engine.fitted and not engine.trainer._held
+    assert engine.fitted and not engine.trainer._held and not engine.fit_pending
     gate.clear()
     while engine.trainer._in_flight is None:  # a step in flight (blocked) again: no state
         engine.process(next(steps))  # without waiting for it

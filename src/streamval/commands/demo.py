@@ -23,9 +23,10 @@ kafka.bootstrap_servers), it starts a local Kafka broker in a temporary director
 Maven needed) and stops it at the end. It creates fresh demo topics, runs the valuation engine
 service with Prometheus metrics on a free port (or --metrics-port), and replays the reference
 paper's credit portfolio (24 monthly records per customer; a policy tightening in month 18
-lowers the high-risk customers' credit scores). While it runs, a table per cluster shows events
-valued, rolling MAE, learning rate, drift alarms and assets (a plain table every few seconds
-when the output is not a terminal).
+lowers the high-risk customers' credit scores) one month at a time, each once the engine has
+valued the last and applied any clustering fit it started. While it runs, a table per cluster
+shows events valued, rolling MAE, learning rate, drift alarms and assets (a plain table every
+few seconds when the output is not a terminal).
 
 When every replayed event has been valued it stops the service, reads the valuations and
 metrics topics back and writes to --out (default ./demo-report): report.md, summary.json and

@@ -6,7 +6,9 @@
       2. topics      four fresh topics named demo-<run id>.<topic>, one partition each
       3. service     `ValuationService` on a thread, `MetricsServer` on a free (or given) port
       4. replay      the paper's credit book (policy tightening at month 18) on a second thread,
-                     with a marker at the shock on the metrics topic
+                     with a marker at the shock on the metrics topic, one month at a time: the
+                     next once the service has valued the last and applied any clustering fit it
+                     started (`_pace`)
       5. watch       the live table until every replayed event has been valued
                      (`service.published == events`), then a clean service stop (final snapshots)
       6. report      both output topics read back; report.md, summary.json, errors.png
@@ -32,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -47,6 +49,9 @@ from streamval.stream.kafka.broker import LocalBroker
 from streamval.stream.kafka.jars import find_java
 from streamval.stream.kafka.topics import ensure_topics, topic_names
 from streamval.stream.replay.markers import Marker
+
+if TYPE_CHECKING:
+    from streamval.consumers.service import ValuationService
 
 __all__ = ["DEFAULT_CUSTOMERS", "QUICK_CUSTOMERS", "DemoOptions", "DemoResult", "run_demo"]
 
@@ -63,6 +68,10 @@ STALL_TIMEOUT_S = 180.0
 # A service thread finishes its batch, flushes and closes within seconds of stop(); the final
 # flush is bounded by the service's own 60 s flush timeout.
 JOIN_TIMEOUT_S = 90.0
+# The replay holds each month until the service has valued the last and applied a clustering
+# fit it started: valuing 5,000 customers' month takes seconds, a fit's subprocess up to 20 s to
+# start on a loaded machine; past this the replay goes on (warned) rather than wait forever.
+MONTH_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,9 @@ def _run(
         if stop.is_set() or abort.is_set():
             raise _InterruptError
 
+    def before_month(sent: int, ts_ms: int) -> None:
+        _pace(service, sent, ts_ms, lambda: stop.is_set() or abort.is_set())
+
     markers = []
     if book.shock_ts_ms is not None:
         markers.append(Marker(book.shock_ts_ms, "policy tightening", "tightening", "credit"))
@@ -215,6 +227,7 @@ def _run(
             rate=options.rate,
             markers=markers,
             on_progress=on_progress,
+            before_time=before_month,
             create_topics=False,
         ),
     )
@@ -262,6 +275,25 @@ def _run(
     )
     summary = analyse(valuations, metric_messages, facts)
     return DemoResult(summary=summary, report=options.out / "report.md", metrics_url=url)
+
+
+def _pace(service: ValuationService, sent: int, ts_ms: int, stopping: Callable[[], bool]) -> None:
+    """Hold the replay until the service has valued the `sent` events and has no clustering
+    fit pending. In a real book a month passes between two records of a customer; compressed
+    into seconds, a fit running in the background would land at whatever month the replay had
+    reached by then (right before the shock, say: a cluster too new for its detector to have
+    seen a calm month), and every run would tell another story."""
+    deadline = time.monotonic() + MONTH_WAIT_S
+    while service.published < sent or getattr(service.engine, "fit_pending", False):
+        if stopping():
+            raise _InterruptError
+        if time.monotonic() > deadline:
+            log.warning(
+                "replay goes on before the engine caught up",
+                extra={"valued": service.published, "sent": sent, "ts_ms": ts_ms},
+            )
+            return
+        time.sleep(0.02)
 
 
 def _watch(

@@ -7,8 +7,10 @@ assets, ties by asset id, paced by `rate` or `speed` (`streamval.stream.replay.p
 Markers (`streamval.stream.replay.markers`) inside the table's period are published on the
 metrics topic (key `marker`) just before the first event at or after their time.
 `on_progress(n_sent)` is called after each batch of sends and at the end, `on_marker(marker)`
-after each marker. The producer is flushed before returning; delivery failures and an
-unreachable broker raise `BrokerError`.
+after each marker. `before_time(n_sent, ts_ms)`, if given, is called before the first event of
+each event time after the first (once what was sent is flushed), and may block: the demo sends
+a month once the engine has valued the last one. The producer is flushed before returning;
+delivery failures and an unreachable broker raise `BrokerError`.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def replay(
     markers: Sequence[Marker] = (),
     on_progress: Callable[[int], None] | None = None,
     on_marker: Callable[[Marker], None] | None = None,
+    before_time: Callable[[int, int], None] | None = None,
     progress: bool = False,
     create_topics: bool = True,
     producer_config: dict[str, Any] | None = None,
@@ -104,10 +107,16 @@ def replay(
         disable=not progress,
     )
     sent = n_markers = 0
+    previous_ts: int | None = None
     pacer = Pacer(offsets) if offsets is not None else None
     t0 = time.monotonic()
     try:
         for i, event in enumerate(table.events()):
+            if before_time is not None and event.ts_ms != previous_ts:
+                if previous_ts is not None:
+                    producer.flush(timeout=FLUSH_TIMEOUT_S)
+                    before_time(sent, event.ts_ms)
+                previous_ts = event.ts_ms
             while pending and pending[0].ts_ms <= event.ts_ms:
                 marker = pending.pop(0)
                 producer.send(metrics_topic, key=MARKER_KEY, value=marker.to_bytes()).add_errback(
