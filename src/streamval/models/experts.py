@@ -16,9 +16,10 @@ delta (MASE is an MAE ratio), and a fixed share towards a prior (1 - `prior` per
 `prior` split over the learned experts; also the initial weights) so a weight that fell can come
 back. With
 `persistence=False` expert 0 is never live: without a fast learner the stable model is served
-exactly. Measured (docs/results/drift.md): persistence in the mix lowers the worst sp500 shock
-window's MASE and FX's overall MASE, and costs the credit book, whose mix starts learning only
-when its model starts valuing (month 12); the default prior 0.5 is the compromise.
+exactly. Measured (docs/results/drift.md): before the gate (below) persistence in the mix
+lowered the worst sp500 shock window's MASE and FX's overall MASE; with it, it helps ETT a
+little and costs the credit book, whose mix starts learning only when its model starts valuing
+(month 12); the default prior 0.5 is the compromise.
 
 The gate: the combination is served only while the t-statistic of its mean squared-error gain
 over persistence per step (EW mean and variance, weight `gate_alpha`; y clipped at `loss_clip`)
