@@ -305,6 +305,19 @@ def credit_section(r: CreditResults, out: Path) -> str:
         )
     )
     lines.append("")
+    calm = [
+        f"{x.method} ({pct(x.shocked_increase)} shocked, {pct(x.increase)} all)"
+        for x in r.shock.itertuples()
+        if x.shocked_increase < 0 < x.increase
+    ]
+    if calm:
+        lines += [
+            "Where the increase comes from: the shocked customers' own MSE fell after the shock "
+            "while the MSE of all test customers rose for " + ", ".join(calm) + ". For these "
+            "methods the increase comes from the customers the tightening did not hit, so a "
+            "response to the shock cannot lower it.",
+            "",
+        ]
     if r.shock_ts is not None:
         plots.credit_shock(
             r.test_frames,
