@@ -252,8 +252,9 @@ class Trainer:
         return None if pool is None else (pool.queue.n, pool.trained, pool.skipped)
 
     def _work(self) -> list[_Slot]:
-        """Every slot that trains: the clusters' and the pooled model's."""
-        return [*self._slots.values(), *([self._pool] if self._pool is not None else [])]
+        """Every slot that trains: the clusters' by id, then the pooled model's."""
+        slots = [self._slots[c] for c in sorted(self._slots)]
+        return [*slots, *([self._pool] if self._pool is not None else [])]
 
     def spawn(self, parent: int, seed: int) -> SequenceLearner:
         """The training copy of a new cluster split from `parent`: a fork of the parent's
@@ -407,9 +408,7 @@ class Trainer:
         order, up to the last one whose latest sample time is not `ts` (None: every one); the
         pooled model's (`POOL`) after the clusters'."""
         steps: dict[int, int] = {}
-        for slot in sorted(self._slots.values(), key=lambda s: s.cluster) + (
-            [self._pool] if self._pool is not None else []
-        ):
+        for slot in self._work():
             cluster = slot.cluster
             dues = slot.queue.due_times(self.batch_size)
             run = [i for i, due in enumerate(dues) if ts is None or due != ts]
