@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from streamval.backtest.credit import scaled_mse
 from streamval.backtest.metrics import (
     fmt,
     increase,
@@ -78,3 +79,22 @@ def test_pick_assets_spreads_over_groups() -> None:
     sectors = pd.Series({"A": "x", "B": "x", "C": "x", "D": "y", "E": "z", "F": "z"})
     assert pick_assets(sectors, 4) == ["A", "B", "D", "E"]
     assert pick_assets(sectors, None) == sorted(sectors.index)
+
+
+def test_scaled_mse_divides_each_customers_errors_by_its_own_early_changes() -> None:
+    months = (0, 10, 20, 30)
+    test = pd.DataFrame(
+        {
+            "asset_id": ["a"] * 4 + ["b"] * 4 + ["flat"] * 4,
+            "ts": [0, 10, 20, 30] * 3,
+            # a moves 1 a month, b 2 a month: b's error of 1 counts as a's error of 0.5
+            "value": [0.0, 1, 2, 3, 0, 2, 4, 6, 5, 5, 5, 6],
+            "valuation": [np.nan, 0, 2.5, 3, np.nan, 0, 4, 7, np.nan, 5, 5, 9],
+        }
+    )
+    out = scaled_mse(test, months, score_from=2, shock=3)
+    # scored: a 0.25, 0; b 0, 0.25; the flat customer (no early change) is left out
+    assert out["scaled"] == pytest.approx(0.125)
+    assert out["scaled_before"] == pytest.approx(0.125)
+    assert out["scaled_after"] == pytest.approx(0.125)
+    assert out["scaled_persistence"] == pytest.approx(1.0)

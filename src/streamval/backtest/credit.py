@@ -134,6 +134,29 @@ def _normalised_scores(
     return scores(y, yhat)
 
 
+def scaled_mse(
+    test: pd.DataFrame, month_ts: tuple[int, ...], score_from: int, shock: int
+) -> dict[str, float]:
+    """Scaled MSE of the scored months, of the 6 before the shock and the 6 from it, and of
+    persistence over the scored months: errors over each customer's RMS monthly change in the
+    months before `score_from` (the mean square of M5's RMSSE terms)."""
+    f = test.assign(month=_months(test, month_ts)).sort_values(["asset_id", "month"])
+    change = f["value"] - f.groupby("asset_id")["value"].shift(1)
+    early = f["month"] < score_from
+    scale = np.sqrt((change[early] ** 2).groupby(f["asset_id"][early]).mean())
+    unit = f["asset_id"].map(scale.where(scale > 0))  # a flat customer has no scale: left out
+    scored = (f["month"] >= score_from).to_numpy()
+    err = (((f["value"] - f["valuation"]) / unit) ** 2)[scored]
+    month = f["month"][scored]
+    width = min(shock - score_from, int(month.max()) + 1 - shock)
+    return {
+        "scaled": float(err.mean()),
+        "scaled_before": float(err[(month >= shock - width) & (month < shock)].mean()),
+        "scaled_after": float(err[(month >= shock) & (month < shock + width)].mean()),
+        "scaled_persistence": float(((change / unit) ** 2)[scored].mean()),
+    }
+
+
 def run_methods(config: CreditConfig, book: CreditPortfolio) -> tuple[dict[str, Run], float, float]:
     """Table 1's runs: the paper protocol for every method on the full book."""
     splits = _splits(book, ("train", "validation", "test"))
