@@ -35,6 +35,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,8 @@ def outage_bound(h: Harness) -> Row:
     ensure_topics(settings)
     t0 = time.monotonic()
     events = stream(steps=5, per_group=5, seed=1)
-    proc = h.start(settings, **{"consumer.outage_timeout_s": 20})
+    sets: dict[str, Any] = {"consumer.outage_timeout_s": 20}
+    proc = h.start(settings, **sets)
     h.produce(settings, items(events))
     wait_valued(settings, len(events))
     h.broker.stop()
@@ -410,10 +412,11 @@ def soak(
             prices *= np.exp(rng.normal(0, 0.01, size=assets))
             for i in range(assets):
                 asset = i + step * (assets // 8)
-                body = {"asset_id": f"S{asset:07d}", "ts": ts, "value": float(prices[i])}
+                key = f"S{asset:07d}"
+                body = {"asset_id": key, "ts": ts, "value": float(prices[i])}
                 producer.send(
                     settings.topics.input,
-                    key=body["asset_id"].encode(),
+                    key=key.encode(),
                     value=json.dumps(body).encode(),
                 )
                 sent += 1
@@ -551,14 +554,14 @@ def main(argv: list[str] | None = None) -> int:
     kills = args.kills or (3 if args.quick else 20)
     minutes = args.soak_minutes or (1.0 if args.quick else 10.0)
     rng = random.Random(args.seed)
+    rows: list[Row] = []
+    samples: list[tuple[float, int]] = []
     if args.report_only:
         saved = json.loads(RESULTS.read_text())
         samples = [(float(t), int(kb)) for t, kb in saved["rss_samples"]]
         rows = [row_from_json(r) for r in saved["rows"]]
         args.out.write_text(write_report(rows, rss_growth(samples), samples, args))
         return 0 if all(r.ok() for r in rows) else 1
-    rows: list[Row] = []
-    samples: list[tuple[float, int]] = []
     with tempfile.TemporaryDirectory(prefix="streamval-faults-") as tmp:
         h = Harness(Path(tmp))
         h.broker.start()
@@ -575,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
                     "soak",
                 ]
             )
-            steps = [
+            steps: list[tuple[str, Callable[[], Row]]] = [
                 ("poison", lambda: poison(h, rng)),
                 ("checkpoints", lambda: checkpoints(h)),
                 ("kill9-alo", lambda: kill9(h, kills, False, rng)),
