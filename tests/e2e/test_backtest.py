@@ -69,12 +69,13 @@ def test_quick_backtest_writes_the_full_report(tmp_path: Path, shared_data: Path
     assert len(images) >= 5
     for image in images:
         assert (out / image).stat().st_size > 1000
-    # Table 1 rows: MSE, MAE, R2 of every method are finite numbers.
+    # Table 1 rows: MSE, MAE, R2 and scaled MSE of every method are finite numbers.
     table1 = report.split("### Table 1")[1].split("###")[0]
+    assert "| method | MSE | MAE | R2 | scaled MSE |" in table1
     for line in table1.splitlines()[4:]:
         if not line.startswith("| "):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
-        for cell in cells[1:4]:
+        for cell in cells[1:5]:
             assert float(cell) == float(cell) and abs(float(cell)) < 1e6, line
     assert "nan" not in report.lower().replace("financ", "")

@@ -20,6 +20,7 @@ from streamval.backtest.metrics import (
     scores,
 )
 from streamval.backtest.realdata import pick_assets
+from streamval.backtest.report import _verdict
 
 
 def test_scores_match_definitions() -> None:
@@ -98,3 +99,16 @@ def test_scaled_mse_divides_each_customers_errors_by_its_own_early_changes() -> 
     assert out["scaled_before"] == pytest.approx(0.125)
     assert out["scaled_after"] == pytest.approx(0.125)
     assert out["scaled_persistence"] == pytest.approx(1.0)
+
+
+def test_a_verdict_counts_values_equal_as_shown_as_ties() -> None:
+    table = pd.DataFrame(
+        {
+            "method": ["HC+LSTM", "fixed lr", "single", "other"],
+            "mse": [0.0022741, 0.00227406, 0.002263, math.nan],
+        }
+    )
+    (line,) = _verdict(table, "HC+LSTM", "mse", label="test MSE")
+    assert "lower test MSE for single (0.002263)" in line and "fixed lr" not in line
+    (best,) = _verdict(table[table["method"] != "single"], "HC+LSTM", "mse")
+    assert best.startswith("**HC+LSTM has the lowest MSE")

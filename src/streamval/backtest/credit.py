@@ -135,7 +135,7 @@ def _normalised_scores(
 
 
 def scaled_mse(
-    test: pd.DataFrame, month_ts: tuple[int, ...], score_from: int, shock: int
+    test: pd.DataFrame, month_ts: Sequence[int], score_from: int, shock: int | None
 ) -> dict[str, float]:
     """Scaled MSE of the scored months, of the 6 before the shock and the 6 from it, and of
     persistence over the scored months: errors over each customer's RMS monthly change in the
@@ -148,13 +148,17 @@ def scaled_mse(
     scored = (f["month"] >= score_from).to_numpy()
     err = (((f["value"] - f["valuation"]) / unit) ** 2)[scored]
     month = f["month"][scored]
-    width = min(shock - score_from, int(month.max()) + 1 - shock)
-    return {
+    out = {
         "scaled": float(err.mean()),
-        "scaled_before": float(err[(month >= shock - width) & (month < shock)].mean()),
-        "scaled_after": float(err[(month >= shock) & (month < shock + width)].mean()),
+        "scaled_before": math.nan,
+        "scaled_after": math.nan,
         "scaled_persistence": float(((change / unit) ** 2)[scored].mean()),
     }
+    if shock is not None:
+        width = min(shock - score_from, int(month.max()) + 1 - shock)
+        out["scaled_before"] = float(err[(month >= shock - width) & (month < shock)].mean())
+        out["scaled_after"] = float(err[(month >= shock) & (month < shock + width)].mean())
+    return out
 
 
 def run_methods(config: CreditConfig, book: CreditPortfolio) -> tuple[dict[str, Run], float, float]:
@@ -195,6 +199,9 @@ def methods_table(
                     "mse": s["mse"],
                     "mae": s["mae"],
                     "r2": s["r2"],
+                    "scaled_mse": scaled_mse(
+                        test, months, config.score_from_month, book.params.shock_month
+                    )["scaled"],
                     "train_s": run.seconds.get("train", math.nan),
                     "model_share": float(1.0 - scored["warming"].mean())
                     if len(scored)
