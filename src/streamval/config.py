@@ -341,6 +341,12 @@ class EngineSettings(_Section):
         "the threshold (per-event ADWIN watches meanwhile); shorter calibrations gave "
         "heavy-tailed panels (equities) low thresholds",
     )
+    shock_calibration_max: int = Field(
+        2000,
+        ge=5,
+        description="cross_sectional: the calibration keeps every judged step and is recomputed "
+        "each time it doubles, up to this many steps (then frozen)",
+    )
     shock_refractory: int = Field(10, ge=0, description="steps without a new alarm after one")
     shock_min_assets: int = Field(2, ge=1, description="assets a step needs to be judged")
     shock_step_ms: int = Field(
@@ -434,6 +440,15 @@ class EngineSettings(_Section):
     def _recurrent_cells_have_layers(self) -> EngineSettings:
         if self.cell != "linear" and not self.hidden:
             raise ValueError(f"hidden: the {self.cell!r} cell needs at least one layer")
+        return self
+
+    @model_validator(mode="after")
+    def _calibration_within_its_cap(self) -> EngineSettings:
+        if self.shock_calibration_max < self.shock_calibration:
+            raise ValueError(
+                f"shock_calibration_max = {self.shock_calibration_max} must be at least "
+                f"shock_calibration ({self.shock_calibration})"
+            )
         return self
 
     @model_validator(mode="after")

@@ -129,12 +129,14 @@ class ClusterWatch:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The error metrics, the shock detector and the last step judged."""
+        """The error metrics, the shock detector, the last step judged and the scored events of
+        the steps not yet complete (a learner taking over judges them as this one would)."""
         return {
             "errors": self.errors.state_dict(),
             "shock": None if self.shock is None else self.shock.state_dict(),
             "judged": self._judged,
             "watermark": self.watermark,
+            "pending": [[k, ts, z] for k, events in self._pending.items() for ts, z in events],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -148,6 +150,9 @@ class ClusterWatch:
         judged = state["judged"]
         self._judged = None if judged is None else int(judged)
         self.watermark = int(state["watermark"])
+        self._pending.clear()
+        for key, ts, z in state.get("pending", []):  # records before it kept none
+            self._pending[int(key)].append((int(ts), float(z)))
 
     def fork_detector(self, parent: ClusterWatch | dict[str, Any]) -> None:
         """A cluster split off `parent` (its watch, or its watch's `state_dict`) starts with the
