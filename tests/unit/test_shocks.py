@@ -89,6 +89,27 @@ def test_the_default_rate_holds_in_the_far_tail(df: int | None) -> None:
     assert float(np.mean(rates)) <= 1.5 * 0.002
 
 
+def test_common_shocks_are_still_caught_with_few_false_alarms() -> None:
+    # The price of the honest rate is some sensitivity. A common move of 2 (4 sd of the market
+    # factor) every 300 steps, 30 normal assets, 3 runs: the detector before caught 38 of the 57
+    # with 92 false alarms; this one catches 30 with 11.
+    caught, false, shocks = 0, 0, 0
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        det = CrossSectionalDetector()  # refractory 10: an alarm quiets the next steps
+        at = set(range(400, 6000, 300))
+        shocks += len(at)
+        for t in range(6000):
+            z = 0.5 * rng.normal() + (2.0 if t in at else 0.0) + rng.normal(size=30)
+            for x in z.tolist():
+                shock = det.observe(t, x)
+                if shock is not None:
+                    caught += shock.ts_ms in at
+                    false += shock.ts_ms not in at
+    print(f"caught {caught} of {shocks} shocks, {false} false alarms")
+    assert caught >= 0.5 * shocks and false <= 3 * 6
+
+
 def test_the_calibration_grows_at_its_doublings_up_to_its_cap() -> None:
     rng = np.random.default_rng(8)
     det = CrossSectionalDetector(rate=0.01, calibration=20, calibration_max=70, refractory=0)
