@@ -71,7 +71,6 @@ def run_one(job: tuple[str, int]) -> dict[str, Any]:
     runs = {valuer.name: run}
     table, tests = methods_table(runs, config, book, mean, std)
     shock = shock_table(runs, tests, config, book, mean=mean, std=std)
-    assert book.params.shock_month is not None
     scaled = scaled_mse(
         tests[valuer.name], book.month_ts_ms, config.score_from_month, book.params.shock_month
     )
