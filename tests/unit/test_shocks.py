@@ -79,14 +79,16 @@ def _calm_rate(seed: int, df: int | None, steps: int = 4000) -> float:
     return alarms / det.steps
 
 
-@pytest.mark.parametrize("df", [None, 5])
-def test_the_default_rate_holds_in_the_far_tail(df: int | None) -> None:
+@pytest.mark.parametrize(("df", "bound"), [(None, 1.0), (5, 2.0)])
+def test_the_default_rate_holds_in_the_far_tail(df: int | None, bound: float) -> None:
     # At 0.002 a step the threshold lies beyond what 250 calibration steps show. Read off the
     # largest of them (the detector before the tail extrapolation and the growing calibration),
-    # the realised rate on these panels was 2.4 (normal) and 1.9 (t5) times the rate on average.
+    # the realised rate on these panels was 2.4 (normal) and 1.9 (t5) times the rate on average;
+    # now 0.4 and 1.2 times. The t5 bound is loose: a heavier tail than the exponential
+    # extrapolation assumes costs some of the rate there.
     rates = [_calm_rate(seed, df) for seed in range(4)]
     print(f"df={df}: false-alarm rates {[round(r, 4) for r in rates]} (calibrated 0.002)")
-    assert float(np.mean(rates)) <= 1.5 * 0.002
+    assert float(np.mean(rates)) <= bound * 0.002
 
 
 def test_common_shocks_are_still_caught_with_few_false_alarms() -> None:
