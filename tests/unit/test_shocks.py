@@ -483,6 +483,51 @@ def test_the_gates_evidence_round_trips_and_forks() -> None:
     assert _signal_steps(copy, range(50, 80), 1.0, 16) == _signal_steps(mix, range(50, 80), 1.0, 16)
 
 
+def _regime_steps(mix: ExpertMix, steps: range, seed: int) -> list[tuple[bool, str, float]]:
+    """Steps of 20 events after a regime change: the fast learner's change is the new signal,
+    the stable model's unrelated noise; per step the gate, the fast learner's state and the
+    long-run evidence's t-statistic."""
+    rng = np.random.default_rng(seed)
+    seen = []
+    for t in steps:
+        mix.advance(t)
+        seen.append((mix.gate_open, mix.fast, mix.gate_tvalue))
+        for _ in range(20):
+            f, m = float(rng.normal()) * 0.5, float(rng.normal()) * 0.5
+            y = f + float(rng.normal())
+            mix.add(y, (0.0, m, f, m), mix.combine(m, f))
+    return seen
+
+
+def test_a_served_fast_learner_that_beats_persistence_opens_the_gate_after_its_alarm() -> None:
+    # Calm: the models have nothing to say and the gate serves persistence.
+    mix = ExpertMix()
+    _signal_steps(mix, range(400), signal=0.0, seed=21)
+    assert not mix.gate_open
+    # A regime the fast learner has learned and the stable model has not: once the fast learner
+    # is served, its gain over persistence since the alarm opens the gate, while the long-run
+    # evidence (horizon ~400 steps of calm) is still far from it.
+    assert mix.start_fast()
+    seen = _regime_steps(mix, range(400, 430), seed=22)
+    served = next(i for i, (_, fast, _) in enumerate(seen) if fast == "served")
+    opened = next(i for i, (gate, _, _) in enumerate(seen) if gate)
+    long_run = next(i for i, (_, _, t) in enumerate(seen) if t > mix.gate_tstat)
+    print(f"fast learner served at step {served}, gate open at {opened}, long run at {long_run}")
+    assert not any(gate for gate, fast, _ in seen if fast == "shadow")  # never while in shadow
+    assert opened <= served + 3 and all(gate for gate, _, _ in seen[opened:])
+    assert opened < long_run
+    # Its evidence lasts as long as the fast learner: retired, the long-run evidence rules.
+    mix.end_fast(fold=False)
+    assert mix.recent_tvalue == 0.0 and mix.gate_open == (mix.gate_tvalue > mix.gate_tstat)
+
+
+def test_a_fast_learner_without_signal_leaves_the_gate_shut() -> None:
+    mix = ExpertMix()
+    _signal_steps(mix, range(400), signal=0.0, seed=23)
+    mix.start_fast()
+    assert not any(_signal_steps(mix, range(400, 460), signal=0.0, seed=24))
+
+
 def test_the_fast_learner_shares_no_optimizer_state_with_the_stable_model() -> None:
     torch.manual_seed(0)
     learner = SequenceLearner(0, seq_len=4, hidden=[4], batch_size=8, seed=1)

@@ -26,7 +26,9 @@ over persistence per step (EW mean and variance, weight `gate_alpha`; y clipped 
 is above `gate_tstat`; otherwise persistence (change 0) is served, while every expert is still
 scored, so the gate reopens when the evidence returns. Where a model has no signal (daily
 equities) no weighting keeps every short window at or below persistence's error; the gate does.
-`gate_tstat` = 0 serves the combination always.
+The long-run evidence describes the regime before a shock, so the gate also opens while a
+served fast learner's own gain over persistence since its alarm (equal weights) has a
+t-statistic above `gate_tstat`. `gate_tstat` = 0 serves the combination always.
 
 A fast learner must win to be served. It starts in shadow (predicted, scored, weighted, not
 served). After `shadow_steps` steps it is served once its per-step loss minus the served loss
@@ -134,8 +136,10 @@ class ExpertMix(Estimator):
         self._ratio = 1.0
         self._cum = [0.0, 0.0]  # whole-life losses of fast and stable
         self._gain = 0.0  # the open step's sum of y^2 - (y - combination)^2
+        self._fast_gain = 0.0  # the same of the fast learner's change
         self._moved = False  # whether the open step's combination was ever off persistence
         self._evidence = [0.0, 0.0, 0.0]  # EW mean and variance of the step gains, steps seen
+        self._recent = [0.0, 0.0, 0.0]  # sum, sum of squares, count of the gains since the alarm
         self.started = 0
         self.served = 0
         self.folded = 0
@@ -199,10 +203,24 @@ class ExpertMix(Estimator):
         return mean / math.sqrt(max(var, 1e-18) / n_eff)
 
     @property
+    def recent_tvalue(self) -> float:
+        """The same t-statistic over the steps since the fast learner's alarm alone (equal
+        weights); 0 before two such steps or without a fast learner."""
+        total, squares, n = self._recent
+        if n < 2 or not self._live[2]:
+            return 0.0
+        mean = total / n
+        var = max(squares / n - mean * mean, 0.0) * n / (n - 1.0)
+        return mean / math.sqrt(max(var, 1e-18) / n)
+
+    @property
     def gate_open(self) -> bool:
         """Whether the learned change is served: its gain over persistence is significant
-        (always, with `gate_tstat` = 0)."""
-        return self.gate_tstat <= 0.0 or self.gate_tvalue > self.gate_tstat
+        (always, with `gate_tstat` = 0), over the long run or, while a fast learner that won its
+        shadow test is served, over the steps since its alarm."""
+        if self.gate_tstat <= 0.0 or self.gate_tvalue > self.gate_tstat:
+            return True
+        return self.fast == "served" and self.recent_tvalue > self.gate_tstat
 
     # -- learning -----------------------------------------------------------------------------
 
@@ -224,6 +242,7 @@ class ExpertMix(Estimator):
             self._key = step
             self._loss[:] = 0.0
             self._gain = 0.0
+            self._fast_gain = 0.0
             self._moved = False
             self._n = 0
         return event
@@ -238,6 +257,8 @@ class ExpertMix(Estimator):
             self._loss[k] += huber(yc - changes[k], d)
         self._loss[_EXPERTS] += huber(yc - served, d)
         self._gain += yc * yc - min((yc - served) ** 2, self.loss_clip**2)
+        if self._live[2]:
+            self._fast_gain += yc * yc - min((yc - changes[2]) ** 2, self.loss_clip**2)
         self._moved = self._moved or served != 0.0
         self._n += 1
 
@@ -245,6 +266,10 @@ class ExpertMix(Estimator):
         loss = self._loss / self._n
         if self._moved:  # a step whose combination was persistence's says nothing of the model
             self._weigh_evidence(self._gain / self._n)
+        if self._live[2]:
+            gain = self._fast_gain / self._n
+            r = self._recent
+            self._recent = [r[0] + gain, r[1] + gain * gain, r[2] + 1.0]
         live = self._live
         logw = np.log(np.maximum(self._w, 1e-300)) - self.eta * loss[:_EXPERTS]
         logw = np.where(live, logw, -np.inf)
@@ -309,6 +334,7 @@ class ExpertMix(Estimator):
         self._diffs = []
         self._ratio = 1.0
         self._cum = [0.0, 0.0]
+        self._recent = [0.0, 0.0, 0.0]
         self.started += 1
         return True
 
@@ -347,6 +373,7 @@ class ExpertMix(Estimator):
         out._diffs = list(self._diffs)
         out._cum = list(self._cum)
         out._evidence = list(self._evidence)
+        out._recent = list(self._recent)
         return out
 
     def fork(self) -> ExpertMix:
@@ -379,6 +406,7 @@ class ExpertMix(Estimator):
             "gain": self._gain,
             "moved": self._moved,
             "evidence": list(self._evidence),
+            "recent": list(self._recent),
             "counts": [self.started, self.served, self.folded, self.retired],
         }
 
@@ -406,4 +434,5 @@ class ExpertMix(Estimator):
         self._gain = float(state.get("gain", 0.0))
         self._moved = bool(state.get("moved", False))
         self._evidence = [float(x) for x in state.get("evidence", [0.0, 0.0, 0.0])]
+        self._recent = [float(x) for x in state.get("recent", [0.0, 0.0, 0.0])]
         self.started, self.served, self.folded, self.retired = (int(x) for x in state["counts"])
