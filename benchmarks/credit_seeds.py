@@ -6,9 +6,10 @@ from a third of about 60,000 samples, and the seed (network initialisation, repl
 clustering resamples) moves its test MSE by more than the gaps between the variants. This runs
 the paper protocol of that table (train, validation, then test customers; test MSE of months
 12-23 in train-variance units; the increase of the 6 months from the month-18 shock over the 6
-before) for every engine variant at seeds 0, 1 and 2, plus HC+LSTM without the pooled expert
-(`pooled_expert = false`, the engine before it), and writes docs/results/credit-seeds.md (and
-.json, the raw numbers). About 10 minutes on two cores (`--jobs 2`).
+before) for every engine variant at seeds 0-4 (`--seeds N`: 0..N-1), plus HC+LSTM without the
+pooled expert (`pooled_expert = false`, the engine before it), compares each with the default
+seed by seed (paired t-test), and writes docs/results/credit-seeds.md (and .json, the raw
+numbers). About 12 minutes on two cores (`--jobs 2`).
 
 Beside the paper's MSE it reports a scaled MSE: each customer's errors over the RMS of its own
 monthly changes in the months before scoring (0-11), the mean square of M5's RMSSE terms. The
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import ttest_rel
 
 from streamval.backtest.credit import (
     CreditConfig,
@@ -42,7 +44,7 @@ from streamval.config import EngineSettings
 from streamval.stream.datasets.credit import generate
 
 REPO = Path(__file__).resolve().parents[1]
-SEEDS = (0, 1, 2)
+SEEDS = 5  # seeds 0..SEEDS-1
 WITHOUT_POOL = "HC+LSTM without pooled expert"
 
 
@@ -91,75 +93,114 @@ def _shown(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+def _paired(
+    by: dict[tuple[str, int], dict[str, Any]], names: list[str], seeds: list[int]
+) -> list[list[Any]]:
+    """Rows of the paired comparison of every variant with the default, per measure."""
+    # Compared as the tables show them, so float rounding between identical runs is no difference.
+    measures = {  # key and decimals of the row, scale and format of the difference
+        "MSE": ("mse", 12, 1.0, "{:+.6f}", ""),
+        "shock increase": ("increase", 3, 100.0, "{:+.1f}", " pp"),
+        "scaled MSE": ("scaled", 4, 1.0, "{:+.4f}", ""),
+    }
+    out: list[list[Any]] = []
+    for name in names:
+        if name == "HC+LSTM":
+            continue
+        for label, (key, digits, scale, fmt, unit) in measures.items():
+            a = np.array([round(by[("HC+LSTM", s)][key], digits) for s in seeds])
+            b = np.array([round(by[(name, s)][key], digits) for s in seeds])
+            d = b - a
+            se = float(np.std(d, ddof=1) / np.sqrt(len(d)))
+            if np.any(d != d[0]):
+                test = ttest_rel(b, a)
+                t, p = f"{float(test.statistic):.2f}", f"{float(test.pvalue):.3f}"
+            else:
+                t = p = "-"
+            out.append(
+                [
+                    name,
+                    label,
+                    fmt.format(scale * float(d.mean())) + unit,
+                    fmt.format(scale * se).lstrip("+") + unit,
+                    t,
+                    p,
+                    f"{int((d > 0).sum())}/{len(d)}",
+                ]
+            )
+    return out
+
+
 def report(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str:
+    seeds = sorted({int(r["seed"]) for r in rows})
     names = list(dict.fromkeys(r["name"] for r in rows))
     by = {(r["name"], r["seed"]): {**r, "mse": _shown(r["mse"])} for r in rows}
-    single = {s: by[("single LSTM", s)]["mse"] for s in SEEDS}
-    means = {n: _shown(float(np.mean([by[(n, s)]["mse"] for s in SEEDS]))) for n in names}
+    single = {s: by[("single LSTM", s)]["mse"] for s in seeds}
+    means = {n: _shown(float(np.mean([by[(n, s)]["mse"] for s in seeds]))) for n in names}
     table = []
     for name in names:
-        mses = [by[(name, s)]["mse"] for s in SEEDS]
-        incs = [by[(name, s)]["increase"] for s in SEEDS]
-        wins = sum(m <= single[s] for m, s in zip(mses, SEEDS, strict=True))
+        mses = [by[(name, s)]["mse"] for s in seeds]
+        incs = [by[(name, s)]["increase"] for s in seeds]
+        wins = sum(m <= single[s] for m, s in zip(mses, seeds, strict=True))
         table.append(
             [
                 name,
                 *[f"{m:.6f}" for m in mses],
                 f"{means[name]:.6f}",
                 f"{np.std(mses):.6f}",
-                "-" if name == "single LSTM" else f"{wins}/{len(SEEDS)}",
+                "-" if name == "single LSTM" else f"{wins}/{len(seeds)}",
                 *[f"{100 * i:+.1f}%" for i in incs],
                 f"{100 * np.mean(incs):+.1f}%",
             ]
         )
     headers = [
         "variant",
-        *[f"MSE seed {s}" for s in SEEDS],
+        *[f"MSE seed {s}" for s in seeds],
         "mean",
         "std",
         "<= single LSTM",
-        *[f"shock increase seed {s}" for s in SEEDS],
+        *[f"shock increase seed {s}" for s in seeds],
         "mean increase",
     ]
     best = [n for n in names if means[n] == min(means.values())]
-    default = [by[("HC+LSTM", s)]["mse"] for s in SEEDS]
-    others = {n: [by[(n, s)]["mse"] for s in SEEDS] for n in names if n != "HC+LSTM"}
+    default = [by[("HC+LSTM", s)]["mse"] for s in seeds]
+    others = {n: [by[(n, s)]["mse"] for s in seeds] for n in names if n != "HC+LSTM"}
     lost_at = {
-        n: [s for s, a, b in zip(SEEDS, default, v, strict=True) if a > b]
+        n: [s for s, a, b in zip(seeds, default, v, strict=True) if a > b]
         for n, v in others.items()
     }
     scaled_rows = []
     for name in names:
-        sc = [by[(name, s)]["scaled"] for s in SEEDS]
-        inc = [by[(name, s)]["scaled_after"] / by[(name, s)]["scaled_before"] - 1 for s in SEEDS]
+        sc = [by[(name, s)]["scaled"] for s in seeds]
+        inc = [by[(name, s)]["scaled_after"] / by[(name, s)]["scaled_before"] - 1 for s in seeds]
         wins = sum(
             round(v, 4) <= round(by[("single LSTM", s)]["scaled"], 4)
-            for v, s in zip(sc, SEEDS, strict=True)
+            for v, s in zip(sc, seeds, strict=True)
         )
         scaled_rows.append(
             [
                 name,
                 *[f"{v:.4f}" for v in sc],
                 f"{np.mean(sc):.4f}",
-                "-" if name == "single LSTM" else f"{wins}/{len(SEEDS)}",
+                "-" if name == "single LSTM" else f"{wins}/{len(seeds)}",
                 *[f"{100 * i:+.1f}%" for i in inc],
                 f"{100 * np.mean(inc):+.1f}%",
             ]
         )
     scaled_means = {
-        n: round(float(r[len(SEEDS) + 1]), 4) for n, r in zip(names, scaled_rows, strict=True)
+        n: round(float(r[len(seeds) + 1]), 4) for n, r in zip(names, scaled_rows, strict=True)
     }
     scaled_best = [n for n in names if scaled_means[n] == min(scaled_means.values())]
     scaled_lost = {
         n: [
             s
-            for s in SEEDS
+            for s in seeds
             if round(by[("HC+LSTM", s)]["scaled"], 4) > round(by[(n, s)]["scaled"], 4)
         ]
         for n in names
         if n != "HC+LSTM"
     }
-    persistence = by[("HC+LSTM", SEEDS[0])]["scaled_persistence"]
+    persistence = by[("HC+LSTM", seeds[0])]["scaled_persistence"]
     lines = [
         "# Credit book: engine variants over seeds",
         "",
@@ -167,9 +208,10 @@ def report(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str:
         "(see its docstring): the paper protocol of report.md's Table 1, test MSE in "
         "train-variance units (months 12-23) and the increase of the test MSE over the 6 months "
         "from the month-18 shock against the 6 before (report.md's Table 4), for each engine "
-        "variant at three seeds. HC+LSTM is the default engine; the other rows differ from it in "
-        "one setting (single LSTM: `n_clusters = 1`; KMeans+LSTM: `clustering = kmeans`; fixed "
-        "lr: `drift_response = none`; without pooled expert: `pooled_expert = false`).",
+        f"variant at seeds {seeds[0]}-{seeds[-1]}. HC+LSTM is the default engine; the other rows "
+        "differ from it in one setting (single LSTM: `n_clusters = 1`; KMeans+LSTM: "
+        "`clustering = kmeans`; fixed lr: `drift_response = none`; without pooled expert: "
+        "`pooled_expert = false`).",
         "",
         markdown_table(headers, table),
         "",
@@ -179,6 +221,19 @@ def report(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str:
         "Where the default (HC+LSTM) has a higher MSE than another variant at the same seed: "
         + "; ".join(f"{n}: seeds {v}" if v else f"{n}: none" for n, v in lost_at.items())
         + ".",
+        "",
+        "## Paired over seeds",
+        "",
+        "Each variant against the default at the same seed (the same book, the same seed for "
+        "the network initialisation, replay draws and clustering resamples): the mean difference "
+        "over seeds (variant minus HC+LSTM; positive: the default is lower), its standard error, "
+        "the paired t-statistic and two-sided p-value (scipy's `ttest_rel`) and the seeds where "
+        "the default is lower. A p-value above 0.05 means the seeds do not tell the two apart.",
+        "",
+        markdown_table(
+            ["variant", "measure", "mean difference", "standard error", "t", "p", "default lower"],
+            _paired(by, names, seeds),
+        ),
         "",
         "## Scaled MSE",
         "",
@@ -191,10 +246,10 @@ def report(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str:
         markdown_table(
             [
                 "variant",
-                *[f"scaled MSE seed {s}" for s in SEEDS],
+                *[f"scaled MSE seed {s}" for s in seeds],
                 "mean",
                 "<= single LSTM",
-                *[f"shock increase seed {s}" for s in SEEDS],
+                *[f"shock increase seed {s}" for s in seeds],
                 "mean increase",
             ],
             scaled_rows,
@@ -213,8 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "credit-seeds.md")
+    parser.add_argument(
+        "--seeds", type=int, default=SEEDS, help=f"runs at seeds 0..N-1 (default {SEEDS})"
+    )
     args = parser.parse_args(argv)
-    jobs = [(name, seed) for seed in SEEDS for name in variants(seed)]
+    if args.seeds < 2:
+        parser.error("--seeds must be at least 2 (the paired comparison needs two)")
+    jobs = [(name, seed) for seed in range(args.seeds) for name in variants(seed)]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run_one, jobs))
