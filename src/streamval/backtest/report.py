@@ -203,7 +203,7 @@ def credit_section(r: CreditResults, out: Path) -> str:
         "the RMS of its own monthly changes in months 0-11 (the mean square of M5's RMSSE terms). "
         "The MSE is in one unit for the whole book, so the customers with the largest incomes "
         "weigh most in it; in the scaled MSE every customer weighs alike, as in the engine's own "
-        "per-asset units. Over three seeds: [credit-seeds.md](credit-seeds.md).",
+        "per-asset units. Over five seeds, paired: [credit-seeds.md](credit-seeds.md).",
         "",
         *_verdict(r.methods, "HC+LSTM", "mse"),
         "",
