@@ -9,7 +9,10 @@ the paper protocol of that table (train, validation, then test customers; test M
 before) for every engine variant at seeds 0-4 (`--seeds N`: 0..N-1), plus HC+LSTM without the
 pooled expert (`pooled_expert = false`, the engine before it), compares each with the default
 seed by seed (paired t-test), and writes docs/results/credit-seeds.md (and .json, the raw
-numbers). About 12 minutes on two cores (`--jobs 2`).
+numbers). HC+LSTM, the single LSTM and KMeans+LSTM also run on the control book, the shock
+switched off: the test MSE of months 18-23 rises over that of months 12-17 without the shock
+too, and the increase with the shock minus the increase without it is the shock's own. About 20
+minutes on two cores (`--jobs 2`).
 
 Beside the paper's MSE it reports a scaled MSE: each customer's errors over the RMS of its own
 monthly changes in the months before scoring (0-11), the mean square of M5's RMSSE terms. The
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -33,6 +37,7 @@ from scipy.stats import ttest_rel
 from streamval.backtest.credit import (
     CreditConfig,
     _splits,
+    around_month,
     methods_table,
     scaled_mse,
     shock_table,
@@ -41,11 +46,13 @@ from streamval.backtest.methods import EngineValuer, engine_variants
 from streamval.backtest.metrics import markdown_table
 from streamval.backtest.protocols import paper_protocol
 from streamval.config import EngineSettings
-from streamval.stream.datasets.credit import generate
+from streamval.stream.datasets.credit import CreditPortfolioParams, generate
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = 5  # seeds 0..SEEDS-1
 WITHOUT_POOL = "HC+LSTM without pooled expert"
+# Variants also run on the control book (the shock switched off; nothing else changes).
+CONTROL = ("HC+LSTM", "single LSTM", "KMeans+LSTM")
 
 
 def variants(seed: int) -> dict[str, EngineSettings]:
@@ -56,12 +63,16 @@ def variants(seed: int) -> dict[str, EngineSettings]:
     return out
 
 
-def run_one(job: tuple[str, int]) -> dict[str, Any]:
-    """One variant at one seed: test MSE and the shock table's numbers."""
-    name, seed = job
+def run_one(job: tuple[str, int, bool]) -> dict[str, Any]:
+    """One variant at one seed, on the book or its control: test MSE and the increase over the
+    months from the shock's month against those before."""
+    name, seed, control = job
     torch.set_num_threads(1)
     config = CreditConfig(progress=False)
-    book = generate(n_customers=config.customers)
+    month = CreditPortfolioParams().shock_month
+    assert month is not None
+    params = CreditPortfolioParams(shock_month=None) if control else None
+    book = generate(params, n_customers=config.customers)
     splits = _splits(book, ("train", "validation", "test"))
     train = book.split("train").frame["value"].to_numpy(dtype=float)
     mean, std = float(np.nanmean(train)), float(np.nanstd(train))
@@ -72,18 +83,25 @@ def run_one(job: tuple[str, int]) -> dict[str, Any]:
     run = paper_protocol(valuer, splits, batch_size=config.batch_size, progress=False)
     runs = {valuer.name: run}
     table, tests = methods_table(runs, config, book, mean, std)
-    shock = shock_table(runs, tests, config, book, mean=mean, std=std)
-    scaled = scaled_mse(
-        tests[valuer.name], book.month_ts_ms, config.score_from_month, book.params.shock_month
+    test = tests[valuer.name]
+    before, after = around_month(
+        test, book.month_ts_ms, month, config.score_from_month, mean=mean, std=std
     )
-    return {
-        **scaled,
+    rise = after["mse"] / before["mse"] - 1.0
+    out = {
         "name": name,
         "seed": seed,
+        "control": control,
         "mse": float(table.iloc[0]["mse"]),
-        "increase": float(shock.iloc[0]["increase"]),
+        "increase": rise,
         "seconds": time.perf_counter() - t0,
     }
+    if control:
+        return out
+    shock = shock_table(runs, tests, config, book, mean=mean, std=std)
+    assert math.isclose(rise, float(shock.iloc[0]["increase"]), rel_tol=1e-9)
+    scaled = scaled_mse(test, book.month_ts_ms, config.score_from_month, month)
+    return {**scaled, **out}
 
 
 def _shown(x: float) -> float:
@@ -93,16 +111,23 @@ def _shown(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+# Per measure: key and decimals of the row, scale and format of the difference. Compared as the
+# tables show them, so float rounding between identical runs is no difference.
+Measures = dict[str, tuple[str, int, float, str, str]]
+MEASURES: Measures = {
+    "MSE": ("mse", 12, 1.0, "{:+.6f}", ""),
+    "shock increase": ("increase", 3, 100.0, "{:+.1f}", " pp"),
+    "scaled MSE": ("scaled", 4, 1.0, "{:+.4f}", ""),
+}
+
+
 def _paired(
-    by: dict[tuple[str, int], dict[str, Any]], names: list[str], seeds: list[int]
+    by: dict[tuple[str, int], dict[str, Any]],
+    names: list[str],
+    seeds: list[int],
+    measures: Measures = MEASURES,
 ) -> list[list[Any]]:
     """Rows of the paired comparison of every variant with the default, per measure."""
-    # Compared as the tables show them, so float rounding between identical runs is no difference.
-    measures = {  # key and decimals of the row, scale and format of the difference
-        "MSE": ("mse", 12, 1.0, "{:+.6f}", ""),
-        "shock increase": ("increase", 3, 100.0, "{:+.1f}", " pp"),
-        "scaled MSE": ("scaled", 4, 1.0, "{:+.4f}", ""),
-    }
     out: list[list[Any]] = []
     for name in names:
         if name == "HC+LSTM":
@@ -131,7 +156,81 @@ def _paired(
     return out
 
 
+def _control(
+    rows: list[dict[str, Any]], controls: list[dict[str, Any]], seeds: list[int]
+) -> list[str]:
+    """The section on the control book: each variant's increase without the shock, and the
+    increase the shock itself adds (with minus without, seed by seed)."""
+    if not controls:
+        return []
+    names = [n for n in dict.fromkeys(r["name"] for r in controls)]
+    base = {(r["name"], r["seed"]): r for r in controls}
+    with_shock = {(r["name"], r["seed"]): r for r in rows}
+    effect = {
+        key: {
+            "effect": round(with_shock[key]["increase"], 3) - round(r["increase"], 3),
+            "mse": _shown(r["mse"]),
+        }
+        for key, r in base.items()
+    }
+    table = []
+    for name in names:
+        inc = [base[(name, s)]["increase"] for s in seeds]
+        eff = [effect[(name, s)]["effect"] for s in seeds]
+        table.append(
+            [
+                name,
+                f"{_shown(float(np.mean([base[(name, s)]['mse'] for s in seeds]))):.6f}",
+                *[f"{100 * i:+.1f}%" for i in inc],
+                f"{100 * np.mean(inc):+.1f}%",
+                *[f"{100 * e:+.1f}" for e in eff],
+                f"{100 * np.mean(eff):+.1f}",
+            ]
+        )
+    paired = _paired(
+        effect,
+        names,
+        seeds,
+        {
+            "MSE without the shock": ("mse", 12, 1.0, "{:+.6f}", ""),
+            "shock's own increase": ("effect", 3, 100.0, "{:+.1f}", " pp"),
+        },
+    )
+    return [
+        "## Without the shock (control)",
+        "",
+        "The same book with the shock switched off (`shock_month = None`: the generator draws "
+        "everything else alike, so only the shocked customers from month 18 on differ), the same "
+        "protocol and seeds. The test MSE rises from months 12-17 to months 18-23 on this book "
+        "too, so the shock table's increase is not the shock's alone; the shock's own increase "
+        "is the increase with the shock minus the increase without it, seed by seed, in "
+        "percentage points.",
+        "",
+        markdown_table(
+            [
+                "variant",
+                "mean MSE without the shock",
+                *[f"increase without seed {s}" for s in seeds],
+                "mean",
+                *[f"shock's own seed {s} (pp)" for s in seeds],
+                "mean (pp)",
+            ],
+            table,
+        ),
+        "",
+        "Paired with the default, as above:",
+        "",
+        markdown_table(
+            ["variant", "measure", "mean difference", "standard error", "t", "p", "default lower"],
+            paired,
+        ),
+        "",
+    ]
+
+
 def report(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str:
+    controls = [r for r in rows if r.get("control")]
+    rows = [r for r in rows if not r.get("control")]
     seeds = sorted({int(r["seed"]) for r in rows})
     names = list(dict.fromkeys(r["name"] for r in rows))
     by = {(r["name"], r["seed"]): {**r, "mse": _shown(r["mse"])} for r in rows}
@@ -235,6 +334,7 @@ def report(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str:
             _paired(by, names, seeds),
         ),
         "",
+        *_control(rows, controls, seeds),
         "## Scaled MSE",
         "",
         "The same runs, each customer's errors over the RMS of its own monthly changes in months "
@@ -274,7 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 (the paired comparison needs two)")
-    jobs = [(name, seed) for seed in range(args.seeds) for name in variants(seed)]
+    jobs = [(name, seed, False) for seed in range(args.seeds) for name in variants(seed)]
+    jobs += [(name, seed, True) for seed in range(args.seeds) for name in CONTROL]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run_one, jobs))

@@ -212,6 +212,23 @@ def methods_table(
     return pd.DataFrame(rows), tests
 
 
+def around_month(
+    test: pd.DataFrame,
+    month_ts: Sequence[int],
+    month: int,
+    score_from: int,
+    *,
+    mean: float,
+    std: float,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Scores of the months before `month` and from it, as many of each as the scored months
+    allow (Table 4's windows). On a book without the shock, the same months are its control."""
+    width = min(month - score_from, len(month_ts) - month)
+    before = _normalised_scores(test, month_ts, month - width, month, mean=mean, std=std)
+    after = _normalised_scores(test, month_ts, month, month + width, mean=mean, std=std)
+    return before, after
+
+
 def shock_table(
     runs: dict[str, Run],
     tests: dict[str, pd.DataFrame],
@@ -231,8 +248,9 @@ def shock_table(
     rows = []
     owner = {name: run for run in runs.values() for name in run.frames}
     for name, test in tests.items():
-        before = _normalised_scores(test, months, shock - width, shock, mean=mean, std=std)
-        after = _normalised_scores(test, months, shock, shock + width, mean=mean, std=std)
+        before, after = around_month(
+            test, months, shock, config.score_from_month, mean=mean, std=std
+        )
         hit = test[test["asset_id"].isin(shocked)]
         before_hit = _normalised_scores(hit, months, shock - width, shock, mean=mean, std=std)
         after_hit = _normalised_scores(hit, months, shock, shock + width, mean=mean, std=std)
