@@ -330,7 +330,8 @@ def credit_section(r: CreditResults, out: Path) -> str:
             "Where the increase comes from: the shocked customers' own MSE fell after the shock "
             "while the MSE of all test customers rose for " + ", ".join(calm) + ". For these "
             "methods the increase comes from the customers the tightening did not hit, so a "
-            "response to the shock cannot lower it.",
+            "response to the shock cannot lower it. The same months on the book without the "
+            "shock, and the increase the shock itself adds: [credit-seeds.md](credit-seeds.md).",
             "",
         ]
     if r.shock_ts is not None:
