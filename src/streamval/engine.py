@@ -310,6 +310,17 @@ def cluster_policy(settings: EngineSettings, cluster: int) -> AdaptiveLearningRa
     )
 
 
+def pool_seed(settings: EngineSettings) -> int:
+    """The seed of the pooled model's learner (`engine.pooled_expert`; the same everywhere)."""
+    return cluster_seed(settings, _POOL_SEED)
+
+
+def pool_policy(settings: EngineSettings) -> AdaptiveLearningRate:
+    """The pooled model's lr policy: the base lr, never boosted (shocks are each cluster's own
+    response)."""
+    return cluster_policy(settings.model_copy(update={"lr_boost": 1.0}), _POOL_SEED)
+
+
 class Engine:
     """Prequential per-cluster valuation engine; see the module docstring for the semantics."""
 
@@ -407,9 +418,7 @@ class Engine:
         return self._shared
 
     def _pool_policy(self) -> AdaptiveLearningRate:
-        """The pooled model's lr policy: the base lr, never boosted (shocks are each cluster's
-        own response)."""
-        return cluster_policy(self.settings.model_copy(update={"lr_boost": 1.0}), _POOL_SEED)
+        return pool_policy(self.settings)
 
     def _add_cluster(
         self, cluster: int, learner: SequenceLearner, parent: int | None = None
@@ -420,7 +429,7 @@ class Engine:
         predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden, cluster=cluster)
         fast_predictor = Predictor(s.max_features, s.seq_len, s.cell, s.hidden, cluster=cluster)
         if parent is not None and s.pooled_expert and s.pooling == "cluster":
-            self.trainer.start_pool(parent, cluster_seed(s, _POOL_SEED), self._pool_policy())
+            self.trainer.start_pool(parent, pool_seed(s), self._pool_policy())
         if parent is not None and parent in self._clusters:
             conformal = self._clusters[parent].conformal.fork()
             shock = self._clusters[parent].shock.fork()
@@ -1250,6 +1259,8 @@ class Engine:
                         z[scored],
                     ),
                 )
+            idx = np.flatnonzero(samples)  # (a remote trainer sends them on to the pool's owner)
+            trainer.submit_pool(plan.windows[idx], plan.targets[idx], plan.ts[idx])
 
     def _commit_assets(self, plan: _Plan) -> None:
         """The assets' part of a commit: rows (windows, last values, scales, error scales,

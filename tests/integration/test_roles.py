@@ -19,7 +19,7 @@ from streamval.config import Settings
 from streamval.consumers.learner import LearnerService
 from streamval.consumers.learning import decode_model, decode_samples
 from streamval.consumers.service import ValuationService
-from streamval.models.trainer import RemoteTrainer
+from streamval.models.trainer import POOL, RemoteTrainer
 from streamval.stream.contract.schema import AssetEvent
 from streamval.stream.datasets.synthetic import DAY_MS, THREE_GROUPS, grouped_panel
 from streamval.stream.kafka.reader import read_topic
@@ -165,8 +165,18 @@ def test_a_valuer_serves_the_models_a_learner_trains_on_its_samples(
     assert mine and all(v["instance"] == "learner" for _, v in mine)
     assert all(k == str(v["cluster"]).encode() for k, v in mine)
     assert {v["cluster"] for _, v in mine} >= {snap.cluster for snap in owned}
+    # The pooled expert runs in the split too: every sample goes once more, under POOL, to its
+    # own partition; the learner owning it publishes the pooled model there (not a cluster: no
+    # metrics of its own), and the valuer serves it in its clusters' expert mixes.
+    pool_samples = sum(len(decode_samples(r.value)) for r in samples if r.key == str(POOL).encode())
+    assert 0 < pool_samples < trainer.sent
+    assert POOL not in {snap.cluster for snap in owned}
+    assert learner.models.latest()[POOL].version > 0
+    assert any(valuer.engine._clusters[c].mix.pooled for c in valuer.engine.clusters)
     # Versions advance on the models topic, and the second part is valued by those models.
     versions = model_versions(settings)
+    served_pool = trainer.pool_snapshot()
+    assert served_pool is not None and served_pool.version in versions[POOL]
     assert len(versions) >= 2
     assert all(v == sorted(v) and v[-1] > v[0] for v in versions.values() if len(v) > 1)
     on_topic = {(c, v) for c, vs in versions.items() for v in vs}

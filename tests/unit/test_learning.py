@@ -29,7 +29,7 @@ from streamval.consumers.watch import ClusterWatch
 from streamval.engine import Engine, cluster_policy, cluster_seed
 from streamval.errors import ConfigError
 from streamval.models.learner import SequenceLearner
-from streamval.models.trainer import RemoteTrainer, Scored, Trainer
+from streamval.models.trainer import POOL, RemoteTrainer, Scored, Trainer
 from streamval.stream.datasets.synthetic import THREE_GROUPS, grouped_panel
 
 SETTINGS = EngineSettings(hidden=[8], seq_len=6, batch_size=16, n_clusters=1, training="sync")
@@ -320,3 +320,44 @@ def test_a_model_of_other_settings_is_refused_and_the_served_one_stays() -> None
     assert trainer.apply_offered() == 0
     assert trainer.refused == 1 and "cluster 0, version 9" in trainer.refusal
     assert trainer.snapshot(0).version == 3
+
+
+def test_a_valuer_sends_every_sample_to_the_pooled_model_and_serves_its_learners() -> None:
+    settings = SETTINGS.model_copy(update={"n_clusters": 3})
+    events = grouped_panel(THREE_GROUPS, 10, 40, seed=0, attribute_noise=0.1).events
+    sink = Sink()
+
+    def make(s: EngineSettings) -> Trainer:
+        return RemoteTrainer(sink=sink, batch_size=s.batch_size, max_backlog=s.max_backlog)
+
+    engine = Engine(settings, trainer=make)
+    trainer = engine.trainer
+    assert isinstance(trainer, RemoteTrainer)
+    for i in range(0, 600, 30):  # a step per call
+        engine.process(events[i : i + 30])
+    assert trainer.pool_snapshot() is None and POOL not in {c for c, *_ in sink.calls}
+    engine.refit()  # (a valuer fits off its valuing thread; here now)
+    assert len(engine.clusters) > 1 and trainer.pool_snapshot() is not None
+    # Once the first clustering split the bootstrap cluster, every sample goes once more, under
+    # POOL, with no scored events: the pooled model's learner trains on every cluster's.
+    pooled = 0
+    for i in range(600, len(events), 30):
+        before = len(sink.calls)
+        engine.process(events[i : i + 30])
+        calls = sink.calls[before:]
+        pool = sum(n for cluster, _, n, _ in calls if cluster == POOL)
+        assert pool == sum(n for cluster, _, n, _ in calls if cluster != POOL)
+        assert all(len(scored) == 0 for cluster, _, _, scored in calls if cluster == POOL)
+        pooled += pool
+    assert pooled > 0
+    assert any(engine._clusters[c].mix.pooled for c in engine.clusters)
+    # The learner's snapshot replaces the pooled mirror, newer versions only.
+    learner = trained_learner(7)
+    trainer.offer(POOL, 7, slim_learner_state(learner.state_dict()))
+    assert trainer.apply_offered() == 1
+    assert trainer.pool_snapshot().version == 7  # type: ignore[union-attr]
+    trainer.offer(POOL, 6, slim_learner_state(trained_learner(6).state_dict()))
+    assert trainer.apply_offered() == 0
+    # A pooled block decodes (its id is below every cluster's); its partition comes after theirs.
+    assert decode_samples(encode_samples(block(3, cluster=POOL, m=0))).cluster == POOL
+    assert partition_of(POOL, [0, 1, 2], 4) == 3 and partition_of(POOL, [0, 1, 2], 3) == 0

@@ -336,8 +336,8 @@ def test_the_pooled_expert_is_deterministic_whatever_the_batch_cut() -> None:
     assert outs[0] == pytest.approx(outs[1], rel=1e-9) and outs[0] == pytest.approx(outs[2])
 
 
-def test_a_valuer_restoring_a_state_with_a_pooled_model_drops_it() -> None:
-    """A valuer (split mode) never trains a pooled model, so it never serves a frozen one."""
+def test_a_valuer_restoring_a_pooled_model_serves_it_until_its_learner_publishes() -> None:
+    """A valuer (split mode) mirrors the pooled model as it mirrors the clusters' models."""
     events, _ = three_groups(steps=50)
     engine = Engine(EngineSettings(**SMALL))
     run(engine, events)
@@ -352,8 +352,16 @@ def test_a_valuer_restoring_a_state_with_a_pooled_model_drops_it() -> None:
     valuer = Engine(EngineSettings(**SMALL), trainer=remote)
     valuer.load_state_dict(state)
     assert valuer.clusters == engine.clusters
-    assert valuer.trainer.pool_snapshot() is None and valuer.pooled_samples() is None
+    mirror, pool = valuer.trainer.pool_snapshot(), engine.trainer.pool_snapshot()
+    assert mirror is not None and pool is not None and mirror.version == pool.version > 0
+    like = engine.trainer.learner(0)
+    x = np.random.default_rng(0).normal(size=(3, like.seq_len, like.n_inputs)).astype(np.float32)
+    mirrored, trained = Predictor.for_learner(like), Predictor.for_learner(like)
+    mirrored.load(mirror)
+    trained.load(pool)
+    np.testing.assert_array_equal(mirrored.predict(x), trained.predict(x))
     valuer.close()
+    engine.close()
 
 
 def test_a_mix_saved_before_the_pooled_expert_loads_without_it() -> None:

@@ -14,6 +14,11 @@ is not run in the split: an alarm counts and boosts only with `engine.drift_resp
 Every `consumer.metrics_interval_s` the owned clusters' snapshots go to the metrics topic keyed
 by cluster and to this process's Prometheus series (`LearnerMetrics`), alarms as they come.
 
+The pooled model (`engine.pooled_expert`) arrives as one more id, `POOL`, with every cluster's
+samples and no scored events: its owner trains it like a cluster, with the pooled seed and lr
+policy, starting as a fork of the cluster the valuers' first clustering split; it is no cluster
+(no metrics, no alarms, never retired by a clustering).
+
 A cluster's model starts from, in order: its latest snapshot on the models topic (a restart, or
 a cluster that moved here from another learner: training goes on from the version reached); a
 fork of its parent's model (a cluster split off by a re-fit; parents come from the clusterings
@@ -55,10 +60,10 @@ from streamval.consumers.learning import (
 from streamval.consumers.records import OutRecord
 from streamval.consumers.service import _idle_member, instance_id
 from streamval.consumers.watch import ClusterWatch
-from streamval.engine import cluster_policy, cluster_seed
+from streamval.engine import cluster_policy, cluster_seed, pool_policy, pool_seed
 from streamval.logs import LogOnce
 from streamval.models.learner import SequenceLearner
-from streamval.models.trainer import Trainer
+from streamval.models.trainer import POOL, Trainer
 from streamval.monitoring.metrics import LearnerMetrics
 from streamval.stream.contract.outputs import ClusterSnapshot
 from streamval.stream.kafka.clients import check_reachable, make_consumer, make_producer
@@ -370,7 +375,8 @@ class LearnerService:
         if c in self._owned:
             return self._owned[c]
         s = self.settings.engine
-        learner = SequenceLearner.from_settings(s, seed=cluster_seed(s, c))
+        seed = cluster_seed(s, c) if c != POOL else pool_seed(s)
+        learner = SequenceLearner.from_settings(s, seed=seed)
         window_shape = (learner.seq_len, learner.n_inputs)
         if block.windows.shape[1:] != window_shape:
             self._reject(
@@ -379,11 +385,25 @@ class LearnerService:
                 f"{window_shape} (engine settings differ from the valuers')",
             )
             return None
-        policy = cluster_policy(s, c)
+        policy = cluster_policy(s, c) if c != POOL else pool_policy(s)
         record = self.models.get(c)
         source = "fresh"
         parent_watch: ClusterWatch | dict[str, Any] | None = None
-        if record is None:
+        if record is None and c == POOL:
+            # As the engine starts it: a fork of the cluster the first clustering split.
+            parent = self._pool_parent(block.clustering_version)
+            held = self.models.get(parent) if parent is not None else None
+            if parent is not None and parent in self._owned:
+                learner = self.trainer.learner(parent).fork(pool_seed(s))
+                source = f"fork of {parent}"
+            elif parent is not None and held is not None:
+                try:
+                    learner.load_state_dict(held.learner)
+                    learner = learner.fork(pool_seed(s))
+                    source = f"fork of {parent} (models topic)"
+                except (KeyError, ValueError, TypeError, RuntimeError):
+                    learner = SequenceLearner.from_settings(s, seed=seed)
+        elif record is None:
             parent = self._parent(c, block.clustering_version)
             if parent is not None and parent in self._owned:
                 learner = self.trainer.spawn(parent, cluster_seed(s, c))
@@ -404,8 +424,8 @@ class LearnerService:
                 self._log_once(
                     f"restore:{c}", f"cluster {c}: its snapshot is unusable, starting fresh: {exc}"
                 )
-                learner = SequenceLearner.from_settings(s, seed=cluster_seed(s, c))
-                policy, source = cluster_policy(s, c), "fresh"
+                learner = SequenceLearner.from_settings(s, seed=seed)
+                policy, source = cluster_policy(s, c) if c != POOL else pool_policy(s), "fresh"
         self.trainer.add(c, learner, policy)
         owned = self._owned[c] = _Owned(partition, ClusterWatch(s, c))
         if record is not None and record.cluster == c and record.covered is not None:
@@ -428,6 +448,21 @@ class LearnerService:
             extra={"cluster": c, "from": source, "version": learner.updates},
         )
         return owned
+
+    def _pool_parent(self, clustering_version: int) -> int | None:
+        """The cluster the pooled model starts from: the one the valuers' first clustering
+        split (the lowest parent of the clustering the sample was valued with)."""
+        sync = self.clusterings
+        if sync is None or clustering_version == 0:
+            return None
+        wait_until(
+            lambda: (latest := sync.latest()) is not None and latest.version >= clustering_version,
+            CLUSTERING_WAIT_S,
+            self._stop,
+        )
+        latest = sync.latest()
+        parents = set(latest.parents.values()) if latest is not None else set()
+        return min(parents) if parents else None
 
     def _parent(self, cluster: int, clustering_version: int) -> int | None:
         """The cluster `cluster` was split from, per the clustering the sample was valued with
@@ -533,7 +568,7 @@ class LearnerService:
         if latest is None:
             return
         for c, o in list(self._owned.items()):
-            if c not in latest.ids and latest.version > o.clustering_version:
+            if c != POOL and c not in latest.ids and latest.version > o.clustering_version:
                 self._forget(c, f"retired by clustering {latest.version}")
 
     def _forget(self, cluster: int, why: str) -> None:
@@ -558,6 +593,8 @@ class LearnerService:
         """The owned clusters' health, as the engine's `snapshot` reports it."""
         out = []
         for c, owned in self._owned.items():
+            if c == POOL:  # not a cluster: no assets, errors or alarms of its own
+                continue
             watch, policy = owned.watch, self.trainer.policy(c)
             queued, trained, skipped = self.trainer.counts(c)
             out.append(

@@ -2,7 +2,9 @@
 topics, their encodings, and the cluster -> partition map.
 
     training-samples  key cluster id, partition `partition_of(cluster, clusters, n)`: blocks of
-                      labelled samples of one cluster (`encode_samples`), written by valuers
+                      labelled samples of one cluster (`encode_samples`), written by valuers;
+                      under the id `POOL` (-1) every cluster's samples again, for the pooled
+                      model (`engine.pooled_expert`), which a learner owns like a cluster
     models            compacted, key cluster id: the cluster's latest model (`encode_model`),
                       written by the cluster's learner, read whole by valuers and learners
 
@@ -31,7 +33,7 @@ from streamval.consumers.checkpoint import CheckpointMeta, decode, encode
 from streamval.consumers.records import OutRecord
 from streamval.consumers.topic_sync import POLL_TIMEOUT_MS, TopicSync
 from streamval.errors import CheckpointError
-from streamval.models.trainer import Float32Array, FloatArray, IntArray, Scored
+from streamval.models.trainer import POOL, Float32Array, FloatArray, IntArray, Scored
 from streamval.stream.kafka.clients import make_producer
 from streamval.stream.kafka.topics import MODEL_MESSAGE_BYTES
 
@@ -55,10 +57,14 @@ SEND_TIMEOUT_S = 30.0
 def partition_of(cluster: int, clusters: Sequence[int], partitions: int) -> int:
     """The training-samples partition of `cluster`: the clusters, sorted, dealt round robin over
     the partitions, so that no two clusters share one while there are enough (hashing a few
-    keys collides). Every valuer holding the same clustering computes the same map."""
+    keys collides). Every valuer holding the same clustering computes the same map. The pooled
+    model (`POOL`) comes after the clusters, so it has a partition of its own while there are
+    more partitions than clusters."""
     if partitions < 1:
         raise ValueError(f"partitions: {partitions}")
-    ids = sorted(set(clusters) | {cluster})
+    if cluster == POOL:
+        return len(set(clusters) - {POOL}) % partitions
+    ids = sorted(set(clusters) - {POOL} | {cluster})
     return ids.index(cluster) % partitions
 
 
@@ -142,7 +148,7 @@ def decode_samples(raw: bytes | None) -> SampleBlock:
         raise ValueError("header: impossible length")
     try:
         header = json.loads(raw[start : start + length])
-        cluster = _int(header["cluster"], "cluster")
+        cluster = _int(header["cluster"], "cluster", low=POOL)
         clustering = _int(header["clustering_version"], "clustering_version")
         n = _int(header["n"], "n")
         seq_len = _int(header["seq_len"], "seq_len", 1)
@@ -324,7 +330,7 @@ def decode_model(raw: bytes | None) -> ModelRecord:
                 raise ValueError(f"watched: {watched!r}")
             watched = tuple(_int(v, "watched") for v in watched)
         return ModelRecord(
-            cluster=_int(state["cluster"], "cluster"),
+            cluster=_int(state["cluster"], "cluster", low=POOL),
             version=_int(state["version"], "version"),
             clustering_version=_int(state["clustering_version"], "clustering_version"),
             learner=learner,

@@ -708,8 +708,10 @@ class RemoteTrainer(Trainer):
     learner publishes one. The scored events travel with the samples: the cluster's learner,
     which sees every valuer's, keeps its error metrics and runs its drift detection (and boosts
     its lr policy). The valuing side's own alarms change nothing here; the fast-learner response
-    needs a learner of its own and is not run (its start and end are ignored), nor is the pooled
-    model, which no learner owns (each learns only its own clusters)."""
+    needs a learner of its own and is not run (its start and end are ignored). The pooled model
+    is a mirror too: it starts as the engine starts it (a fork of the split cluster's), its
+    samples (every cluster's) go to the sink under the id `POOL`, whose learner trains it like a
+    cluster, and the latest snapshot published under that id replaces it."""
 
     wants_scored = True
 
@@ -743,12 +745,20 @@ class RemoteTrainer(Trainer):
     def start_fast(self, cluster: int, seed: int, lr: float) -> None:
         return None
 
-    def start_pool(self, cluster: int, seed: int, policy: AdaptiveLearningRate) -> None:
-        return None
+    def submit_pool(self, x: Float32Array, y: FloatArray, ts: IntArray) -> None:
+        """Send every cluster's samples on to the pooled model's learner (once there is one)."""
+        if self._pool is None or not len(y):
+            return
+        self.sink(POOL, clusters=sorted(self._slots), x=x, y=y, ts=ts, scored=Scored.empty())
+        self.sent += len(y)
 
-    def load_pool(self, state: dict[str, Any] | None, policy: AdaptiveLearningRate) -> None:
-        """A restored state's pooled model is dropped: nothing here would train it."""
-        self._pool = None
+    def start_pool(self, cluster: int, seed: int, policy: AdaptiveLearningRate) -> None:
+        super().start_pool(cluster, seed, policy)
+        self._apply(POOL)
+
+    def pool_counts(self) -> tuple[int, int, int] | None:
+        """None: the mirror trains nothing (its learner counts what it trains)."""
+        return None
 
     def end_fast(self, cluster: int, fold: bool) -> None:
         return None
@@ -764,14 +774,18 @@ class RemoteTrainer(Trainer):
         """Serve the newest offered snapshots of the clusters this engine has (the valuing
         thread, between batches); how many were applied."""
         with self._cond:
-            clusters = [c for c in self._offered if c in self._slots]
+            clusters = [
+                c
+                for c in self._offered
+                if c in self._slots or (c == POOL and self._pool is not None)
+            ]
         return sum(self._apply(c) for c in clusters)
 
     def _apply(self, cluster: int) -> bool:
         with self._cond:
             held = self._offered.get(cluster)
-            slot = self._slots[cluster]
-            if held is None:
+            slot = self._pool if cluster == POOL else self._slots[cluster]
+            if held is None or slot is None:
                 return False
             del self._offered[cluster]
             if held[0] <= self._served.get(cluster, -1):
