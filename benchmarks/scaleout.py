@@ -323,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         "ratios above are the machine's limit, not Kafka's. docs/ARCHITECTURE.md (Scale-out) "
         "estimates N machines.",
         "",
+        "`samples trained` counts the pooled expert's too: once the first clustering splits the "
+        "bootstrap cluster, it learns every cluster's samples once more (in `split` at the "
+        "learner, which therefore trains about twice the clusters' samples).",
+        "",
         "Cluster ids: until the owner's first fit lands (it needs `min_history` values of "
         "`bootstrap_assets` assets, then a fit of a few seconds), every process values with the "
         "provisional cluster 0. A process whose share of the backlog is small can value all of "
