@@ -408,6 +408,7 @@ def test_mix_state_round_trips_through_json() -> None:
     assert copy.fast == "shadow"
     assert _steps(mix, 6, 0.1, 0.2, start=3) == _steps(copy, 6, 0.1, 0.2, start=3)
     assert np.array_equal(mix.weights(), copy.weights())
+    assert copy.recent_tvalue == mix.recent_tvalue  # the open step's fast-learner gain too
 
 
 # -- the fast learner's training copy --------------------------------------------------------

@@ -394,12 +394,12 @@ class LearnerService:
             parent = self._pool_parent(block.clustering_version)
             held = self.models.get(parent) if parent is not None else None
             if parent is not None and parent in self._owned:
-                learner = self.trainer.learner(parent).fork(pool_seed(s))
+                learner = self.trainer.spawn(parent, seed)
                 source = f"fork of {parent}"
             elif parent is not None and held is not None:
                 try:
                     learner.load_state_dict(held.learner)
-                    learner = learner.fork(pool_seed(s))
+                    learner = learner.fork(seed)
                     source = f"fork of {parent} (models topic)"
                 except (KeyError, ValueError, TypeError, RuntimeError):
                     learner = SequenceLearner.from_settings(s, seed=seed)
@@ -452,24 +452,19 @@ class LearnerService:
     def _pool_parent(self, clustering_version: int) -> int | None:
         """The cluster the pooled model starts from: the one the valuers' first clustering
         split (the lowest parent of the clustering the sample was valued with)."""
-        sync = self.clusterings
-        if sync is None or clustering_version == 0:
-            return None
-        wait_until(
-            lambda: (latest := sync.latest()) is not None and latest.version >= clustering_version,
-            CLUSTERING_WAIT_S,
-            self._stop,
-        )
-        latest = sync.latest()
-        parents = set(latest.parents.values()) if latest is not None else set()
+        parents = set(self._parents(clustering_version).values())
         return min(parents) if parents else None
 
     def _parent(self, cluster: int, clustering_version: int) -> int | None:
-        """The cluster `cluster` was split from, per the clustering the sample was valued with
-        (waiting a while for it to arrive on the clusterings topic)."""
+        """The cluster `cluster` was split from, per the clustering the sample was valued with."""
+        return self._parents(clustering_version).get(cluster)
+
+    def _parents(self, clustering_version: int) -> dict[int, int]:
+        """The parents of the clustering a sample was valued with (waiting a while for it to
+        arrive on the clusterings topic)."""
         sync = self.clusterings
         if sync is None or clustering_version == 0:
-            return None
+            return {}
 
         def arrived() -> bool:
             latest = sync.latest()
@@ -477,7 +472,7 @@ class LearnerService:
 
         wait_until(arrived, CLUSTERING_WAIT_S, self._stop)
         latest = sync.latest()
-        return None if latest is None else latest.parents.get(cluster)
+        return {} if latest is None else dict(latest.parents)
 
     # -- publishing and offsets ----------------------------------------------------------------
 

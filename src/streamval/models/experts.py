@@ -381,7 +381,7 @@ class ExpertMix(Estimator):
         out = self.copy()
         out._key, out._n = None, 0
         out._loss[:] = 0.0
-        out._gain = 0.0
+        out._gain = out._fast_gain = 0.0
         out._moved = False
         if out._live[2]:
             out._w[2] = 0.0
@@ -404,6 +404,7 @@ class ExpertMix(Estimator):
             "ratio": self._ratio,
             "cum": list(self._cum),
             "gain": self._gain,
+            "fast_gain": self._fast_gain,
             "moved": self._moved,
             "evidence": list(self._evidence),
             "recent": list(self._recent),
@@ -432,6 +433,7 @@ class ExpertMix(Estimator):
         self._ratio = float(state["ratio"])
         self._cum = [float(x) for x in state["cum"]]
         self._gain = float(state.get("gain", 0.0))
+        self._fast_gain = float(state.get("fast_gain", 0.0))
         self._moved = bool(state.get("moved", False))
         self._evidence = [float(x) for x in state.get("evidence", [0.0, 0.0, 0.0])]
         self._recent = [float(x) for x in state.get("recent", [0.0, 0.0, 0.0])]
