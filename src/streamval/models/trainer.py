@@ -747,10 +747,8 @@ class RemoteTrainer(Trainer):
 
     def submit_pool(self, x: Float32Array, y: FloatArray, ts: IntArray) -> None:
         """Send every cluster's samples on to the pooled model's learner (once there is one)."""
-        if self._pool is None or not len(y):
-            return
-        self.sink(POOL, clusters=sorted(self._slots), x=x, y=y, ts=ts, scored=Scored.empty())
-        self.sent += len(y)
+        if self._pool is not None:
+            self.submit_scored(POOL, x, y, ts, Scored.empty())
 
     def start_pool(self, cluster: int, seed: int, policy: AdaptiveLearningRate) -> None:
         super().start_pool(cluster, seed, policy)
